@@ -1,0 +1,19 @@
+//! mesh's eBPF programs. One object, several programs; `meshd` loads it with aya.
+//!
+//! Module names follow the packet path (`underlay_rx`: frames arriving on the underlay NIC).
+#![no_std]
+#![no_main]
+
+mod packet;
+mod underlay_rx;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: nothing in this crate can panic (see style.md).
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,34 @@
+//! `cargo xtask <task>`: a dispatcher only; each task lives in its own module.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "mesh project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything building and testing need (apt packages, rust-src, bpf-linker, bpffs).
+    /// Idempotent: a second run only checks.
+    Setup(setup::Args),
+    /// Build, then run the unit tests and the network-namespace tests (needs root).
+    Test(test::Args),
+    /// Start a local mesh in network namespaces and show what it does.
+    Demo(demo::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup(args) => setup::run(args),
+        Task::Test(args) => test::run(args),
+        Task::Demo(args) => demo::run(args),
+    }
+}
