@@ -1,0 +1,181 @@
+//! A record of what each lab created, written before each resource exists, so that a lab whose
+//! process died without cleaning up (SIGKILL, abort, power cut of the test runner) can be reaped
+//! by the next run.
+//!
+//! One file per lab, `<REGISTRY_DIR>/<lab id>.rec`, one line per resource:
+//! `owner <pid> <start>`, `netns <name>`, `proc <pid> <start>`. `<start>` is the process start
+//! time from /proc/<pid>/stat, so a recycled PID is never mistaken for ours.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+
+pub const REGISTRY_DIR: &str = "/run/mesh-lab";
+
+/// Start time (clock ticks since boot) of process `pid`, or `None` if it does not exist.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may contain spaces, so count from its closing ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is alive and still the process that had start time `start`.
+pub fn same_process(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// Append-only record of one lab's resources.
+pub struct Record {
+    path: PathBuf,
+}
+
+impl Record {
+    pub fn create(lab_id: &str) -> Result<Record> {
+        fs::create_dir_all(REGISTRY_DIR).with_context(|| format!("creating {REGISTRY_DIR}"))?;
+        let me = std::process::id();
+        let rec = Record {
+            path: PathBuf::from(REGISTRY_DIR).join(format!("{lab_id}.rec")),
+        };
+        let start = start_time(me).context("reading own start time")?;
+        rec.append(&format!("owner {me} {start}"))?;
+        Ok(rec)
+    }
+
+    pub fn netns(&self, name: &str) -> Result<()> {
+        self.append(&format!("netns {name}"))
+    }
+
+    pub fn process(&self, pid: u32) -> Result<()> {
+        match start_time(pid) {
+            Some(start) => self.append(&format!("proc {pid} {start}")),
+            None => Ok(()), // already gone
+        }
+    }
+
+    fn append(&self, line: &str) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        writeln!(f, "{line}")?;
+        f.sync_data()?;
+        Ok(())
+    }
+
+    pub fn remove(&self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What a record file lists.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub owner: Option<(u32, u64)>,
+    pub netns: Vec<String>,
+    pub procs: Vec<(u32, u64)>,
+}
+
+/// Parses a record file; unknown or broken lines are skipped (a crash may cut the last line).
+pub fn parse(text: &str) -> Leftovers {
+    let mut l = Leftovers::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let pid_start = |f: &[&str]| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?));
+        match f.first() {
+            Some(&"owner") => l.owner = pid_start(&f),
+            Some(&"proc") => l.procs.extend(pid_start(&f)),
+            Some(&"netns") if f.len() == 2 => l.netns.push(f[1].to_owned()),
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Removes what labs of dead owners left behind: kills their processes, deletes their
+/// namespaces, removes their records. Labs of live processes (parallel tests) are untouched.
+/// Returns the names of the namespaces it deleted.
+pub fn reap_stale() -> Vec<String> {
+    let mut reaped = Vec::new();
+    let Ok(entries) = fs::read_dir(REGISTRY_DIR) else {
+        return reaped;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "rec") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let left = parse(&text);
+        if left
+            .owner
+            .is_some_and(|(pid, start)| same_process(pid, start))
+        {
+            continue;
+        }
+        release(&left);
+        reaped.extend(left.netns);
+        let _ = fs::remove_file(&path);
+    }
+    reaped
+}
+
+/// Kills the recorded processes that are still the same processes, then deletes the namespaces.
+pub fn release(left: &Leftovers) {
+    for &(pid, start) in &left.procs {
+        if same_process(pid, start) {
+            // SAFETY: plain kill(2) on a PID we recorded and just re-identified by start time.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    for &(pid, start) in &left.procs {
+        crate::wait_until(std::time::Duration::from_secs(2), || {
+            !same_process(pid, start) || is_zombie(pid)
+        });
+    }
+    for ns in &left.netns {
+        let _ = crate::sh::ip(&["netns", "del", ns]);
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_records_and_skips_a_torn_last_line() {
+        let l = parse("owner 10 99\nnetns ml10-1-h1\nproc 11 100\nnetns ml10-1-h2\nproc 1");
+        assert_eq!(l.owner, Some((10, 99)));
+        assert_eq!(l.netns, vec!["ml10-1-h1", "ml10-1-h2"]);
+        assert_eq!(l.procs, vec![(11, 100)]);
+    }
+
+    #[test]
+    fn own_process_is_recognised_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let start = start_time(me).expect("own /proc entry");
+        assert!(same_process(me, start));
+        assert!(!same_process(me, start + 1));
+    }
+}
