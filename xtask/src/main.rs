@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: a dispatcher only; each task lives in its own module.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -23,6 +24,8 @@ enum Task {
     Test(test::Args),
     /// Start a local mesh in network namespaces and show what it does.
     Demo(demo::Args),
+    /// Measure mesh side by side with the reference systems (kernel VXLAN, boringtun).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup(args) => setup::run(args),
         Task::Test(args) => test::run(args),
         Task::Demo(args) => demo::run(args),
+        Task::Bench(args) => bench::run(args),
     }
 }

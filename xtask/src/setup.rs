@@ -17,6 +17,10 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "procps",
+    // The boringtun reference lab (`cargo xtask bench`) configures boringtun with `wg`.
+    "wireguard-tools",
+    // The bench chart's font.
+    "fonts-dejavu-core",
 ];
 
 /// The eBPF crate is built with the plain `nightly` toolchain that is on the machine.
@@ -24,6 +28,9 @@ const NIGHTLY: &str = "nightly";
 /// bpf-linker must link against the same LLVM major as that nightly's rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+
+/// The boringtun-cli release the bench reference uses.
+const BORINGTUN_VERSION: &str = "0.7.1";
 
 #[derive(clap::Args)]
 pub struct Args {}
@@ -33,6 +40,7 @@ pub fn run(_args: Args) -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    boringtun()?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -148,6 +156,25 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// boringtun-cli, the userspace WireGuard that `cargo xtask bench` measures as the encrypted
+/// reference (../shared/labs/boringtun-ref-lab.sh).
+fn boringtun() -> Result<()> {
+    if probe(Command::new("boringtun-cli").arg("--version")).is_some() {
+        println!("setup: boringtun-cli present");
+        return Ok(());
+    }
+    println!(
+        "setup: installing boringtun-cli {BORINGTUN_VERSION} (bench reference; a few minutes)"
+    );
+    exec(Command::new("cargo").args([
+        "install",
+        "boringtun-cli",
+        "--locked",
+        "--version",
+        BORINGTUN_VERSION,
+    ]))
 }
 
 fn bpffs() -> Result<()> {

@@ -1,0 +1,368 @@
+//! `cargo xtask bench`: mesh side by side with the reference systems, measured in one run on
+//! one machine, so that only ratios are compared (see ../shared/anchors.md).
+//!
+//! Every system gets the same measurements between the same two namespaces: TCP throughput with
+//! 1 and 4 streams (iperf3; median and spread of several runs, plus the overlay's own process
+//! CPU per Gbit/s), ping RTT percentiles, a one-byte TCP request/response rate, and the rate of
+//! 64-byte UDP packets delivered. Results go to the terminal, to JSON and to a PNG chart.
+
+mod chart;
+mod measure;
+mod report;
+mod systems;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use measure::{OverlayProcs, Path as TrafficPath};
+use report::{Footprint, Machine, Report, Status, SystemResult};
+use systems::{Meshd, RefLab, System};
+
+use crate::cmd::{cargo, exec, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// One short repetition of everything: a smoke test of the harness (CI runs it); its numbers
+    /// back no claim. Results go to target/bench/ instead of bench/results/.
+    #[arg(long)]
+    quick: bool,
+    /// Only these systems (comma-separated): underlay, underlay+mesh-xdp, kernel-vxlan,
+    /// boringtun, boringtun-t1, mesh-ebpf, mesh-tap, mesh-tap-enc, mesh-mixed.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seconds per throughput run (default 5; 1 with --quick).
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Runs per throughput figure (default 3; 1 with --quick).
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Directory of the reference lab scripts (default: ../shared/labs beside the repository).
+    #[arg(long, env = "MESH_REF_LABS")]
+    labs: Option<PathBuf>,
+}
+
+/// How long and how often to measure.
+struct Plan {
+    secs: u32,
+    repeats: u32,
+    pings: u32,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench builds network namespaces: run `sudo -E cargo xtask bench`");
+    }
+    let selected: Vec<System> = if args.only.is_empty() {
+        System::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|n| {
+                System::by_name(n).with_context(|| {
+                    let all: Vec<_> = System::ALL.iter().map(|s| s.name()).collect();
+                    format!("unknown system {n:?}; known: {}", all.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let plan = Plan {
+        secs: args.seconds.unwrap_or(if args.quick { 1 } else { 5 }),
+        repeats: args.repeats.unwrap_or(if args.quick { 1 } else { 3 }),
+        pings: if args.quick { 20 } else { 200 },
+    };
+    let root = workspace_root();
+    let labs = systems::find_labs(args.labs.as_deref(), &root)?;
+    println!("bench: building release binaries");
+    exec(cargo().args(["build", "--release", "--quiet", "--bins"]))?;
+    let release = root.join("target/release");
+    let work = root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+
+    let mut results = Vec::new();
+    let mut footprint = None;
+    let wanted = |s: System| selected.contains(&s);
+
+    // Underlay, kernel VXLAN and meshd's XDP on the underlay share the VXLAN reference lab.
+    if [
+        System::Underlay,
+        System::KernelVxlan,
+        System::UnderlayMeshXdp,
+    ]
+    .into_iter()
+    .any(wanted)
+    {
+        println!("bench: kernel VXLAN reference lab");
+        match RefLab::up(labs.join("vxlan-ref-lab.sh"), "mbv", &[]) {
+            Err(e) => {
+                for s in [
+                    System::Underlay,
+                    System::KernelVxlan,
+                    System::UnderlayMeshXdp,
+                ] {
+                    if wanted(s) {
+                        results.push(failed(s, &e));
+                    }
+                }
+            }
+            Ok(lab) => {
+                let underlay = TrafficPath {
+                    client_ns: lab.ns("h1"),
+                    server_ns: lab.ns("h2"),
+                    server_addr: Ipv4Addr::new(198, 18, 0, 2),
+                };
+                let overlay = TrafficPath {
+                    client_ns: lab.ns("c1"),
+                    server_ns: lab.ns("c2"),
+                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
+                };
+                if wanted(System::Underlay) {
+                    results.push(measure(
+                        System::Underlay,
+                        &underlay,
+                        &OverlayProcs::default(),
+                        &plan,
+                    ));
+                }
+                if wanted(System::KernelVxlan) {
+                    results.push(measure(
+                        System::KernelVxlan,
+                        &overlay,
+                        &OverlayProcs::default(),
+                        &plan,
+                    ));
+                }
+                if wanted(System::UnderlayMeshXdp) {
+                    let (r, f) =
+                        measure_underlay_with_meshd(&lab, &underlay, &release, &work, &plan);
+                    results.push(r);
+                    footprint = f;
+                }
+            }
+        }
+    }
+
+    for (system, prefix, threads) in [
+        (System::Boringtun, "mbb", None),
+        (System::BoringtunT1, "mbt", Some("1")),
+    ] {
+        if !wanted(system) {
+            continue;
+        }
+        println!("bench: {}", system.description());
+        let env: Vec<(&str, &str)> = threads.map(|t| ("BT_THREADS", t)).into_iter().collect();
+        match RefLab::up(labs.join("boringtun-ref-lab.sh"), prefix, &env) {
+            Err(e) => results.push(failed(system, &e)),
+            Ok(lab) => {
+                let path = TrafficPath {
+                    client_ns: lab.ns("c1"),
+                    server_ns: lab.ns("c2"),
+                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
+                };
+                results.push(measure(system, &path, &OverlayProcs(lab.pids()), &plan));
+            }
+        }
+    }
+
+    for system in selected.iter().copied() {
+        if let Some(why) = system.not_built() {
+            results.push(SystemResult::new(
+                system.name(),
+                system.description(),
+                Status::NotBuiltYet(why.into()),
+            ));
+        }
+    }
+    results.sort_by_key(|r| System::ALL.iter().position(|s| s.name() == r.name));
+
+    if let Some(f) = footprint.as_mut() {
+        f.meshd_stripped_bytes = stripped_size(&release.join("meshd"), &work)?;
+        f.meshctl_stripped_bytes = stripped_size(&release.join("meshctl"), &work)?;
+    }
+
+    let report = Report {
+        date: today(),
+        mode: if args.quick { "quick" } else { "full" },
+        seconds_per_run: plan.secs,
+        repeats: plan.repeats,
+        machine: Machine {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        systems: results,
+        footprint,
+        control_plane: Status::NotBuiltYet(
+            "not built yet (peering, gossip and routes: no simulation or lab timings to show)"
+                .into(),
+        ),
+    };
+    report.print();
+
+    let out_dir = if args.quick {
+        work.clone()
+    } else {
+        root.join("bench/results")
+    };
+    std::fs::create_dir_all(&out_dir)?;
+    let stem = if args.quick {
+        format!("{}-quick", report.date)
+    } else {
+        report.date.clone()
+    };
+    let json = out_dir.join(format!("{stem}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let png = out_dir.join(format!("{stem}.png"));
+    chart::draw(&report, &png)?;
+    println!("\nwrote {} and {}", json.display(), png.display());
+
+    let failures: Vec<_> = report
+        .systems
+        .iter()
+        .filter_map(|s| match &s.status {
+            Status::Failed(why) => Some(format!("{}: {why}", s.name)),
+            _ => None,
+        })
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "some systems could not be measured:\n{}",
+            failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn failed(system: System, e: &anyhow::Error) -> SystemResult {
+    SystemResult::new(
+        system.name(),
+        system.description(),
+        Status::Failed(format!("{e:#}")),
+    )
+}
+
+/// Takes every measurement of one system; a failure marks the system failed, with the reason.
+fn measure(
+    system: System,
+    path: &TrafficPath,
+    overlay: &OverlayProcs,
+    plan: &Plan,
+) -> SystemResult {
+    println!("bench:   measuring {}", system.name());
+    let mut r = SystemResult::new(system.name(), system.description(), Status::Measured);
+    let mut all = || -> Result<()> {
+        r.tcp_1_stream = Some(measure::tcp_throughput(
+            path,
+            1,
+            plan.secs,
+            plan.repeats,
+            overlay,
+        )?);
+        r.tcp_4_streams = Some(measure::tcp_throughput(
+            path,
+            4,
+            plan.secs,
+            plan.repeats,
+            overlay,
+        )?);
+        r.rtt = Some(measure::ping_rtt(path, plan.pings)?);
+        r.tcp_rr_per_s = Some(measure::tcp_rr(path, plan.secs)?);
+        r.udp_64b_pps = Some(measure::udp_small_packets(path, plan.secs)?);
+        Ok(())
+    };
+    if let Err(e) = all() {
+        r.status = Status::Failed(format!("{e:#}"));
+    }
+    r
+}
+
+/// The underlay again, with meshd's XDP program attached on both hosts; also meshd's footprint.
+/// Checks that the program really saw the traffic, so the row cannot silently measure nothing.
+fn measure_underlay_with_meshd(
+    lab: &RefLab,
+    underlay: &TrafficPath,
+    release: &Path,
+    work: &Path,
+    plan: &Plan,
+) -> (SystemResult, Option<Footprint>) {
+    let system = System::UnderlayMeshXdp;
+    let started = (|| -> Result<(Meshd, Meshd)> {
+        let meshd = release.join("meshd");
+        let h1 = Meshd::start(&meshd, &lab.ns("h1"), "u1", &work.join("run-h1"))?;
+        let h2 = Meshd::start(&meshd, &lab.ns("h2"), "u2", &work.join("run-h2"))?;
+        Ok((h1, h2))
+    })();
+    let (h1, h2) = match started {
+        Ok(m) => m,
+        Err(e) => return (failed(system, &e), None),
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = measure::proc_rss_kib(h2.pid()).unwrap_or(0);
+    let before = data_frames_seen(release, &h2.socket);
+    let mut r = measure(
+        system,
+        underlay,
+        &OverlayProcs(vec![h1.pid(), h2.pid()]),
+        plan,
+    );
+    let after = data_frames_seen(release, &h2.socket);
+    match (before, after) {
+        (Ok(b), Ok(a)) if a > b => {}
+        (Ok(_), Ok(_)) => {
+            r.status = Status::Failed("meshd's XDP program counted no frames during the run".into())
+        }
+        (Err(e), _) | (_, Err(e)) => r.status = Status::Failed(format!("{e:#}")),
+    }
+    let under_load = r
+        .tcp_1_stream
+        .as_ref()
+        .and_then(|t| t.peak_rss_kib)
+        .map_or(0, |both| both / 2);
+    let footprint = Footprint {
+        meshd_datapath: "xdp-observe".into(),
+        meshd_rss_idle_kib: idle,
+        meshd_rss_under_load_kib: under_load,
+        meshd_stripped_bytes: 0,
+        meshctl_stripped_bytes: 0,
+    };
+    (r, Some(footprint))
+}
+
+/// The `total` underlay counter of the meshd behind `socket`.
+fn data_frames_seen(release: &Path, socket: &Path) -> Result<u64> {
+    let out = Command::new(release.join("meshctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["status", "--json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("meshctl status: {}", String::from_utf8_lossy(&out.stderr)))?;
+    v["datapath"]["underlay_counters"]["total"]
+        .as_u64()
+        .context("meshctl status without a total counter")
+}
+
+/// Size of a stripped copy of `bin`.
+fn stripped_size(bin: &Path, work: &Path) -> Result<u64> {
+    let name = bin.file_name().context("binary path without a name")?;
+    let out = work.join(name).with_extension("stripped");
+    exec(Command::new("strip").arg("-o").arg(&out).arg(bin))?;
+    Ok(std::fs::metadata(&out)?.len())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, without a date crate.
+fn today() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-date".into())
+}

@@ -1,0 +1,173 @@
+//! What the bench found: the JSON document, and the table printed on the terminal.
+
+use serde::Serialize;
+
+use super::measure::{Rtt, Throughput};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub mode: &'static str,
+    pub seconds_per_run: u32,
+    pub repeats: u32,
+    pub machine: Machine,
+    pub systems: Vec<SystemResult>,
+    pub footprint: Option<Footprint>,
+    /// Control-plane figures (simulation, join, failure detection, reroute).
+    pub control_plane: Status,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum Status {
+    Measured,
+    NotBuiltYet(String),
+    Failed(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemResult {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub status: Status,
+    pub tcp_1_stream: Option<Throughput>,
+    pub tcp_4_streams: Option<Throughput>,
+    pub rtt: Option<Rtt>,
+    pub tcp_rr_per_s: Option<f64>,
+    pub udp_64b_pps: Option<f64>,
+}
+
+impl SystemResult {
+    pub fn new(name: &'static str, description: &'static str, status: Status) -> SystemResult {
+        SystemResult {
+            name,
+            description,
+            status,
+            tcp_1_stream: None,
+            tcp_4_streams: None,
+            rtt: None,
+            tcp_rr_per_s: None,
+            udp_64b_pps: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Footprint {
+    /// Which datapath meshd ran when measured (its memory grows with what it does).
+    pub meshd_datapath: String,
+    pub meshd_rss_idle_kib: u64,
+    pub meshd_rss_under_load_kib: u64,
+    pub meshd_stripped_bytes: u64,
+    pub meshctl_stripped_bytes: u64,
+}
+
+impl Report {
+    fn find(&self, name: &str) -> Option<&SystemResult> {
+        self.systems
+            .iter()
+            .find(|s| s.name == name && matches!(s.status, Status::Measured))
+    }
+
+    /// The terminal table: absolutes, and ratios to kernel VXLAN and to boringtun --threads 1.
+    pub fn print(&self) {
+        let vx = self.find("kernel-vxlan");
+        let bt = self.find("boringtun-t1");
+        let tput = |s: &SystemResult| s.tcp_1_stream.as_ref().map(|t| t.gbps.median);
+        let tput4 = |s: &SystemResult| s.tcp_4_streams.as_ref().map(|t| t.gbps.median);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "\n{} ({} mode: {} x {} s per throughput figure; kernel {}, {} CPUs)",
+            self.date,
+            self.mode,
+            self.repeats,
+            self.seconds_per_run,
+            self.machine.kernel,
+            self.machine.cpus
+        );
+        println!(
+            "{:<18} {:>17} {:>7} {:>7} {:>17} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+            "system",
+            "TCPx1 Gbit/s",
+            "/vxlan",
+            "/bt-t1",
+            "TCPx4 Gbit/s",
+            "/vxlan",
+            "/bt-t1",
+            "RTT p50/p99 ms",
+            "RR/s",
+            "UDP64kpps",
+            "cpu/Gbps"
+        );
+        for s in &self.systems {
+            match &s.status {
+                Status::Measured => {}
+                Status::NotBuiltYet(why) | Status::Failed(why) => {
+                    let what = match &s.status {
+                        Status::Failed(_) => "FAILED",
+                        _ => "",
+                    };
+                    println!("{:<18} {what} {why}", s.name);
+                    continue;
+                }
+            }
+            let spread = |t: &Option<Throughput>| match t {
+                Some(t) if t.gbps.samples.len() > 1 => {
+                    format!("{:.2} ({:.2}-{:.2})", t.gbps.median, t.gbps.min, t.gbps.max)
+                }
+                Some(t) => format!("{:.2}", t.gbps.median),
+                None => "-".into(),
+            };
+            let rtt = s
+                .rtt
+                .as_ref()
+                .map_or("-".into(), |r| format!("{:.3}/{:.3}", r.p50_ms, r.p99_ms));
+            let cpu = s
+                .tcp_1_stream
+                .as_ref()
+                .and_then(|t| t.cpu_cores_per_gbps.as_ref())
+                .map_or("-".into(), |c| format!("{:.2}", c.median));
+            println!(
+                "{:<18} {:>17} {:>7} {:>7} {:>17} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+                s.name,
+                spread(&s.tcp_1_stream),
+                ratio(tput(s), vx.and_then(tput)),
+                ratio(tput(s), bt.and_then(tput)),
+                spread(&s.tcp_4_streams),
+                ratio(tput4(s), vx.and_then(tput4)),
+                ratio(tput4(s), bt.and_then(tput4)),
+                rtt,
+                s.tcp_rr_per_s.map_or("-".into(), |r| format!("{r:.0}")),
+                s.udp_64b_pps
+                    .map_or("-".into(), |p| format!("{:.0}", p / 1e3)),
+                cpu,
+            );
+        }
+        if let Some(f) = &self.footprint {
+            println!(
+                "\nfootprint: meshd ({}) RSS idle {:.1} MiB, under load {:.1} MiB; stripped meshd {:.1} MiB, meshctl {:.1} MiB",
+                f.meshd_datapath,
+                f.meshd_rss_idle_kib as f64 / 1024.0,
+                f.meshd_rss_under_load_kib as f64 / 1024.0,
+                f.meshd_stripped_bytes as f64 / 1048576.0,
+                f.meshctl_stripped_bytes as f64 / 1048576.0,
+            );
+        }
+        match &self.control_plane {
+            Status::NotBuiltYet(why) => println!("control plane: {why}"),
+            other => println!("control plane: {other:?}"),
+        }
+        println!(
+            "cpu/Gbps: CPU cores used by the overlay's own processes per Gbit/s (1 stream); '-' where it has none"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! The systems the bench compares, and how each is brought up and down.
+//!
+//! References come from the shared reference labs (../shared/labs/*.sh, `up`/`down`), so the
+//! topology is exactly the one the anchors were measured on: two hosts on a veth underlay
+//! 198.18.0.1–2/24, one container each (10.40.0.1–2/24). mesh's own modes are listed as "not
+//! built yet" until they exist; nothing is ever filled in for them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use mesh_tests::wait_until;
+
+/// Every system the bench knows, in table order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Underlay,
+    UnderlayMeshXdp,
+    KernelVxlan,
+    Boringtun,
+    BoringtunT1,
+    MeshEbpf,
+    MeshTap,
+    MeshTapEncrypted,
+    MeshMixed,
+}
+
+impl System {
+    pub const ALL: [System; 9] = [
+        System::Underlay,
+        System::UnderlayMeshXdp,
+        System::KernelVxlan,
+        System::Boringtun,
+        System::BoringtunT1,
+        System::MeshEbpf,
+        System::MeshTap,
+        System::MeshTapEncrypted,
+        System::MeshMixed,
+    ];
+
+    /// Name used in the table, the JSON and `--only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Underlay => "underlay",
+            System::UnderlayMeshXdp => "underlay+mesh-xdp",
+            System::KernelVxlan => "kernel-vxlan",
+            System::Boringtun => "boringtun",
+            System::BoringtunT1 => "boringtun-t1",
+            System::MeshEbpf => "mesh-ebpf",
+            System::MeshTap => "mesh-tap",
+            System::MeshTapEncrypted => "mesh-tap-enc",
+            System::MeshMixed => "mesh-mixed",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            System::Underlay => "raw veth underlay, host to host (no overlay)",
+            System::UnderlayMeshXdp => {
+                "raw underlay with meshd's XDP receive program attached on both hosts (observe only)"
+            }
+            System::KernelVxlan => "Linux bridge + kernel VXLAN (Docker overlay / Flannel vxlan)",
+            System::Boringtun => "boringtun userspace WireGuard, default threads",
+            System::BoringtunT1 => "boringtun userspace WireGuard, --threads 1",
+            System::MeshEbpf => "mesh eBPF datapath, plaintext",
+            System::MeshTap => "mesh TAP datapath, plaintext",
+            System::MeshTapEncrypted => "mesh TAP datapath, encrypted",
+            System::MeshMixed => "mesh eBPF host to TAP host",
+        }
+    }
+
+    /// Why a mode cannot be measured yet, if so.
+    pub fn not_built(self) -> Option<&'static str> {
+        match self {
+            System::MeshEbpf | System::MeshMixed => {
+                Some("not built yet (eBPF forwarding datapath)")
+            }
+            System::MeshTap | System::MeshTapEncrypted => Some("not built yet (TAP datapath)"),
+            _ => None,
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<System> {
+        System::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Finds the reference lab scripts: `--labs`/`MESH_REF_LABS`, else `../shared/labs` beside the
+/// repository, else `/work/shared/labs`.
+pub fn find_labs(explicit: Option<&Path>, repo: &Path) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(p) => vec![p.to_owned()],
+        None => vec![
+            repo.join("../shared/labs"),
+            PathBuf::from("/work/shared/labs"),
+        ],
+    };
+    candidates
+        .iter()
+        .find(|d| d.join("vxlan-ref-lab.sh").is_file() && d.join("boringtun-ref-lab.sh").is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "reference lab scripts not found in {candidates:?}; pass --labs DIR or set \
+                 MESH_REF_LABS"
+            )
+        })
+}
+
+/// A reference lab brought up by its script and taken down on drop.
+pub struct RefLab {
+    script: PathBuf,
+    prefix: String,
+    env: Vec<(String, String)>,
+}
+
+impl RefLab {
+    /// Runs `<script> down` (leftovers of an interrupted run) then `<script> up`.
+    pub fn up(script: PathBuf, prefix: &str, env: &[(&str, &str)]) -> Result<RefLab> {
+        let lab = RefLab {
+            script,
+            prefix: prefix.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        lab.run("down")?;
+        lab.run("up")?;
+        Ok(lab)
+    }
+
+    fn run(&self, verb: &str) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .arg(verb)
+            .env("PREFIX", &self.prefix)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} {verb}", self.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} {verb} failed: {}{}",
+                self.script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Namespace name of host or container `n` (e.g. "h1", "c2").
+    pub fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.prefix)
+    }
+
+    /// PIDs of the lab's overlay processes, from the pid files its script writes, if any.
+    pub fn pids(&self) -> Vec<u32> {
+        (1..=2)
+            .filter_map(|h| {
+                std::fs::read_to_string(format!("/tmp/{}-lab/bt{h}.pid", self.prefix)).ok()
+            })
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for RefLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.run("down") {
+            eprintln!("bench: {e:#}");
+        }
+    }
+}
+
+/// A meshd started inside a reference lab host, killed on drop.
+pub struct Meshd {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Meshd {
+    pub fn start(meshd: &Path, ns: &str, underlay: &str, run_dir: &Path) -> Result<Meshd> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(meshd)
+            .args(["--underlay", underlay, "--name", ns, "--run-dir"])
+            .arg(run_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting meshd in {ns}"))?;
+        let m = Meshd {
+            child,
+            socket: run_dir.join("meshd.sock"),
+        };
+        if !wait_until(Duration::from_secs(10), || m.socket.exists()) {
+            bail!("meshd in {ns} did not come up");
+        }
+        Ok(m)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own unreaped child: SIGTERM for a clean exit.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if !wait_until(Duration::from_secs(3), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
