@@ -95,7 +95,7 @@ impl Report {
             self.machine.cpus
         );
         println!(
-            "{:<18} {:>17} {:>7} {:>7} {:>17} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+            "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
             "system",
             "TCPx1 Gbit/s",
             "/vxlan",
@@ -137,7 +137,7 @@ impl Report {
                 .and_then(|t| t.cpu_cores_per_gbps.as_ref())
                 .map_or("-".into(), |c| format!("{:.2}", c.median));
             println!(
-                "{:<18} {:>17} {:>7} {:>7} {:>17} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+                "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
                 s.name,
                 spread(&s.tcp_1_stream),
                 ratio(tput(s), vx.and_then(tput)),
