@@ -1,7 +1,10 @@
 //! Compiles proto/*.proto with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() {
-    let files = ["proto/mesh/v1/local_api.proto"];
+    let files = [
+        "proto/mesh/v1/local_api.proto",
+        "proto/mesh/v1/gossip.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
