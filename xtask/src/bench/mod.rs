@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use measure::{OverlayProcs, Path as TrafficPath};
-use report::{Footprint, Machine, Report, Status, SystemResult};
+use report::{ControlPlane, Footprint, Machine, Report, Simulation, Status, SystemResult};
 use systems::{Meshd, RefLab, System};
 
 use crate::cmd::{cargo, exec, workspace_root};
@@ -199,10 +199,13 @@ pub fn run(args: Args) -> Result<()> {
         },
         systems: results,
         footprint,
-        control_plane: Status::NotBuiltYet(
-            "not built yet (peering, gossip and routes: no simulation or lab timings to show)"
-                .into(),
-        ),
+        control_plane: ControlPlane {
+            simulation: simulations(args.quick)?,
+            lab: Status::NotBuiltYet(
+                "not built yet (meshd does not peer yet: no join, failure or reroute timings)"
+                    .into(),
+            ),
+        },
     };
     report.print();
 
@@ -239,6 +242,29 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The gossip simulation at a few sizes (1000 peers is the design's figure).
+fn simulations(quick: bool) -> Result<Vec<Simulation>> {
+    let sizes: &[usize] = if quick { &[100] } else { &[100, 1000] };
+    sizes
+        .iter()
+        .map(|&peers| {
+            println!("bench: gossip simulation, {peers} peers");
+            let r = mesh_gossip::sim::run(peers, 2, 7)
+                .with_context(|| format!("the {peers}-peer simulation did not converge"))?;
+            Ok(Simulation {
+                peers: r.peers,
+                links: r.links,
+                rounds_to_converge: r.rounds_to_converge,
+                rounds_to_reconverge_after_failure: r.rounds_to_reconverge_after_failure,
+                messages_per_peer_mean: r.messages_per_peer_mean,
+                messages_per_peer_max: r.messages_per_peer_max,
+                bytes_per_peer_mean: r.bytes_per_peer_mean,
+                bytes_per_peer_max: r.bytes_per_peer_max,
+            })
+        })
+        .collect()
 }
 
 fn failed(system: System, e: &anyhow::Error) -> SystemResult {

@@ -13,8 +13,29 @@ pub struct Report {
     pub machine: Machine,
     pub systems: Vec<SystemResult>,
     pub footprint: Option<Footprint>,
-    /// Control-plane figures (simulation, join, failure detection, reroute).
-    pub control_plane: Status,
+    pub control_plane: ControlPlane,
+}
+
+/// Control-plane figures: the in-process gossip simulation, and (later) lab timings.
+#[derive(Debug, Serialize)]
+pub struct ControlPlane {
+    pub simulation: Vec<Simulation>,
+    /// Join, failure detection and reroute timings in the namespace lab.
+    pub lab: Status,
+}
+
+/// One run of mesh_gossip::sim: convergence from nothing, then after the best-connected peer
+/// dies.
+#[derive(Debug, Serialize)]
+pub struct Simulation {
+    pub peers: usize,
+    pub links: usize,
+    pub rounds_to_converge: u32,
+    pub rounds_to_reconverge_after_failure: u32,
+    pub messages_per_peer_mean: f64,
+    pub messages_per_peer_max: u64,
+    pub bytes_per_peer_mean: f64,
+    pub bytes_per_peer_max: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,9 +183,22 @@ impl Report {
                 f.meshctl_stripped_bytes as f64 / 1048576.0,
             );
         }
-        match &self.control_plane {
-            Status::NotBuiltYet(why) => println!("control plane: {why}"),
-            other => println!("control plane: {other:?}"),
+        for s in &self.control_plane.simulation {
+            println!(
+                "control plane (simulation, {} peers, {} links): converged in {} rounds, {} after the best-connected peer died; per peer {:.0} messages / {:.0} KiB mean, {} / {:.0} KiB max",
+                s.peers,
+                s.links,
+                s.rounds_to_converge,
+                s.rounds_to_reconverge_after_failure,
+                s.messages_per_peer_mean,
+                s.bytes_per_peer_mean / 1024.0,
+                s.messages_per_peer_max,
+                s.bytes_per_peer_max as f64 / 1024.0,
+            );
+        }
+        match &self.control_plane.lab {
+            Status::NotBuiltYet(why) => println!("control plane (lab timings): {why}"),
+            other => println!("control plane (lab timings): {other:?}"),
         }
         println!(
             "cpu/Gbps: CPU cores used by the overlay's own processes per Gbit/s (1 stream); '-' where it has none"
