@@ -4,6 +4,7 @@ fn main() {
     let files = [
         "proto/mesh/v1/local_api.proto",
         "proto/mesh/v1/gossip.proto",
+        "proto/mesh/v1/peer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,9 +1,14 @@
 //! The library behind `meshd` and `meshctl`.
 //!
+//! - [`agent`]: the control plane at run time (QUIC connections, dialling, gossip).
+//! - [`auth`], [`identity`]: who a node is and who may join.
 //! - [`datapath`]: loads mesh's eBPF object, attaches its programs, reads its counters.
 //! - [`local_api`]: the Unix-socket API between meshctl and meshd.
 //! - [`paths`]: where an instance keeps its files, so several meshd on one machine never collide.
 
+pub mod agent;
+pub mod auth;
 pub mod datapath;
+pub mod identity;
 pub mod local_api;
 pub mod paths;

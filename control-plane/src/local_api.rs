@@ -105,9 +105,10 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ApiError> {
 }
 
 /// Serves one connection: reads a request (capped), answers with `handle`'s response.
-pub async fn serve_one<F>(mut stream: tokio::net::UnixStream, handle: F) -> io::Result<()>
+pub async fn serve_one<F, Fut>(mut stream: tokio::net::UnixStream, handle: F) -> io::Result<()>
 where
-    F: FnOnce(request::Kind) -> response::Kind,
+    F: FnOnce(request::Kind) -> Fut,
+    Fut: std::future::Future<Output = response::Kind>,
 {
     let mut buf = Vec::new();
     (&mut stream)
@@ -118,7 +119,7 @@ where
         response::Kind::Error(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
     } else {
         match Request::decode_length_delimited(buf.as_slice()) {
-            Ok(Request { kind: Some(k) }) => handle(k),
+            Ok(Request { kind: Some(k) }) => handle(k).await,
             Ok(Request { kind: None }) => response::Kind::Error(
                 "unknown or empty request; is meshctl newer than meshd?".into(),
             ),

@@ -11,6 +11,7 @@
 
 pub mod bins;
 mod lab;
+pub mod mesh;
 pub mod netns;
 pub mod registry;
 mod sh;

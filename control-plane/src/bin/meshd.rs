@@ -1,23 +1,22 @@
 //! meshd: the mesh agent.
 //!
-//! Today it loads mesh's eBPF object, attaches the underlay receive program (which classifies and
-//! counts underlay traffic) and serves the local API that `meshctl status` reads. Peering and
-//! forwarding arrive with the control-plane and data-path issues.
+//! It joins the mesh over authenticated QUIC control connections (gossiping the topology and
+//! computing routes), attaches mesh's eBPF receive program to the underlay interface, and serves
+//! the local API that `meshctl` talks to.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mesh::{
+    agent::{self, Agent, Event},
+    auth::{self, AuthMode},
     datapath::{UnderlayRx, XdpAttachMode},
+    identity::{self, Identity},
     local_api, paths,
 };
-use mesh_common::DEFAULT_DATA_PORT;
-use mesh_proto::v1::{Counter, Datapath, Status, request, response};
+use mesh_common::{DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT};
+use tokio::sync::oneshot;
 
 #[derive(Parser)]
 #[command(
@@ -25,11 +24,49 @@ use mesh_proto::v1::{Counter, Datapath, Status, request, response};
     version,
     about = "mesh agent: one virtual Ethernet switch across hosts",
     long_about = "mesh agent: one virtual Ethernet switch across hosts.\n\n\
-        meshd attaches mesh's eBPF datapath to the underlay interface and serves the local API \
-        that meshctl talks to. Every option can also be set through the environment variable \
-        shown next to it."
+        meshd connects to the given peers (and to every peer it learns about from them) over \
+        authenticated QUIC, keeps the mesh topology and routes, attaches mesh's eBPF datapath \
+        to the underlay interface, and serves the local API that meshctl talks to. Every \
+        option can also be set through the environment variable shown next to it.\n\n\
+        Authentication: a shared password (--password-file or MESH_PASSWORD), or certificates \
+        from a mesh CA (--ca-cert, --cert, --key). Without either meshd refuses to start \
+        unless --insecure is given."
 )]
 struct Args {
+    /// Peers to connect to, as host[:port] (default port 6783). Remembered in the state dir,
+    /// so a restarted meshd reconnects without them.
+    #[arg(value_name = "PEER")]
+    peers: Vec<String>,
+    /// UDP address for the QUIC control plane.
+    #[arg(long, env = "MESH_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_CONTROL_PORT)))]
+    listen: SocketAddr,
+    /// File holding the mesh password (first line; surrounding whitespace is ignored).
+    #[arg(long, env = "MESH_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signs every member's certificate.
+    #[arg(long, env = "MESH_CA_CERT", value_name = "FILE", requires_all = ["cert", "key"])]
+    ca_cert: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by the CA.
+    #[arg(long, env = "MESH_CERT", value_name = "FILE", requires = "ca_cert")]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "MESH_KEY", value_name = "FILE", requires = "ca_cert")]
+    key: Option<PathBuf>,
+    /// Run without authentication: anyone who can reach the port can join. For labs only.
+    #[arg(long, env = "MESH_INSECURE")]
+    insecure: bool,
+    /// Most control connections this node keeps.
+    #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 64)]
+    max_connections: usize,
+    /// Directory for state kept across restarts (identity key, known peers).
+    #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh")]
+    state_dir: PathBuf,
+    /// Directory for runtime files (the API socket). Give each instance on a machine its own.
+    #[arg(long, env = "MESH_RUN_DIR", default_value = paths::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// This node's name. Default: the hostname.
+    #[arg(long, env = "MESH_NAME")]
+    name: Option<String>,
     /// Underlay interface (the NIC that carries mesh traffic between hosts). Default: the
     /// interface of the IPv4 default route.
     #[arg(long, env = "MESH_UNDERLAY", value_name = "IFACE")]
@@ -40,18 +77,6 @@ struct Args {
     /// XDP hook: native driver mode, generic skb mode, or auto (driver, else skb).
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
     xdp_mode: XdpAttachMode,
-    /// Directory for runtime files (the API socket). Give each instance on a machine its own.
-    #[arg(long, env = "MESH_RUN_DIR", default_value = paths::DEFAULT_RUN_DIR)]
-    run_dir: PathBuf,
-    /// This node's name. Default: the hostname.
-    #[arg(long, env = "MESH_NAME")]
-    name: Option<String>,
-}
-
-struct Agent {
-    name: String,
-    started: Instant,
-    datapath: Mutex<UnderlayRx>,
 }
 
 fn main() -> Result<()> {
@@ -68,94 +93,140 @@ fn main() -> Result<()> {
         .block_on(run(args))
 }
 
+/// The password, from MESH_PASSWORD or the password file.
+fn password(args: &Args) -> Result<Option<Vec<u8>>> {
+    let text = match (&args.password_file, std::env::var("MESH_PASSWORD")) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?,
+        (None, Ok(p)) => p,
+        (None, Err(_)) => return Ok(None),
+    };
+    let p = text.lines().next().unwrap_or("").trim();
+    if p.is_empty() {
+        bail!("the password is empty; put the mesh password in the file (or MESH_PASSWORD)");
+    }
+    Ok(Some(p.as_bytes().to_vec()))
+}
+
 async fn run(args: Args) -> Result<()> {
-    let name = match args.name {
-        Some(n) => n,
+    for p in &args.peers {
+        agent::validate_target(p)?;
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
         None => hostname().context("reading the hostname; pass --name")?,
     };
-    let underlay = match args.underlay {
-        Some(u) => u,
+    let password = password(&args)?;
+    let (auth, chain, key, id) = match (&args.ca_cert, password) {
+        (Some(_), Some(_)) => bail!("give either a password or certificates, not both"),
+        (Some(ca), None) => {
+            let (cert, key) = (args.cert.as_ref(), args.key.as_ref());
+            let (mode, key) = auth::load_certificates(
+                ca,
+                cert.context("--cert is required with --ca-cert")?,
+                key.context("--key is required with --ca-cert")?,
+            )?;
+            let AuthMode::Certificates { chain, .. } = &mode else {
+                unreachable!("load_certificates returns certificate mode")
+            };
+            let chain = chain.clone();
+            let id = identity::peer_id_of_cert(&chain[0])?;
+            (mode, chain, key, id)
+        }
+        (None, pw) => {
+            let mode = match (pw, args.insecure) {
+                (Some(p), _) => AuthMode::Password(p),
+                (None, true) => AuthMode::Insecure,
+                (None, false) => bail!(
+                    "no authentication configured: give a password (--password-file FILE or \
+                     MESH_PASSWORD) or certificates (--ca-cert, --cert, --key); --insecure \
+                     runs without, for labs only"
+                ),
+            };
+            let ident = Identity::load_or_create(&args.state_dir)?;
+            (
+                mode,
+                vec![ident.cert.clone()],
+                ident.private_key(),
+                ident.id,
+            )
+        }
+    };
+    if matches!(auth, AuthMode::Insecure) {
+        tracing::warn!(
+            "running WITHOUT authentication (--insecure): anyone who can reach {} can join",
+            args.listen
+        );
+    }
+
+    let underlay = match &args.underlay {
+        Some(u) => u.clone(),
         None => default_route_interface()?,
     };
-
     let mut datapath = UnderlayRx::load(args.data_port).context("loading the eBPF datapath")?;
     let mode = datapath
         .attach(&underlay, args.xdp_mode)
         .context("attaching the underlay receive program")?;
+
     let socket = paths::socket_in(&args.run_dir);
     let listener = local_api::bind(&socket)?;
+    let auth_name = auth.describe();
+    let (agent, rx) = Agent::start(agent::Config {
+        id,
+        name: name.clone(),
+        listen: args.listen,
+        state_dir: args.state_dir.clone(),
+        auth,
+        chain,
+        key,
+        initial_targets: args.peers.clone(),
+        max_connections: args.max_connections,
+        datapath,
+    })?;
     tracing::info!(
         name,
+        id = %id,
+        listen = %agent.listen_addr(),
+        auth = auth_name,
         underlay,
         xdp_mode = mode.as_str(),
-        data_port = args.data_port,
         socket = %socket.display(),
         "meshd ready"
     );
 
-    let agent = Arc::new(Agent {
-        name,
-        started: Instant::now(),
-        datapath: Mutex::new(datapath),
-    });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => { tracing::warn!(error = %e, "accepting an API connection"); continue; }
-                };
-                let agent = agent.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = local_api::serve_one(stream, |req| agent.answer(req)).await {
-                        tracing::debug!(error = %e, "API connection ended early");
+    let events = agent.events();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let events = events.clone();
+            tokio::spawn(async move {
+                let _ = local_api::serve_one(stream, |request| async move {
+                    let (reply, answer) = oneshot::channel();
+                    if events.send(Event::Api { request, reply }).is_err() {
+                        return mesh_proto::v1::response::Kind::Error("meshd is stopping".into());
                     }
-                });
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+                    answer.await.unwrap_or_else(|_| {
+                        mesh_proto::v1::response::Kind::Error("meshd is stopping".into())
+                    })
+                })
+                .await;
+            });
         }
-    }
-    tracing::info!("meshd stopping");
-    // Only remove the socket if it is still ours (a second instance may have been pointed here).
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    agent.run(rx, shutdown).await;
+    tracing::info!("meshd stopped");
     let _ = std::fs::remove_file(&socket);
     Ok(())
-}
-
-impl Agent {
-    fn answer(&self, req: request::Kind) -> response::Kind {
-        match req {
-            request::Kind::Status(_) => match self.status() {
-                Ok(s) => response::Kind::Status(s),
-                Err(e) => response::Kind::Error(format!("{e:#}")),
-            },
-        }
-    }
-
-    fn status(&self) -> Result<Status> {
-        let dp = self.datapath.lock().expect("datapath lock poisoned");
-        let counters = dp.counters()?;
-        let (iface, mode) = dp.attachment().context("datapath not attached")?;
-        Ok(Status {
-            name: self.name.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            datapath: Some(Datapath {
-                mode: "xdp-observe".into(),
-                underlay_interface: iface.into(),
-                xdp_mode: mode.as_str().into(),
-                data_port: dp.data_port().into(),
-                underlay_counters: counters
-                    .iter()
-                    .map(|(name, value)| Counter {
-                        name: name.into(),
-                        value,
-                    })
-                    .collect(),
-            }),
-        })
-    }
 }
 
 fn hostname() -> Result<String> {

@@ -1,0 +1,501 @@
+//! meshd's control plane at run time: the QUIC endpoint, the control connections, dialling
+//! and redialling, and the [`Gossip`] state machine they feed. One task owns all of it; every
+//! connection runs in its own task and talks to the agent through [`Event`]s.
+
+mod conn;
+mod targets;
+mod view;
+mod wire;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+pub use conn::validate_target;
+use conn::{Local, close};
+use mesh_gossip::{Config as GossipConfig, Gossip, PeerId};
+use mesh_proto::v1::{GossipMessage, request, response};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use targets::{State, Store, Target};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{auth::AuthMode, datapath::UnderlayRx};
+
+/// Everything the agent needs to start.
+pub struct Config {
+    pub id: PeerId,
+    pub name: String,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub auth: AuthMode,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub initial_targets: Vec<String>,
+    pub max_connections: usize,
+    pub datapath: UnderlayRx,
+}
+
+/// What connection tasks and the API report to the agent.
+pub enum Event {
+    Established {
+        conn: quinn::Connection,
+        est: conn::Established,
+        dialed: Option<String>,
+    },
+    HandshakeFailed {
+        target: Option<String>,
+        remote: SocketAddr,
+        error: String,
+        auth: bool,
+    },
+    Gossip {
+        peer: PeerId,
+        conn_id: u64,
+        msg: GossipMessage,
+    },
+    Closed {
+        peer: PeerId,
+        conn_id: u64,
+        reason: String,
+    },
+    Api {
+        request: request::Kind,
+        reply: oneshot::Sender<response::Kind>,
+    },
+}
+
+/// An established control connection.
+struct Link {
+    conn: quinn::Connection,
+    conn_id: u64,
+    tx: mpsc::UnboundedSender<GossipMessage>,
+    name: String,
+    since: SystemTime,
+    /// Who opened it: decides which one survives when both sides dialled at once.
+    dialer: PeerId,
+}
+
+pub struct Agent {
+    local: Arc<Local>,
+    listen: SocketAddr,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    gossip: Gossip,
+    links: BTreeMap<PeerId, Link>,
+    targets: BTreeMap<String, Target>,
+    store: Store,
+    max_connections: usize,
+    events: mpsc::UnboundedSender<Event>,
+    next_conn_id: u64,
+    datapath: UnderlayRx,
+    started: Instant,
+    /// When each peer entered the state `meshctl peers` shows.
+    state_since: BTreeMap<PeerId, (String, SystemTime)>,
+}
+
+/// Wall-clock milliseconds: gossip versions must keep increasing across restarts.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Agent {
+    /// Binds the QUIC endpoint. Returns the agent and the sender the API uses.
+    pub fn start(cfg: Config) -> Result<(Agent, mpsc::UnboundedReceiver<Event>)> {
+        let server = crate::auth::server_config(&cfg.auth, cfg.chain.clone(), cfg.key.clone_key())?;
+        let client = crate::auth::client_config(&cfg.auth, cfg.chain, cfg.key)?;
+        let endpoint = quinn::Endpoint::server(server, cfg.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (in use by another meshd? give each instance its own \
+                 --listen)",
+                cfg.listen
+            )
+        })?;
+        let listen = endpoint.local_addr()?;
+        let store = Store::new(&cfg.state_dir);
+        let mut targets = BTreeMap::new();
+        for t in store.load()?.into_iter().chain(cfg.initial_targets) {
+            targets.insert(t, Target::new(true, None));
+        }
+        let addresses = if listen.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![listen.to_string()]
+        };
+        let gossip = Gossip::new(
+            cfg.id,
+            &cfg.name,
+            addresses,
+            now_ms(),
+            GossipConfig::default(),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let agent = Agent {
+            local: Arc::new(Local {
+                id: cfg.id,
+                name: cfg.name,
+                listen_port: listen.port(),
+                auth: cfg.auth,
+            }),
+            listen,
+            endpoint,
+            client,
+            gossip,
+            links: BTreeMap::new(),
+            targets,
+            store,
+            max_connections: cfg.max_connections,
+            events: tx,
+            next_conn_id: 0,
+            datapath: cfg.datapath,
+            started: Instant::now(),
+            state_since: BTreeMap::new(),
+        };
+        agent.store.save(&agent.targets)?;
+        Ok((agent, rx))
+    }
+
+    pub fn events(&self) -> mpsc::UnboundedSender<Event> {
+        self.events.clone()
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => self.handle(ev),
+                Some(incoming) = self.endpoint.accept() => self.accept(incoming),
+                _ = tick.tick() => self.tick(),
+                _ = &mut shutdown => break,
+            }
+            self.flush();
+        }
+        info!("closing peer connections");
+        self.endpoint
+            .close(close::SHUTDOWN.into(), b"meshd shutting down");
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
+    }
+
+    fn accept(&mut self, incoming: quinn::Incoming) {
+        let local = self.local.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let result = async {
+                let conn = incoming.await.context("QUIC/TLS handshake")?;
+                let est = conn::handshake(&conn, false, &local).await?;
+                Ok::<_, anyhow::Error>((conn, est))
+            }
+            .await;
+            let _ = events.send(match result {
+                Ok((conn, est)) => Event::Established {
+                    conn,
+                    est,
+                    dialed: None,
+                },
+                Err(e) => Event::HandshakeFailed {
+                    target: None,
+                    remote,
+                    auth: e.downcast_ref::<conn::AuthRefused>().is_some(),
+                    error: format!("{e:#}"),
+                },
+            });
+        });
+    }
+
+    fn dial(&mut self, target: String) {
+        let Some(t) = self.targets.get_mut(&target) else {
+            return;
+        };
+        t.dialing = true;
+        if t.state != State::Failed {
+            t.set_state(State::Connecting);
+        }
+        let local = self.local.clone();
+        let events = self.events.clone();
+        let endpoint = self.endpoint.clone();
+        let client = self.client.clone();
+        let port = mesh_common::DEFAULT_CONTROL_PORT;
+        tokio::spawn(async move {
+            let mut remote = SocketAddr::from(([0, 0, 0, 0], 0));
+            let result = async {
+                remote = conn::resolve(&target, port).await?;
+                let conn = endpoint
+                    .connect_with(client, remote, "mesh")?
+                    .await
+                    .map_err(|e| anyhow::anyhow!(conn::describe_close(&e)))?;
+                let est = conn::handshake(&conn, true, &local).await?;
+                Ok::<_, anyhow::Error>((conn, est))
+            }
+            .await;
+            let _ = events.send(match result {
+                Ok((conn, est)) => Event::Established {
+                    conn,
+                    est,
+                    dialed: Some(target),
+                },
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    // The other side's refusal arrives as a close with its reason.
+                    let auth = e.downcast_ref::<conn::AuthRefused>().is_some()
+                        || text.contains("wrong password")
+                        || text.contains("authentication mismatch");
+                    Event::HandshakeFailed {
+                        target: Some(target),
+                        remote,
+                        error: text,
+                        auth,
+                    }
+                }
+            });
+        });
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Established { conn, est, dialed } => self.established(conn, est, dialed),
+            Event::HandshakeFailed {
+                target,
+                remote,
+                error,
+                auth,
+            } => {
+                if auth {
+                    warn!(%remote, target = target.as_deref().unwrap_or("-"), error, "peer refused");
+                }
+                if let Some(t) = target.and_then(|t| self.targets.get_mut(&t)) {
+                    if t.state != State::Retrying || t.last_error != error {
+                        tracing::debug!(%remote, error, "dial failed");
+                    }
+                    t.failed(error, auth, Instant::now());
+                }
+            }
+            Event::Gossip { peer, conn_id, msg } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.gossip.receive(peer, msg, now_ms());
+                }
+            }
+            Event::Closed {
+                peer,
+                conn_id,
+                reason,
+            } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    let link = self.links.remove(&peer).expect("checked above");
+                    info!(peer = %peer, name = link.name, reason, "peer connection lost");
+                    self.gossip.link_down(peer, now_ms());
+                    let now = Instant::now();
+                    for t in self.targets.values_mut() {
+                        if t.peer == Some(peer) && t.state == State::Established {
+                            t.lost(reason.clone(), now);
+                        }
+                    }
+                }
+            }
+            Event::Api { request, reply } => {
+                let _ = reply.send(self.answer(request));
+            }
+        }
+    }
+
+    fn established(
+        &mut self,
+        conn: quinn::Connection,
+        est: conn::Established,
+        dialed: Option<String>,
+    ) {
+        let peer = est.peer;
+        let dialer = if dialed.is_some() {
+            self.local.id
+        } else {
+            peer
+        };
+        if let Some(t) = dialed.as_ref().and_then(|d| self.targets.get_mut(d)) {
+            t.established(peer);
+        }
+        if let Some(existing) = self.links.get(&peer) {
+            // Both sides dialled: keep the connection opened by the lower id, on both ends.
+            let keep_existing = existing.dialer == self.local.id.min(peer);
+            if keep_existing || existing.dialer == dialer {
+                conn.close(close::DUPLICATE.into(), b"duplicate connection");
+                return;
+            }
+            existing
+                .conn
+                .close(close::DUPLICATE.into(), b"duplicate connection");
+        } else if self.links.len() >= self.max_connections {
+            conn.close(close::PROTOCOL.into(), b"connection limit reached");
+            warn!(peer = %peer, limit = self.max_connections, "refusing a connection: limit reached");
+            return;
+        }
+        let conn_id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let remote = conn.remote_address();
+        let name = est.hello.name.clone();
+        if !self.links.contains_key(&peer) {
+            info!(peer = %peer, name, %remote, "peer connection established");
+        }
+        self.links.insert(
+            peer,
+            Link {
+                conn: conn.clone(),
+                conn_id,
+                tx,
+                name,
+                since: SystemTime::now(),
+                dialer,
+            },
+        );
+        self.gossip
+            .link_up(peer, Some(remote.to_string()), now_ms());
+        // An accepted connection from a peer we were trying to reach: stop trying.
+        for t in self.targets.values_mut() {
+            if t.peer == Some(peer) {
+                t.established(peer);
+            }
+        }
+        tokio::spawn(conn::pump(conn, est, conn_id, self.events.clone(), rx));
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        self.gossip.tick(now);
+        self.discover();
+        let due: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                !t.dialing
+                    && t.next_attempt <= Instant::now()
+                    && !t.peer.is_some_and(|p| self.links.contains_key(&p))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for t in due {
+            if self.links.len() < self.max_connections {
+                self.dial(t);
+            }
+        }
+        self.refresh_states();
+    }
+
+    /// Adds dial targets for peers the topology knows but we are not connected to: their
+    /// advertised addresses and the addresses their neighbours observe. Drops discovered
+    /// targets whose peer left the topology.
+    fn discover(&mut self) {
+        let entries = self.gossip.entries();
+        let mut found: Vec<(String, PeerId)> = Vec::new();
+        for (id, e) in entries {
+            if *id == self.local.id || self.links.contains_key(id) {
+                continue;
+            }
+            for a in &e.addresses {
+                found.push((a.clone(), *id));
+            }
+        }
+        for e in entries.values() {
+            for l in &e.links {
+                let id = PeerId(l.peer);
+                if id != self.local.id
+                    && !self.links.contains_key(&id)
+                    && !l.observed_addr.is_empty()
+                {
+                    found.push((l.observed_addr.clone(), id));
+                }
+            }
+        }
+        for (addr, id) in found {
+            self.targets
+                .entry(addr)
+                .or_insert_with(|| Target::new(false, Some(id)));
+        }
+        let known: std::collections::BTreeSet<PeerId> = entries.keys().copied().collect();
+        self.targets
+            .retain(|_, t| t.persistent || t.peer.is_none_or(|p| known.contains(&p)));
+    }
+
+    fn flush(&mut self) {
+        for (to, msg) in self.gossip.take_outbox() {
+            if let Some(l) = self.links.get(&to) {
+                let _ = l.tx.send(msg);
+            }
+        }
+    }
+
+    fn answer(&mut self, req: request::Kind) -> response::Kind {
+        match req {
+            request::Kind::Status(_) => match self.status() {
+                Ok(s) => response::Kind::Status(s),
+                Err(e) => response::Kind::Error(format!("{e:#}")),
+            },
+            request::Kind::Peers(_) => response::Kind::Peers(self.peers()),
+            request::Kind::Routes(_) => response::Kind::Routes(self.routes()),
+            request::Kind::Connect(t) => self.connect(t.targets),
+            request::Kind::Forget(t) => self.forget(t.targets),
+        }
+    }
+
+    fn connect(&mut self, list: Vec<String>) -> response::Kind {
+        for t in &list {
+            if let Err(e) = validate_target(t) {
+                return response::Kind::Error(format!("{e:#}"));
+            }
+        }
+        for t in &list {
+            let target = self
+                .targets
+                .entry(t.clone())
+                .or_insert_with(|| Target::new(true, None));
+            target.persistent = true;
+            target.next_attempt = Instant::now();
+        }
+        if let Err(e) = self.store.save(&self.targets) {
+            return response::Kind::Error(format!("{e:#}"));
+        }
+        response::Kind::Done(format!("connecting to {}", list.join(", ")))
+    }
+
+    fn forget(&mut self, list: Vec<String>) -> response::Kind {
+        let mut unknown = Vec::new();
+        for t in &list {
+            match self.targets.remove(t) {
+                Some(target) => {
+                    if let Some(l) = target.peer.and_then(|p| self.links.get(&p)) {
+                        l.conn
+                            .close(close::FORGOTTEN.into(), b"forgotten by the operator");
+                    }
+                }
+                None => unknown.push(t.clone()),
+            }
+        }
+        if let Err(e) = self.store.save(&self.targets) {
+            return response::Kind::Error(format!("{e:#}"));
+        }
+        if unknown.is_empty() {
+            response::Kind::Done(format!("forgot {}", list.join(", ")))
+        } else {
+            response::Kind::Error(format!(
+                "not known: {} (see `meshctl peers` for the addresses in use)",
+                unknown.join(", ")
+            ))
+        }
+    }
+}

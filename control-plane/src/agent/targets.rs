@@ -1,0 +1,144 @@
+//! Dial targets: addresses meshd keeps (re)connecting to, their state and backoff, and the
+//! persisted list of the ones the operator gave.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use mesh_gossip::PeerId;
+
+use crate::identity::write_atomic;
+
+pub const PEERS_FILE: &str = "peers.json";
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Retrying,
+    /// Refused by authentication: retried slowly, shown as failed.
+    Failed,
+    Established,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Retrying => "retrying",
+            State::Failed => "failed",
+            State::Established => "established",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    /// Given by the operator (command line, `meshctl connect`): kept and persisted. Otherwise
+    /// discovered through gossip and dropped when its peer leaves the topology.
+    pub persistent: bool,
+    pub state: State,
+    pub since: SystemTime,
+    pub failures: u32,
+    pub next_attempt: Instant,
+    pub last_error: String,
+    /// The peer behind the address, once known.
+    pub peer: Option<PeerId>,
+    /// A dial is in flight.
+    pub dialing: bool,
+}
+
+impl Target {
+    pub fn new(persistent: bool, peer: Option<PeerId>) -> Target {
+        Target {
+            persistent,
+            state: State::Connecting,
+            since: SystemTime::now(),
+            failures: 0,
+            next_attempt: Instant::now(),
+            last_error: String::new(),
+            peer,
+            dialing: false,
+        }
+    }
+
+    pub fn set_state(&mut self, s: State) {
+        if self.state != s {
+            self.state = s;
+            self.since = SystemTime::now();
+        }
+    }
+
+    /// Schedules the next attempt after a failure: exponential backoff with jitter.
+    pub fn failed(&mut self, error: String, auth: bool, now: Instant) {
+        self.dialing = false;
+        self.failures = self.failures.saturating_add(1);
+        self.last_error = error;
+        self.set_state(if auth { State::Failed } else { State::Retrying });
+        let base = BACKOFF_START
+            .saturating_mul(1 << self.failures.min(8))
+            .min(BACKOFF_MAX);
+        // Jitter from the clock's low bits: enough to keep peers from dialling in lockstep.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = base.mul_f64(f64::from(nanos % 200) / 1000.0);
+        self.next_attempt = now + base + jitter;
+    }
+
+    pub fn established(&mut self, peer: PeerId) {
+        self.dialing = false;
+        self.failures = 0;
+        self.last_error.clear();
+        self.peer = Some(peer);
+        self.set_state(State::Established);
+    }
+
+    /// The connection it led to went away: try again soon.
+    pub fn lost(&mut self, reason: String, now: Instant) {
+        self.last_error = reason;
+        self.failures = 0;
+        self.set_state(State::Retrying);
+        self.next_attempt = now + BACKOFF_START;
+    }
+}
+
+/// The operator's targets, persisted in `<state_dir>/peers.json`.
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            path: state_dir.join(PEERS_FILE),
+        }
+    }
+
+    pub fn load(&self) -> Result<Vec<String>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is not a JSON list of peer addresses; fix or remove it",
+                    self.path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    pub fn save(&self, targets: &BTreeMap<String, Target>) -> Result<()> {
+        let list: Vec<&String> = targets
+            .iter()
+            .filter(|(_, t)| t.persistent)
+            .map(|(k, _)| k)
+            .collect();
+        write_atomic(&self.path, &serde_json::to_vec_pretty(&list)?, 0o644)
+    }
+}

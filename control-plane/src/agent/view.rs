@@ -1,0 +1,210 @@
+//! What `meshctl status`, `peers` and `routes` show, computed from the agent's state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
+
+use anyhow::{Context, Result};
+use mesh_gossip::PeerId;
+use mesh_proto::v1::{
+    BroadcastRoute, Counter, Datapath, PeerInfo, Peers, Routes, Status, UnicastRoute,
+};
+
+use super::{Agent, State};
+use crate::auth::AuthMode;
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Agent {
+    fn name_of(&self, id: PeerId) -> String {
+        self.links
+            .get(&id)
+            .map(|l| l.name.clone())
+            .or_else(|| self.gossip.entries().get(&id).map(|e| e.name.clone()))
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// One row per known peer, and one per dial target whose peer is not known (yet).
+    fn rows(&mut self) -> Vec<PeerInfo> {
+        let routes = self.gossip.routes().clone();
+        let me = self.local.id;
+        let entries = self.gossip.entries().clone();
+        let ids: BTreeSet<PeerId> = entries
+            .keys()
+            .chain(self.links.keys())
+            .copied()
+            .filter(|id| *id != me)
+            .collect();
+        let mut rows = Vec::new();
+        for &id in &ids {
+            let mut addresses: BTreeSet<String> = BTreeSet::new();
+            if let Some(e) = entries.get(&id) {
+                addresses.extend(e.addresses.iter().cloned());
+            }
+            for e in entries.values() {
+                for l in e.links.iter().filter(|l| l.peer == id.0) {
+                    if !l.observed_addr.is_empty() {
+                        addresses.insert(l.observed_addr.clone());
+                    }
+                }
+            }
+            let targets: Vec<(&String, &super::Target)> = self
+                .targets
+                .iter()
+                .filter(|(_, t)| t.peer == Some(id))
+                .collect();
+            let link = self.links.get(&id);
+            if let Some(l) = link {
+                addresses.insert(l.conn.remote_address().to_string());
+            }
+            let any = |s: State| targets.iter().any(|(_, t)| t.state == s);
+            let state = if link.is_some() {
+                "established"
+            } else if any(State::Failed) {
+                "failed"
+            } else if !routes.hops.contains_key(&id) {
+                "unreachable"
+            } else if any(State::Connecting) {
+                "connecting"
+            } else if any(State::Retrying) {
+                "retrying"
+            } else {
+                "connecting"
+            };
+            let via = match (link, routes.next_hop.get(&id)) {
+                (None, Some(hop)) => Some(self.name_of(*hop)),
+                _ => None,
+            };
+            rows.push(PeerInfo {
+                name: self.name_of(id),
+                id: id.to_string(),
+                addresses: addresses.into_iter().collect(),
+                state: state.into(),
+                via,
+                rtt_ms: link.map(|l| l.conn.rtt().as_secs_f64() * 1000.0),
+                since: 0,
+                last_error: targets
+                    .iter()
+                    .map(|(_, t)| t.last_error.clone())
+                    .find(|e| !e.is_empty())
+                    .unwrap_or_default(),
+                hops: routes.hops.get(&id).copied().unwrap_or(0),
+            });
+        }
+        for (addr, t) in &self.targets {
+            if t.peer.is_some_and(|p| ids.contains(&p)) {
+                continue;
+            }
+            rows.push(PeerInfo {
+                name: addr.clone(),
+                id: t.peer.map(|p| p.to_string()).unwrap_or_default(),
+                addresses: vec![addr.clone()],
+                state: t.state.as_str().into(),
+                via: None,
+                rtt_ms: None,
+                since: unix(t.since),
+                last_error: t.last_error.clone(),
+                hops: 0,
+            });
+        }
+        rows
+    }
+
+    /// Records when each peer entered its current state (for `since`).
+    pub(super) fn refresh_states(&mut self) {
+        let rows = self.rows();
+        let now = SystemTime::now();
+        let mut next = BTreeMap::new();
+        for r in rows {
+            let Ok(id) = r.id.parse::<PeerId>() else {
+                continue;
+            };
+            let since = match self.state_since.get(&id) {
+                Some((s, t)) if *s == r.state => *t,
+                _ => self.links.get(&id).map_or(now, |l| l.since),
+            };
+            next.insert(id, (r.state, since));
+        }
+        self.state_since = next;
+    }
+
+    pub(super) fn peers(&mut self) -> Peers {
+        let mut rows = self.rows();
+        for r in &mut rows {
+            if let Ok(id) = r.id.parse::<PeerId>() {
+                if let Some((s, t)) = self.state_since.get(&id) {
+                    if *s == r.state {
+                        r.since = unix(*t);
+                    }
+                }
+            }
+            if r.since == 0 {
+                r.since = unix(SystemTime::now());
+            }
+        }
+        Peers { peers: rows }
+    }
+
+    pub(super) fn routes(&mut self) -> Routes {
+        let routes = self.gossip.routes().clone();
+        Routes {
+            unicast: routes
+                .next_hop
+                .iter()
+                .map(|(dest, hop)| UnicastRoute {
+                    destination: self.name_of(*dest),
+                    next_hop: self.name_of(*hop),
+                    hops: routes.hops.get(dest).copied().unwrap_or(0),
+                })
+                .collect(),
+            broadcast: routes
+                .broadcast
+                .iter()
+                .map(|(source, hops)| BroadcastRoute {
+                    source: self.name_of(*source),
+                    next_hops: hops.iter().map(|h| self.name_of(*h)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn status(&mut self) -> Result<Status> {
+        let mut by_state: BTreeMap<String, u32> = BTreeMap::new();
+        for r in self.rows() {
+            *by_state.entry(r.state).or_default() += 1;
+        }
+        let counters = self.datapath.counters()?;
+        let (iface, mode) = self
+            .datapath
+            .attachment()
+            .context("datapath not attached")?;
+        Ok(Status {
+            name: self.local.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            datapath: Some(Datapath {
+                mode: "xdp-observe".into(),
+                underlay_interface: iface.into(),
+                xdp_mode: mode.as_str().into(),
+                data_port: self.datapath.data_port().into(),
+                underlay_counters: counters
+                    .iter()
+                    .map(|(name, value)| Counter {
+                        name: name.into(),
+                        value,
+                    })
+                    .collect(),
+            }),
+            id: self.local.id.to_string(),
+            listen: self.listen.to_string(),
+            auth: self.local.auth.describe().into(),
+            insecure: matches!(self.local.auth, AuthMode::Insecure),
+            peers_by_state: by_state.into_iter().collect(),
+            connections: self.links.len() as u32,
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! Length-delimited protobuf frames on a QUIC stream.
+
+use anyhow::{Context, Result, bail};
+use mesh_proto::{Message, v1::PeerFrame};
+
+/// Largest frame accepted: a full topology of a few thousand peers fits comfortably.
+const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+pub async fn write(send: &mut quinn::SendStream, frame: &PeerFrame) -> Result<()> {
+    send.write_all(&frame.encode_length_delimited_to_vec())
+        .await
+        .context("sending to the peer")
+}
+
+pub async fn read(recv: &mut quinn::RecvStream) -> Result<PeerFrame> {
+    // Varint length prefix, one byte at a time (at most 10 bytes).
+    let mut len: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b)
+            .await
+            .context("peer closed the stream")?;
+        len |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let len = len as usize;
+    if len > MAX_FRAME {
+        bail!("peer sent a {len}-byte frame (limit {MAX_FRAME})");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf)
+        .await
+        .context("peer closed the stream mid-frame")?;
+    PeerFrame::decode(buf.as_slice()).context("peer sent a malformed frame")
+}

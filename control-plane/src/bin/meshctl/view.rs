@@ -1,0 +1,159 @@
+//! How meshctl prints what meshd answers: tables for people, JSON for scripts.
+
+use mesh_proto::v1::{Peers, Routes, Status};
+use serde_json::{Value, json};
+
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    );
+}
+
+pub fn status_json(s: &Status) -> Value {
+    let dp = s.datapath.clone().unwrap_or_default();
+    json!({
+        "name": s.name,
+        "id": s.id,
+        "version": s.version,
+        "uptime_seconds": s.uptime_seconds,
+        "listen": s.listen,
+        "auth": s.auth,
+        "insecure": s.insecure,
+        "connections": s.connections,
+        "peers_by_state": s.peers_by_state,
+        "datapath": {
+            "mode": dp.mode,
+            "underlay_interface": dp.underlay_interface,
+            "xdp_mode": dp.xdp_mode,
+            "data_port": dp.data_port,
+            "underlay_counters": dp.underlay_counters.iter()
+                .map(|c| (c.name.clone(), Value::from(c.value)))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+    })
+}
+
+pub fn print_status(s: &Status) {
+    let dp = s.datapath.clone().unwrap_or_default();
+    println!("name         {}", s.name);
+    println!("id           {}", s.id);
+    println!("version      {}", s.version);
+    println!("uptime       {}s", s.uptime_seconds);
+    println!("listen       {} (QUIC)", s.listen);
+    if s.insecure {
+        println!(
+            "auth         NONE: running with --insecure, anyone who can reach the port can join"
+        );
+    } else {
+        println!("auth         {}", s.auth);
+    }
+    let mut states: Vec<String> = s
+        .peers_by_state
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    states.sort();
+    println!(
+        "peers        {} ({} connections)",
+        if states.is_empty() {
+            "none".into()
+        } else {
+            states.join(", ")
+        },
+        s.connections
+    );
+    println!(
+        "datapath     {} on {} (XDP {} mode), data port {}",
+        dp.mode, dp.underlay_interface, dp.xdp_mode, dp.data_port
+    );
+    if dp.mode == "xdp-observe" {
+        println!(
+            "             the kernel program classifies and counts underlay traffic; forwarding is not built yet"
+        );
+    }
+    println!("underlay counters");
+    for c in &dp.underlay_counters {
+        println!("  {:<16} {}", c.name, c.value);
+    }
+}
+
+pub fn peers_json(p: &Peers) -> Value {
+    Value::Array(
+        p.peers
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "id": r.id,
+                    "addresses": r.addresses,
+                    "state": r.state,
+                    "via": r.via,
+                    "hops": r.hops,
+                    "rtt_ms": r.rtt_ms,
+                    "since": r.since,
+                    "last_error": if r.last_error.is_empty() { Value::Null } else { Value::from(r.last_error.clone()) },
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn print_peers(p: &Peers) {
+    if p.peers.is_empty() {
+        println!("no peers known; connect with `meshctl connect HOST[:PORT]`");
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {}",
+        "NAME", "ID", "STATE", "VIA", "RTT ms", "SINCE", "ADDRESSES"
+    );
+    for r in &p.peers {
+        println!(
+            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {}{}",
+            r.name,
+            r.id,
+            r.state,
+            r.via.as_deref().unwrap_or("-"),
+            r.rtt_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            format!("{}s", now.saturating_sub(r.since)),
+            r.addresses.join(" "),
+            if r.last_error.is_empty() || r.state == "established" {
+                String::new()
+            } else {
+                format!("  ({})", r.last_error)
+            }
+        );
+    }
+}
+
+pub fn routes_json(r: &Routes) -> Value {
+    json!({
+        "unicast": r.unicast.iter().map(|u| json!({
+            "destination": u.destination, "next_hop": u.next_hop, "hops": u.hops,
+        })).collect::<Vec<_>>(),
+        "broadcast": r.broadcast.iter().map(|b| json!({
+            "source": b.source, "next_hops": b.next_hops,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_routes(r: &Routes) {
+    println!("unicast");
+    println!("  {:<16} {:<16} {:>4}", "DESTINATION", "NEXT HOP", "HOPS");
+    for u in &r.unicast {
+        println!("  {:<16} {:<16} {:>4}", u.destination, u.next_hop, u.hops);
+    }
+    println!("broadcast (this node forwards a source's broadcasts to)");
+    for b in &r.broadcast {
+        let hops = if b.next_hops.is_empty() {
+            "-".into()
+        } else {
+            b.next_hops.join(", ")
+        };
+        println!("  {:<16} -> {hops}", b.source);
+    }
+}

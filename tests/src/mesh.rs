@@ -1,0 +1,109 @@
+//! Running real meshd processes on lab hosts and asking them questions through meshctl.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{Host, Lab, ProcId, bins, wait_until};
+
+/// A meshd started on a lab host.
+#[derive(Clone, Debug)]
+pub struct Meshd {
+    pub proc: ProcId,
+    pub host: Host,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Lab {
+    /// Writes `password` to a file in the lab dir and returns its path.
+    pub fn password_file(&self, name: &str, password: &str) -> Result<PathBuf> {
+        let p = self.dir().join(format!("{name}.password"));
+        std::fs::write(&p, format!("{password}\n"))?;
+        Ok(p)
+    }
+
+    /// Starts meshd on `host` (own state and run dirs under the lab dir, underlay `u0`,
+    /// name = host name) with `args` appended, and waits until its API answers.
+    pub fn start_meshd(&mut self, host: &Host, args: &[&str]) -> Result<Meshd> {
+        let meshd = bins::path("meshd")?;
+        let state_dir = self.dir().join(format!("{}-state", host.name));
+        let run_dir = self.dir().join(format!("{}-run", host.name));
+        let mut all: Vec<String> = vec![
+            "--name".into(),
+            host.name.clone(),
+            "--underlay".into(),
+            host.underlay_if.clone(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let proc = self.spawn(&host.ns, &meshd, &refs)?;
+        let node = Meshd {
+            proc,
+            host: host.clone(),
+            socket: run_dir.join("meshd.sock"),
+            state_dir,
+        };
+        if !wait_until(Duration::from_secs(10), || status(&node).is_ok()) {
+            bail!(
+                "meshd on {} did not come up; its log:\n{}",
+                host.name,
+                self.log(proc)
+            );
+        }
+        Ok(node)
+    }
+}
+
+/// Runs `meshctl --socket <node's socket> <args> --json` and parses the output.
+pub fn meshctl_json(node: &Meshd, args: &[&str]) -> Result<Value> {
+    let out = meshctl(&node.socket, args, true)?;
+    serde_json::from_str(&out).with_context(|| format!("meshctl printed no JSON: {out}"))
+}
+
+/// Runs meshctl against `socket`; returns stdout, or fails with its stderr.
+pub fn meshctl(socket: &Path, args: &[&str], json: bool) -> Result<String> {
+    let mut cmd = Command::new(bins::path("meshctl")?);
+    cmd.arg("--socket").arg(socket).args(args);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn status(node: &Meshd) -> Result<Value> {
+    meshctl_json(node, &["status"])
+}
+
+/// `meshctl peers --json` as a list.
+pub fn peers(node: &Meshd) -> Result<Vec<Value>> {
+    match meshctl_json(node, &["peers"])? {
+        Value::Array(a) => Ok(a),
+        other => bail!("meshctl peers printed {other}"),
+    }
+}
+
+/// The row for peer `name` in `node`'s peer list, if any.
+pub fn peer(node: &Meshd, name: &str) -> Option<Value> {
+    peers(node).ok()?.into_iter().find(|p| p["name"] == name)
+}
+
+/// Whether `node` shows every one of `names` as established.
+pub fn sees_established(node: &Meshd, names: &[&str]) -> bool {
+    names
+        .iter()
+        .all(|n| peer(node, n).is_some_and(|p| p["state"] == "established"))
+}
