@@ -57,6 +57,8 @@ impl Agent {
                 .iter()
                 .filter(|(_, t)| t.peer == Some(id))
                 .collect();
+            // What we dial it at, even when it is down: the operator should see that.
+            addresses.extend(targets.iter().map(|(addr, _)| (*addr).clone()));
             let link = self.links.get(&id);
             if let Some(l) = link {
                 addresses.insert(l.conn.remote_address().to_string());

@@ -1,0 +1,160 @@
+//! meshd as an operator meets it: restarts, run-time connect/forget, and bad input.
+
+use std::{process::Command, time::Duration};
+
+use mesh_tests::{
+    Lab, bins,
+    mesh::{meshctl, peer, peers, sees_established},
+    wait_until,
+};
+
+#[test]
+fn a_restarted_meshd_reconnects_from_its_state_dir_alone() {
+    let mut lab = Lab::new("ops-restart").unwrap();
+    let h1 = lab.add_host("r1").unwrap();
+    let h2 = lab.add_host("r2").unwrap();
+    let pw = lab.password_file("pw", "s3cret").unwrap();
+    let pw = pw.to_str().unwrap();
+    let n1 = lab.start_meshd(&h1, &["--password-file", pw]).unwrap();
+    let n2 = lab
+        .start_meshd(&h2, &["--password-file", pw, &h1.addr.to_string()])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || sees_established(
+        &n2,
+        &["r1"]
+    )));
+    let id_before = peer(&n1, "r2").unwrap()["id"].clone();
+
+    // Restart r2 with no peer on its command line: it must find r1 from its state dir.
+    lab.terminate(n2.proc, Duration::from_secs(3)).unwrap();
+    let n2 = lab.start_meshd(&h2, &["--password-file", pw]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || sees_established(&n2, &["r1"])
+            && sees_established(&n1, &["r2"])),
+        "{:#?}",
+        peers(&n2)
+    );
+    assert_eq!(
+        peer(&n1, "r2").unwrap()["id"],
+        id_before,
+        "identity survives a restart"
+    );
+}
+
+#[test]
+fn meshctl_connect_and_forget_change_what_meshd_dials() {
+    let mut lab = Lab::new("ops-connect").unwrap();
+    let h1 = lab.add_host("c1").unwrap();
+    let h2 = lab.add_host("c2").unwrap();
+    let n1 = lab.start_meshd(&h1, &["--insecure"]).unwrap();
+    let n2 = lab.start_meshd(&h2, &["--insecure"]).unwrap();
+    assert!(peers(&n2).unwrap().is_empty());
+    let target = h1.addr.to_string();
+    meshctl(&n2.socket, &["connect", &target], false).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || sees_established(
+        &n2,
+        &["c1"]
+    )));
+    let saved = std::fs::read_to_string(n2.state_dir.join("peers.json")).unwrap();
+    assert!(saved.contains(&target), "connect is remembered: {saved}");
+
+    // With c1 gone, c2 shows it unreachable, still dialled at the address it was given...
+    lab.terminate(n1.proc, Duration::from_secs(3)).unwrap();
+    let dialled = || {
+        peers(&n2).unwrap().iter().any(|p| {
+            p["name"] == "c1"
+                && p["state"] == "unreachable"
+                && p["addresses"].to_string().contains(&target)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), dialled),
+        "{:#?}",
+        peers(&n2)
+    );
+    // ...until it is told to forget it.
+    meshctl(&n2.socket, &["forget", &target], false).unwrap();
+    assert!(
+        !dialled(),
+        "forgotten target still dialled: {:#?}",
+        peers(&n2)
+    );
+    let saved = std::fs::read_to_string(n2.state_dir.join("peers.json")).unwrap();
+    assert!(!saved.contains(&target), "forget is remembered: {saved}");
+    // Unknown targets and malformed ones are explained, not ignored.
+    let err = meshctl(&n2.socket, &["forget", "198.18.0.99"], false).unwrap_err();
+    assert!(format!("{err:#}").contains("not known"), "{err:#}");
+    let err = meshctl(&n2.socket, &["connect", "not a host"], false).unwrap_err();
+    assert!(format!("{err:#}").contains("not a peer address"), "{err:#}");
+}
+
+/// Runs meshd in `ns` with `args`, expecting it to fail; returns its stderr.
+fn meshd_fails(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let meshd = bins::path("meshd").unwrap();
+    let out = lab.exec(ns, meshd.to_str().unwrap(), args).unwrap();
+    assert!(!out.status.success(), "meshd {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
+    let mut lab = Lab::new("ops-bad").unwrap();
+    let h = lab.add_host("b1").unwrap();
+    let dir = lab.dir().to_path_buf();
+    let state = dir.join("b1-state");
+    let run = dir.join("b1-run");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--underlay", "u0", "--state-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(state.display().to_string());
+        v.push("--run-dir".into());
+        v.push(run.display().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run_bad = |extra: &[&str]| {
+        let args = base(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        meshd_fails(&lab, &h.ns, &refs)
+    };
+
+    let e = run_bad(&["--insecure", "--no-such-flag"]);
+    assert!(e.contains("--no-such-flag"), "{e}");
+    let e = run_bad(&["--password-file", "/nonexistent/pw"]);
+    assert!(
+        e.contains("cannot read the password file /nonexistent/pw"),
+        "{e}"
+    );
+    let e = run_bad(&["--insecure", "198.18.0.1:notaport"]);
+    assert!(e.contains("not a number"), "{e}");
+    let e = run_bad(&["--insecure", "bad host"]);
+    assert!(e.contains("not a peer address"), "{e}");
+    let e = run_bad(&[]);
+    assert!(e.contains("no authentication configured"), "{e}");
+
+    // A full disk for the state dir: a tiny tmpfs, filled up (unmounted even on failure).
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    std::fs::create_dir_all(&state).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let mounted = Mounted(state.clone());
+    let _ = std::fs::write(state.join("filler"), vec![0u8; 64 * 1024]);
+    let e = run_bad(&["--insecure"]);
+    drop(mounted);
+    assert!(e.contains("disk full"), "{e}");
+    assert!(
+        !state.join("identity.key").exists(),
+        "no half-written identity may be left behind"
+    );
+}
