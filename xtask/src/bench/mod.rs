@@ -7,6 +7,7 @@
 //! 64-byte UDP packets delivered. Results go to the terminal, to JSON and to a PNG chart.
 
 mod chart;
+mod control_lab;
 mod measure;
 mod report;
 mod systems;
@@ -81,6 +82,9 @@ pub fn run(args: Args) -> Result<()> {
     println!("bench: building release binaries");
     exec(cargo().args(["build", "--release", "--quiet", "--bins"]))?;
     let release = root.join("target/release");
+    // The lab harness starts meshd/meshctl from MESH_BIN_DIR: measure the release build.
+    // SAFETY: no other thread exists yet in this process.
+    unsafe { std::env::set_var("MESH_BIN_DIR", &release) };
     let work = root.join("target/bench");
     std::fs::create_dir_all(&work)?;
 
@@ -199,12 +203,18 @@ pub fn run(args: Args) -> Result<()> {
         },
         systems: results,
         footprint,
-        control_plane: ControlPlane {
-            simulation: simulations(args.quick)?,
-            lab: Status::NotBuiltYet(
-                "not built yet (meshd does not peer yet: no join, failure or reroute timings)"
-                    .into(),
-            ),
+        control_plane: {
+            let simulation = simulations(args.quick)?;
+            println!("bench: control plane in the lab (10 meshd)");
+            let (lab, lab_status) = match control_lab::run(10, if args.quick { 2 } else { 10 }) {
+                Ok(l) => (Some(l), Status::Measured),
+                Err(e) => (None, Status::Failed(format!("{e:#}"))),
+            };
+            ControlPlane {
+                simulation,
+                lab,
+                lab_status,
+            }
         },
     };
     report.print();
@@ -227,7 +237,7 @@ pub fn run(args: Args) -> Result<()> {
     chart::draw(&report, &png)?;
     println!("\nwrote {} and {}", json.display(), png.display());
 
-    let failures: Vec<_> = report
+    let mut failures: Vec<_> = report
         .systems
         .iter()
         .filter_map(|s| match &s.status {
@@ -235,6 +245,9 @@ pub fn run(args: Args) -> Result<()> {
             _ => None,
         })
         .collect();
+    if let Status::Failed(why) = &report.control_plane.lab_status {
+        failures.push(format!("control plane lab: {why}"));
+    }
     if !failures.is_empty() {
         bail!(
             "some systems could not be measured:\n{}",
