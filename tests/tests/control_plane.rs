@@ -306,3 +306,81 @@ fn peers_with_a_wrong_password_or_none_are_refused_and_never_listed() {
         "good1's log should say why:\n{log}"
     );
 }
+
+/// A CA and node certificates, written as PEM files into `dir`.
+fn issue(dir: &std::path::Path, ca_name: &str, nodes: &[&str]) -> std::path::PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = dir.join(format!("{ca_name}.pem"));
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    for n in nodes {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![n.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{n}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{n}.key")), key.serialize_pem()).unwrap();
+    }
+    ca_path
+}
+
+#[test]
+fn certificate_mode_admits_members_of_the_ca_only() {
+    let mut lab = Lab::new("cp-certs").unwrap();
+    let hosts: Vec<Host> = ["m1", "m2", "other"]
+        .iter()
+        .map(|n| lab.add_host(n).unwrap())
+        .collect();
+    let dir = lab.dir().to_path_buf();
+    let ca = issue(&dir, "mesh-ca", &["m1", "m2"]);
+    let rogue_ca = issue(&dir, "rogue-ca", &["other"]);
+    let args = |name: &str, ca: &std::path::Path, peer: Option<String>| -> Vec<String> {
+        let mut v = vec![
+            "--ca-cert".to_string(),
+            ca.display().to_string(),
+            "--cert".into(),
+            dir.join(format!("{name}.crt")).display().to_string(),
+            "--key".into(),
+            dir.join(format!("{name}.key")).display().to_string(),
+        ];
+        v.extend(peer);
+        v
+    };
+    let start = |lab: &mut Lab, h: &Host, a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        lab.start_meshd(h, &refs).unwrap()
+    };
+    let seed = Some(hosts[0].addr.to_string());
+    let m1 = start(&mut lab, &hosts[0], args("m1", &ca, None));
+    let m2 = start(&mut lab, &hosts[1], args("m2", &ca, seed.clone()));
+    let other = start(&mut lab, &hosts[2], args("other", &rogue_ca, seed));
+    assert!(
+        wait_until(Duration::from_secs(5), || sees_established(&m1, &["m2"])
+            && sees_established(&m2, &["m1"])),
+        "{}",
+        dump(&[m1.clone(), m2.clone()])
+    );
+    let status = mesh_tests::mesh::status(&m1).unwrap();
+    assert_eq!(status["auth"], "certificates");
+    assert!(
+        wait_until(Duration::from_secs(5), || peers(&other)
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p["state"] == "failed")),
+        "{:#?}",
+        peers(&other)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for n in [&m1, &m2] {
+        assert!(
+            peer(n, "other").is_none(),
+            "{} admitted a node of another CA: {:#?}",
+            n.host.name,
+            peers(n)
+        );
+    }
+}

@@ -49,6 +49,12 @@ fn meshctl_connect_and_forget_change_what_meshd_dials() {
     let n1 = lab.start_meshd(&h1, &["--insecure"]).unwrap();
     let n2 = lab.start_meshd(&h2, &["--insecure"]).unwrap();
     assert!(peers(&n2).unwrap().is_empty());
+    // Running without authentication is never silent.
+    let status = mesh_tests::mesh::status(&n2).unwrap();
+    assert_eq!(status["insecure"], true);
+    assert!(lab.log(n2.proc).contains("WITHOUT authentication"));
+    let text = meshctl(&n2.socket, &["status"], false).unwrap();
+    assert!(text.contains("auth         NONE"), "{text}");
     let target = h1.addr.to_string();
     meshctl(&n2.socket, &["connect", &target], false).unwrap();
     assert!(wait_until(Duration::from_secs(5), || sees_established(

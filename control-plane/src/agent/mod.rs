@@ -210,12 +210,16 @@ impl Agent {
                     est,
                     dialed: None,
                 },
-                Err(e) => Event::HandshakeFailed {
-                    target: None,
-                    remote,
-                    auth: e.downcast_ref::<conn::AuthRefused>().is_some(),
-                    error: format!("{e:#}"),
-                },
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    Event::HandshakeFailed {
+                        target: None,
+                        remote,
+                        auth: e.downcast_ref::<conn::AuthRefused>().is_some()
+                            || error.contains("certificate"),
+                        error,
+                    }
+                }
             });
         });
     }
@@ -256,7 +260,8 @@ impl Agent {
                     // The other side's refusal arrives as a close with its reason.
                     let auth = e.downcast_ref::<conn::AuthRefused>().is_some()
                         || text.contains("wrong password")
-                        || text.contains("authentication mismatch");
+                        || text.contains("authentication mismatch")
+                        || text.contains("certificate");
                     Event::HandshakeFailed {
                         target: Some(target),
                         remote,
