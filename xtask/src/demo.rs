@@ -1,14 +1,20 @@
 //! `cargo xtask demo`: a local mesh in network namespaces.
 //!
-//! Three hosts on a shared underlay, one container on each, meshd on every host. It shows what
-//! exists today, and says plainly what does not: meshd observes and counts underlay traffic in
-//! the kernel, but peering and forwarding between hosts are not built yet.
+//! Three hosts on a shared underlay, one container on each, meshd on every host (each told
+//! about one other only, with a shared password). It shows what exists today — the meshd
+//! instances find each other and agree on the topology and routes; the kernel program counts
+//! underlay traffic — and says plainly what does not: frames are not forwarded between hosts
+//! yet.
 
-use std::{io::BufRead, net::UdpSocket, path::Path, process::Command, time::Duration};
+use std::{io::BufRead, net::UdpSocket, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use mesh_common::DEFAULT_DATA_PORT;
-use mesh_tests::{Lab, bins, netns, wait_until};
+use mesh_tests::{
+    Lab, bins,
+    mesh::{Meshd, sees_established},
+    netns, wait_until,
+};
 
 use crate::cmd::{cargo, exec};
 
@@ -21,7 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     exec(cargo().args(["build", "--quiet", "--bins"]))?;
-    let meshd = bins::path("meshd")?;
+    bins::path("meshd")?; // fail early, with the hint, if the build did not produce it
     let meshctl = bins::path("meshctl")?;
 
     let mut lab = Lab::new("demo")?;
@@ -37,33 +43,40 @@ pub fn run(args: Args) -> Result<()> {
         nodes.push((host, c));
     }
 
-    println!("== starting meshd on every host");
-    let mut sockets = Vec::new();
-    for (host, _) in &nodes {
-        let run_dir = lab.dir().join(format!("{}-run", host.name));
-        let run_dir_s = run_dir.to_str().context("lab dir is not UTF-8")?.to_owned();
-        let id = lab.spawn(
-            &host.ns,
-            &meshd,
-            &[
-                "--underlay",
-                &host.underlay_if,
-                "--run-dir",
-                &run_dir_s,
-                "--name",
-                &host.name,
-            ],
-        )?;
-        let socket = run_dir.join("meshd.sock");
-        if !wait_until(Duration::from_secs(10), || meshctl_ok(&meshctl, &socket)) {
-            bail!(
-                "meshd on {} did not start; its log:\n{}",
-                host.name,
-                lab.log(id)
-            );
+    println!(
+        "== starting meshd on every host (h1 first; each later one knows only the one before)"
+    );
+    let password = lab.password_file("demo", "demo password")?;
+    let password = password
+        .to_str()
+        .context("lab dir is not UTF-8")?
+        .to_owned();
+    let mut daemons: Vec<Meshd> = Vec::new();
+    for (i, (host, _)) in nodes.iter().enumerate() {
+        let mut args = vec!["--password-file".to_string(), password.clone()];
+        if i > 0 {
+            args.push(nodes[i - 1].0.addr.to_string());
         }
-        sockets.push(socket);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        daemons.push(lab.start_meshd(host, &refs)?);
     }
+    let names: Vec<String> = nodes.iter().map(|(h, _)| h.name.clone()).collect();
+    let t0 = std::time::Instant::now();
+    let meshed = wait_until(Duration::from_secs(10), || {
+        daemons.iter().all(|d| {
+            let others: Vec<&str> = names
+                .iter()
+                .filter(|n| **n != d.host.name)
+                .map(String::as_str)
+                .collect();
+            sees_established(d, &others)
+        })
+    });
+    if !meshed {
+        bail!("the meshd instances did not find each other within 10 s");
+    }
+    println!("   full mesh after {:?}", t0.elapsed());
+    let sockets: Vec<_> = daemons.iter().map(|d| d.socket.clone()).collect();
 
     println!("== underlay traffic: pings between hosts, 10 datagrams to each peer's data port");
     for (a, _) in &nodes {
@@ -90,15 +103,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(200));
 
+    let show = |what: &str, socket: &std::path::Path| {
+        exec(Command::new(&meshctl).arg("--socket").arg(socket).arg(what))
+    };
     for ((host, _), socket) in nodes.iter().zip(&sockets) {
-        println!("\n== meshctl status on {}", host.name);
-        exec(
-            Command::new(&meshctl)
-                .arg("--socket")
-                .arg(socket)
-                .arg("status"),
-        )?;
+        println!("\n== meshctl peers on {}", host.name);
+        show("peers", socket)?;
     }
+    println!("\n== meshctl routes on h1");
+    show("routes", &sockets[0])?;
+    println!("\n== meshctl status on h1");
+    show("status", &sockets[0])?;
 
     let (c1, c2) = (&nodes[0].1, &nodes[1].1);
     let crosses = lab.ping(&c1.ns, c2.addr.context("c2 has an address")?, 1)?;
@@ -111,10 +126,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     println!(
-        "   What exists: the eBPF build, meshd loading and attaching its XDP program, the local \
-         API and `meshctl status`, and this lab.\n   Not built yet: peering between meshd \
-         instances and forwarding frames between hosts, so containers on different hosts do \
-         not reach each other yet."
+        "   What exists: meshd instances that authenticate each other (password, SPAKE2 over \
+         QUIC), gossip the topology and compute routes; the eBPF program that counts underlay \
+         traffic; meshctl; this lab.\n   Not built yet: forwarding frames between hosts (the \
+         data paths), so containers on different hosts do not reach each other yet."
     );
 
     if args.hold {
@@ -134,13 +149,4 @@ pub fn run(args: Args) -> Result<()> {
     println!("== tearing down");
     drop(lab);
     Ok(())
-}
-
-fn meshctl_ok(meshctl: &Path, socket: &Path) -> bool {
-    Command::new(meshctl)
-        .arg("--socket")
-        .arg(socket)
-        .arg("status")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
