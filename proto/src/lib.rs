@@ -3,6 +3,8 @@
 //! The local API (meshctl ↔ meshd over a Unix socket) frames each message with a varint length
 //! prefix (`prost::Message::encode_length_delimited`): one request, one response per connection.
 
+// Generated code: its shape is prost's, not ours to lint.
+#[allow(clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/mesh.v1.rs"));
 }

@@ -41,14 +41,18 @@ fn meshd_counts_real_underlay_traffic_and_passes_it() {
     let h1 = lab.add_host("h1").unwrap();
     let h2 = lab.add_host("h2").unwrap();
     let run_dir = lab.dir().join("h2-run");
+    let state_dir = lab.dir().join("h2-state");
     let socket = run_dir.join("meshd.sock");
     let args = [
         "--underlay",
         &h2.underlay_if,
         "--run-dir",
         run_dir.to_str().unwrap(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
         "--name",
         "h2",
+        "--insecure",
     ];
     let d = lab.spawn(&h2.ns, &meshd, &args).unwrap();
     assert!(
@@ -142,8 +146,22 @@ fn a_second_meshd_on_the_same_run_dir_is_refused() {
     let h2 = lab.add_host("h2").unwrap();
     let run_dir = lab.dir().join("shared-run");
     let run_dir = run_dir.to_str().unwrap();
+    let state = |h: &str| lab.dir().join(h).display().to_string();
+    let (s1, s2) = (state("h1-state"), state("h2-state"));
     let first = lab
-        .spawn(&h1.ns, &meshd, &["--underlay", "u0", "--run-dir", run_dir])
+        .spawn(
+            &h1.ns,
+            &meshd,
+            &[
+                "--insecure",
+                "--underlay",
+                "u0",
+                "--run-dir",
+                run_dir,
+                "--state-dir",
+                &s1,
+            ],
+        )
         .unwrap();
     let socket = Path::new(run_dir).join("meshd.sock");
     assert!(
@@ -155,7 +173,15 @@ fn a_second_meshd_on_the_same_run_dir_is_refused() {
         .exec(
             &h2.ns,
             meshd.to_str().unwrap(),
-            &["--underlay", "u0", "--run-dir", run_dir],
+            &[
+                "--insecure",
+                "--underlay",
+                "u0",
+                "--run-dir",
+                run_dir,
+                "--state-dir",
+                &s2,
+            ],
         )
         .unwrap();
     assert!(!second.status.success());
@@ -170,15 +196,19 @@ fn meshd_explains_a_missing_underlay_interface() {
     let mut lab = Lab::new("bad-iface").unwrap();
     let h1 = lab.add_host("h1").unwrap();
     let run_dir = lab.dir().join("run");
+    let state_dir = lab.dir().join("state");
     let out = lab
         .exec(
             &h1.ns,
             meshd.to_str().unwrap(),
             &[
+                "--insecure",
                 "--underlay",
                 "nosuch0",
                 "--run-dir",
                 run_dir.to_str().unwrap(),
+                "--state-dir",
+                state_dir.to_str().unwrap(),
             ],
         )
         .unwrap();
@@ -190,7 +220,13 @@ fn meshd_explains_a_missing_underlay_interface() {
         .exec(
             &h1.ns,
             meshd.to_str().unwrap(),
-            &["--run-dir", run_dir.to_str().unwrap()],
+            &[
+                "--insecure",
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+                "--state-dir",
+                state_dir.to_str().unwrap(),
+            ],
         )
         .unwrap();
     assert!(!out.status.success());

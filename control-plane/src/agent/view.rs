@@ -137,12 +137,11 @@ impl Agent {
     pub(super) fn peers(&mut self) -> Peers {
         let mut rows = self.rows();
         for r in &mut rows {
-            if let Ok(id) = r.id.parse::<PeerId>() {
-                if let Some((s, t)) = self.state_since.get(&id) {
-                    if *s == r.state {
-                        r.since = unix(*t);
-                    }
-                }
+            if let Ok(id) = r.id.parse::<PeerId>()
+                && let Some((s, t)) = self.state_since.get(&id)
+                && *s == r.state
+            {
+                r.since = unix(*t);
             }
             if r.since == 0 {
                 r.since = unix(SystemTime::now());

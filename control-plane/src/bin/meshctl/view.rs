@@ -108,8 +108,8 @@ pub fn print_peers(p: &Peers) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     println!(
-        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {}",
-        "NAME", "ID", "STATE", "VIA", "RTT ms", "SINCE", "ADDRESSES"
+        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  ADDRESSES",
+        "NAME", "ID", "STATE", "VIA", "RTT ms", "SINCE"
     );
     for r in &p.peers {
         println!(
