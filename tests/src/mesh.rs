@@ -107,3 +107,15 @@ pub fn sees_established(node: &Meshd, names: &[&str]) -> bool {
         .iter()
         .all(|n| peer(node, n).is_some_and(|p| p["state"] == "established"))
 }
+
+/// Whether every node in `nodes` sees every other one established.
+pub fn full_mesh(nodes: &[Meshd]) -> bool {
+    nodes.iter().all(|n| {
+        let others: Vec<&str> = nodes
+            .iter()
+            .filter(|o| o.host.name != n.host.name)
+            .map(|o| o.host.name.as_str())
+            .collect();
+        sees_established(n, &others)
+    })
+}

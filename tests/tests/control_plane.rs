@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::{
     Host, Lab,
-    mesh::{Meshd, peer, peers, sees_established},
+    mesh::{Meshd, full_mesh, peer, peers, sees_established},
     wait_until,
 };
 
@@ -26,25 +26,10 @@ fn start_all(lab: &mut Lab, hosts: &[Host], seeds: &[Option<usize>], pw: &str) -
     nodes
 }
 
-fn names(hosts: &[Host]) -> Vec<String> {
-    hosts.iter().map(|h| h.name.clone()).collect()
-}
-
 /// Waits until every node sees every other established; returns how long it took.
-fn wait_full_mesh(nodes: &[Meshd], hosts: &[Host], limit: Duration) -> Option<Duration> {
+fn wait_full_mesh(nodes: &[Meshd], limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
-    let all = names(hosts);
-    wait_until(limit, || {
-        nodes.iter().all(|n| {
-            let others: Vec<&str> = all
-                .iter()
-                .filter(|x| **x != n.host.name)
-                .map(String::as_str)
-                .collect();
-            sees_established(n, &others)
-        })
-    })
-    .then(|| t0.elapsed())
+    wait_until(limit, || full_mesh(nodes)).then(|| t0.elapsed())
 }
 
 fn dump(nodes: &[Meshd]) -> String {
@@ -66,7 +51,7 @@ fn five_hosts_each_knowing_one_converge_to_a_full_mesh() {
     let t0 = Instant::now();
     let nodes = start_all(&mut lab, &hosts, &seeds, PASSWORD);
     let started = t0.elapsed();
-    let took = wait_full_mesh(&nodes, &hosts, Duration::from_secs(3));
+    let took = wait_full_mesh(&nodes, Duration::from_secs(3));
     assert!(
         took.is_some(),
         "not a full mesh within 3 s of the last start (starting took {started:?}):\n{}",
@@ -127,7 +112,7 @@ fn a_killed_peer_is_gone_everywhere_within_two_seconds() {
         PASSWORD,
     );
     assert!(
-        wait_full_mesh(&nodes, &hosts, Duration::from_secs(5)).is_some(),
+        wait_full_mesh(&nodes, Duration::from_secs(5)).is_some(),
         "{}",
         dump(&nodes)
     );
@@ -168,7 +153,7 @@ fn a_partitioned_mesh_stays_consistent_and_heals_within_five_seconds() {
         PASSWORD,
     );
     assert!(
-        wait_full_mesh(&nodes, &hosts, Duration::from_secs(5)).is_some(),
+        wait_full_mesh(&nodes, Duration::from_secs(5)).is_some(),
         "{}",
         dump(&nodes)
     );
@@ -202,7 +187,7 @@ fn a_partitioned_mesh_stays_consistent_and_heals_within_five_seconds() {
             lab.allow_between(&hosts[x], &hosts[y]).unwrap();
         }
     }
-    let healed = wait_full_mesh(&nodes, &hosts, Duration::from_secs(5));
+    let healed = wait_full_mesh(&nodes, Duration::from_secs(5));
     assert!(healed.is_some(), "not healed within 5 s:\n{}", dump(&nodes));
     println!("partition healed after {:?}", healed.unwrap());
 }
@@ -218,7 +203,7 @@ fn a_host_behind_nat_that_only_dials_out_is_a_full_member() {
     // The clouds know each other; home knows only cloud1.
     let nodes = start_all(&mut lab, &hosts, &[None, Some(0), Some(0)], PASSWORD);
     assert!(
-        wait_full_mesh(&nodes, &hosts, Duration::from_secs(5)).is_some(),
+        wait_full_mesh(&nodes, Duration::from_secs(5)).is_some(),
         "{}",
         dump(&nodes)
     );
@@ -261,7 +246,7 @@ fn peers_with_a_wrong_password_or_none_are_refused_and_never_listed() {
         .start_meshd(&bad, &["--password-file", wrong.to_str().unwrap(), &target])
         .unwrap();
     let n_open = lab.start_meshd(&open, &["--insecure", &target]).unwrap();
-    assert!(wait_full_mesh(&nodes, &[h1.clone(), h2.clone()], Duration::from_secs(5)).is_some());
+    assert!(wait_full_mesh(&nodes, Duration::from_secs(5)).is_some());
 
     // The intruders' own view: their target failed, with the reason.
     let failed_with = |n: &Meshd, text: &str| {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use mesh_common::DEFAULT_DATA_PORT;
 use mesh_tests::{
     Lab, bins,
-    mesh::{Meshd, sees_established},
+    mesh::{Meshd, full_mesh},
     netns, wait_until,
 };
 
@@ -60,18 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         daemons.push(lab.start_meshd(host, &refs)?);
     }
-    let names: Vec<String> = nodes.iter().map(|(h, _)| h.name.clone()).collect();
     let t0 = std::time::Instant::now();
-    let meshed = wait_until(Duration::from_secs(10), || {
-        daemons.iter().all(|d| {
-            let others: Vec<&str> = names
-                .iter()
-                .filter(|n| **n != d.host.name)
-                .map(String::as_str)
-                .collect();
-            sees_established(d, &others)
-        })
-    });
+    let meshed = wait_until(Duration::from_secs(10), || full_mesh(&daemons));
     if !meshed {
         bail!("the meshd instances did not find each other within 10 s");
     }

@@ -106,6 +106,32 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The event a finished handshake (accepted or dialled) turns into. Refusals by authentication
+/// are told apart from network failures: ours come as [`conn::AuthRefused`], the other side's
+/// as a close whose reason names them.
+fn handshake_event(
+    result: Result<(quinn::Connection, conn::Established)>,
+    dialed: Option<String>,
+    remote: SocketAddr,
+) -> Event {
+    match result {
+        Ok((conn, est)) => Event::Established { conn, est, dialed },
+        Err(e) => {
+            let error = format!("{e:#}");
+            let auth = e.downcast_ref::<conn::AuthRefused>().is_some()
+                || error.contains("wrong password")
+                || error.contains("authentication mismatch")
+                || error.contains("certificate");
+            Event::HandshakeFailed {
+                target: dialed,
+                remote,
+                error,
+                auth,
+            }
+        }
+    }
+}
+
 impl Agent {
     /// Binds the QUIC endpoint. Returns the agent and the sender the API uses.
     pub fn start(cfg: Config) -> Result<(Agent, mpsc::UnboundedReceiver<Event>)> {
@@ -204,23 +230,7 @@ impl Agent {
                 Ok::<_, anyhow::Error>((conn, est))
             }
             .await;
-            let _ = events.send(match result {
-                Ok((conn, est)) => Event::Established {
-                    conn,
-                    est,
-                    dialed: None,
-                },
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    Event::HandshakeFailed {
-                        target: None,
-                        remote,
-                        auth: e.downcast_ref::<conn::AuthRefused>().is_some()
-                            || error.contains("certificate"),
-                        error,
-                    }
-                }
-            });
+            let _ = events.send(handshake_event(result, None, remote));
         });
     }
 
@@ -249,27 +259,7 @@ impl Agent {
                 Ok::<_, anyhow::Error>((conn, est))
             }
             .await;
-            let _ = events.send(match result {
-                Ok((conn, est)) => Event::Established {
-                    conn,
-                    est,
-                    dialed: Some(target),
-                },
-                Err(e) => {
-                    let text = format!("{e:#}");
-                    // The other side's refusal arrives as a close with its reason.
-                    let auth = e.downcast_ref::<conn::AuthRefused>().is_some()
-                        || text.contains("wrong password")
-                        || text.contains("authentication mismatch")
-                        || text.contains("certificate");
-                    Event::HandshakeFailed {
-                        target: Some(target),
-                        remote,
-                        error: text,
-                        auth,
-                    }
-                }
-            });
+            let _ = events.send(handshake_event(result, Some(target), remote));
         });
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, peer, sees_established},
+    mesh::{Meshd, full_mesh, peer},
     wait_until,
 };
 use serde::Serialize;
@@ -55,17 +55,6 @@ pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
         }
         nodes.push(lab.start_meshd(h, &args)?);
     }
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let full_mesh = |nodes: &[Meshd]| {
-        nodes.iter().all(|n| {
-            let others: Vec<&str> = names
-                .iter()
-                .filter(|x| **x != n.host.name)
-                .map(String::as_str)
-                .collect();
-            sees_established(n, &others)
-        })
-    };
     let t0 = Instant::now();
     if !wait_until(Duration::from_secs(30), || full_mesh(&nodes)) {
         bail!("{peers} meshd did not form a full mesh within 30 s");

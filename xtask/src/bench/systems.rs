@@ -185,14 +185,27 @@ pub struct Meshd {
 
 impl Meshd {
     pub fn start(meshd: &Path, ns: &str, underlay: &str, run_dir: &Path) -> Result<Meshd> {
+        std::fs::create_dir_all(run_dir)?;
+        let log_path = run_dir.join("meshd.log");
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(meshd)
-            .args(["--underlay", underlay, "--name", ns, "--run-dir"])
+            // Alone on its host, with no peers: authentication has nothing to protect here.
+            .args([
+                "--insecure",
+                "--underlay",
+                underlay,
+                "--name",
+                ns,
+                "--run-dir",
+            ])
             .arg(run_dir)
+            .arg("--state-dir")
+            .arg(run_dir.join("state"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting meshd in {ns}"))?;
         let m = Meshd {
@@ -200,7 +213,10 @@ impl Meshd {
             socket: run_dir.join("meshd.sock"),
         };
         if !wait_until(Duration::from_secs(10), || m.socket.exists()) {
-            bail!("meshd in {ns} did not come up");
+            bail!(
+                "meshd in {ns} did not come up; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
         }
         Ok(m)
     }
