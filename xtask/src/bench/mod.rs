@@ -205,8 +205,8 @@ pub fn run(args: Args) -> Result<()> {
         footprint,
         control_plane: {
             let simulation = simulations(args.quick)?;
-            println!("bench: control plane in the lab (10 meshd)");
-            let (lab, lab_status) = match control_lab::run(10, if args.quick { 2 } else { 10 }) {
+            println!("bench: control plane in the lab (11 meshd: 10 peers each)");
+            let (lab, lab_status) = match control_lab::run(11, if args.quick { 2 } else { 10 }) {
                 Ok(l) => (Some(l), Status::Measured),
                 Err(e) => (None, Status::Failed(format!("{e:#}"))),
             };
