@@ -12,3 +12,4 @@ pub mod datapath;
 pub mod identity;
 pub mod local_api;
 pub mod paths;
+pub mod switch;

@@ -1,0 +1,38 @@
+//! The virtual Ethernet switch, as pure logic (no I/O): the frame header on the wire, the MAC
+//! table, and the forwarding decision for a frame from the local bridge or from a peer. The TAP
+//! datapath (`crate::tap`) drives it; the eBPF datapath will implement the same decisions.
+
+pub mod fdb;
+pub mod forward;
+pub mod wire;
+
+/// A peer's 24-bit id on the data path (the low 24 bits of its peer id). It fits the VXLAN
+/// header, which has room for two of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShortId(u32);
+
+impl ShortId {
+    /// Destination meaning "flood along the origin's broadcast tree".
+    pub const FLOOD: ShortId = ShortId(0x00ff_ffff);
+
+    pub fn of(peer: mesh_gossip::PeerId) -> ShortId {
+        let id = (peer.0 & 0x00ff_ffff) as u32;
+        // 0xffffff is reserved for flooding.
+        ShortId(if id == Self::FLOOD.0 { 0x00ff_fffe } else { id })
+    }
+
+    pub fn from_wire(v: u32) -> ShortId {
+        ShortId(v & 0x00ff_ffff)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// An Ethernet MAC address.
+pub type Mac = [u8; 6];
+
+pub fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 == 1
+}

@@ -1,0 +1,110 @@
+//! The data frame header: VXLAN (RFC 7348) framing with mesh's fields in the bits VXLAN
+//! reserves, so `tcpdump -T vxlan port 6784` decodes the inner Ethernet frame. See
+//! docs/wire-format.md.
+//!
+//! ```text
+//!  0               1               2               3
+//! +---------------+-----------------------------------------------+
+//! | flags  I=0x08 | destination short id (24 bits)                |
+//! |  M=0x01 H=0x02| 0xffffff = flood along the origin's tree      |
+//! +---------------+-----------------------------------------------+
+//! | VNI = origin short id (24 bits)               | hop limit     |
+//! +-----------------------------------------------+---------------+
+//! | inner Ethernet frame (none in a heartbeat)                    |
+//! ```
+
+use super::ShortId;
+
+pub const HEADER_LEN: usize = 8;
+/// VXLAN's "VNI valid" flag.
+pub const FLAG_I: u8 = 0x08;
+/// The mesh fields are valid (set by every mesh sender).
+pub const FLAG_MESH: u8 = 0x01;
+/// A data-path heartbeat: no inner frame, never relayed.
+pub const FLAG_HEARTBEAT: u8 = 0x02;
+/// Hop limit a frame starts with; a relay decrements it and drops at zero (no loop can live).
+pub const INITIAL_HOPS: u8 = 32;
+/// Bytes a frame gains on the underlay: outer IPv4 (20) + UDP (8) + this header, plus the
+/// inner Ethernet header (14) that the overlay MTU does not count.
+pub const OVERHEAD_IPV4: usize = 20 + 8 + HEADER_LEN + 14;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub origin: ShortId,
+    pub destination: ShortId,
+    pub hops: u8,
+    pub heartbeat: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Malformed {
+    Short,
+    NotMesh,
+    NoInnerFrame,
+}
+
+impl Header {
+    pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
+        let flags = FLAG_I | FLAG_MESH | if self.heartbeat { FLAG_HEARTBEAT } else { 0 };
+        let d = self.destination.get().to_be_bytes();
+        let o = self.origin.get().to_be_bytes();
+        *out = [flags, d[1], d[2], d[3], o[1], o[2], o[3], self.hops];
+    }
+
+    /// Parses a received datagram into its header and inner frame.
+    pub fn parse(datagram: &[u8]) -> Result<(Header, &[u8]), Malformed> {
+        let h: &[u8; HEADER_LEN] = datagram
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(Malformed::Short)?;
+        if h[0] & (FLAG_I | FLAG_MESH) != FLAG_I | FLAG_MESH {
+            return Err(Malformed::NotMesh);
+        }
+        let header = Header {
+            destination: ShortId::from_wire(u32::from_be_bytes([0, h[1], h[2], h[3]])),
+            origin: ShortId::from_wire(u32::from_be_bytes([0, h[4], h[5], h[6]])),
+            hops: h[7],
+            heartbeat: h[0] & FLAG_HEARTBEAT != 0,
+        };
+        let inner = &datagram[HEADER_LEN..];
+        if !header.heartbeat && inner.len() < 14 {
+            return Err(Malformed::NoInnerFrame);
+        }
+        Ok((header, inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_keeps_vxlan_framing() {
+        let h = Header {
+            origin: ShortId::from_wire(0x123456),
+            destination: ShortId::FLOOD,
+            hops: 31,
+            heartbeat: false,
+        };
+        let mut buf = [0u8; HEADER_LEN];
+        h.write(&mut buf);
+        // A VXLAN decoder sees the I flag and VNI = origin.
+        assert_eq!(buf[0] & FLAG_I, FLAG_I);
+        assert_eq!(&buf[4..7], &[0x12, 0x34, 0x56]);
+        let mut dgram = buf.to_vec();
+        dgram.extend_from_slice(&[0u8; 14]);
+        assert_eq!(Header::parse(&dgram).unwrap(), (h, &[0u8; 14][..]));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_classified() {
+        assert_eq!(Header::parse(&[0x09, 0, 0]), Err(Malformed::Short));
+        assert_eq!(Header::parse(&[0x08; 30]), Err(Malformed::NotMesh));
+        assert_eq!(
+            Header::parse(&[0x09, 0, 0, 1, 0, 0, 2, 5, 1]),
+            Err(Malformed::NoInnerFrame)
+        );
+        let hb = [FLAG_I | FLAG_MESH | FLAG_HEARTBEAT, 0, 0, 1, 0, 0, 2, 1];
+        assert!(Header::parse(&hb).unwrap().0.heartbeat);
+    }
+}
