@@ -13,3 +13,4 @@ pub mod identity;
 pub mod local_api;
 pub mod paths;
 pub mod switch;
+pub mod tap;

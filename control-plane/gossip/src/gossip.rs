@@ -55,6 +55,8 @@ pub struct Gossip {
     routes: Option<Routes>,
     /// Peers reachable from us; like `routes`, recomputed only after a topology change.
     reachable: Option<BTreeSet<PeerId>>,
+    /// Bumped on every topology change, so drivers can tell when to republish routes.
+    generation: u64,
 }
 
 impl Gossip {
@@ -78,6 +80,7 @@ impl Gossip {
             anti_entropy_cursor: 0,
             routes: None,
             reachable: None,
+            generation: 0,
         }
     }
 
@@ -163,6 +166,12 @@ impl Gossip {
     fn topology_changed(&mut self) {
         self.routes = None;
         self.reachable = None;
+        self.generation += 1;
+    }
+
+    /// Changes whenever the topology (and so the routes) may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn queue_entries(&mut self, to: PeerId, entries: Vec<PeerEntry>) {

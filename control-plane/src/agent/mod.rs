@@ -39,6 +39,9 @@ pub struct Config {
     pub initial_targets: Vec<String>,
     pub max_connections: usize,
     pub datapath: UnderlayRx,
+    /// The TAP datapath, when this node forwards frames.
+    pub tap: Option<Arc<crate::tap::Shared>>,
+    pub data_port: u16,
 }
 
 /// What connection tasks and the API report to the agent.
@@ -97,6 +100,10 @@ pub struct Agent {
     started: Instant,
     /// When each peer entered the state `meshctl peers` shows.
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
+    tap: Option<Arc<crate::tap::Shared>>,
+    data_port: u16,
+    /// What the data path was last given (gossip generation, connection ids).
+    published: Option<(u64, Vec<u64>)>,
 }
 
 /// Wall-clock milliseconds: gossip versions must keep increasing across restarts.
@@ -183,6 +190,9 @@ impl Agent {
             datapath: cfg.datapath,
             started: Instant::now(),
             state_since: BTreeMap::new(),
+            tap: cfg.tap,
+            data_port: cfg.data_port,
+            published: None,
         };
         agent.store.save(&agent.targets)?;
         Ok((agent, rx))
@@ -433,6 +443,53 @@ impl Agent {
                 let _ = l.tx.send(msg);
             }
         }
+        self.publish_datapath();
+    }
+
+    /// Gives the data path the current routes and neighbours, when they changed.
+    fn publish_datapath(&mut self) {
+        let Some(tap) = self.tap.clone() else { return };
+        let now = (
+            self.gossip.generation(),
+            self.links.values().map(|l| l.conn_id).collect::<Vec<_>>(),
+        );
+        if self.published.as_ref() == Some(&now) {
+            return;
+        }
+        self.published = Some(now);
+        let routes = self.gossip.routes().clone();
+        let short = crate::switch::ShortId::of;
+        // Two peers whose short ids collide cannot both be addressed on the data path.
+        let mut seen: BTreeMap<crate::switch::ShortId, PeerId> = BTreeMap::new();
+        for id in routes.hops.keys() {
+            if let Some(other) = seen.insert(short(*id), *id) {
+                warn!(a = %other, b = %id, "two peers share a data-path short id; one of them is unreachable on the data path");
+            }
+        }
+        tap.set_table(crate::switch::forward::Table {
+            me: Some(short(self.local.id)),
+            next_hop: routes
+                .next_hop
+                .iter()
+                .map(|(d, h)| (short(*d), short(*h)))
+                .collect(),
+            children: routes
+                .broadcast
+                .iter()
+                .map(|(s, cs)| (short(*s), cs.iter().map(|c| short(*c)).collect()))
+                .collect(),
+        });
+        tap.set_neighbours(
+            self.links
+                .iter()
+                .map(|(id, l)| {
+                    (
+                        short(*id),
+                        SocketAddr::new(l.conn.remote_address().ip(), self.data_port),
+                    )
+                })
+                .collect(),
+        );
     }
 
     fn answer(&mut self, req: request::Kind) -> response::Kind {

@@ -188,7 +188,12 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             datapath: Some(Datapath {
-                mode: "xdp-observe".into(),
+                mode: if self.tap.is_some() {
+                    "tap"
+                } else {
+                    "xdp-observe"
+                }
+                .into(),
                 underlay_interface: iface.into(),
                 xdp_mode: mode.as_str().into(),
                 data_port: self.datapath.data_port().into(),
@@ -199,6 +204,23 @@ impl Agent {
                         value,
                     })
                     .collect(),
+                overlay_mtu: self.tap.as_ref().map_or(0, |t| t.mtu),
+                tap_counters: self
+                    .tap
+                    .as_ref()
+                    .map(|t| t.counters.snapshot())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, value)| Counter {
+                        name: name.into(),
+                        value,
+                    })
+                    .collect(),
+                bridge: self
+                    .tap
+                    .as_ref()
+                    .map(|t| t.bridge.clone())
+                    .unwrap_or_default(),
             }),
             id: self.local.id.to_string(),
             listen: self.listen.to_string(),

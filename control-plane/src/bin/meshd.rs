@@ -13,7 +13,7 @@ use mesh::{
     auth::{self, AuthMode},
     datapath::{UnderlayRx, XdpAttachMode},
     identity::{self, Identity},
-    local_api, paths,
+    local_api, paths, tap,
 };
 use mesh_common::{DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT};
 use tokio::sync::oneshot;
@@ -74,6 +74,12 @@ struct Args {
     /// UDP port of the mesh data plane.
     #[arg(long, env = "MESH_DATA_PORT", default_value_t = DEFAULT_DATA_PORT)]
     data_port: u16,
+    /// Linux bridge the local containers are plugged into; created if missing.
+    #[arg(long, env = "MESH_BRIDGE", default_value = "mesh")]
+    bridge: String,
+    /// Name of meshd's TAP device on that bridge.
+    #[arg(long, env = "MESH_TAP", default_value = "meshtap0")]
+    tap: String,
     /// XDP hook: native driver mode, generic skb mode, or auto (driver, else skb).
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
     xdp_mode: XdpAttachMode,
@@ -170,6 +176,15 @@ async fn run(args: Args) -> Result<()> {
 
     let socket = paths::socket_in(&args.run_dir);
     let listener = local_api::bind(&socket)?;
+    let underlay_mtu = tap::underlay_mtu(&underlay).await?;
+    let tap = tap::start(tap::Config {
+        bridge: args.bridge.clone(),
+        tap: args.tap.clone(),
+        data_port: args.data_port,
+        underlay_mtu,
+    })
+    .context("starting the TAP datapath")?;
+    let overlay_mtu = tap.mtu;
     let auth_name = auth.describe();
     let (agent, rx) = Agent::start(agent::Config {
         id,
@@ -182,6 +197,8 @@ async fn run(args: Args) -> Result<()> {
         initial_targets: args.peers.clone(),
         max_connections: args.max_connections,
         datapath,
+        tap: Some(tap),
+        data_port: args.data_port,
     })?;
     tracing::info!(
         name,
@@ -190,6 +207,8 @@ async fn run(args: Args) -> Result<()> {
         auth = auth_name,
         underlay,
         xdp_mode = mode.as_str(),
+        bridge = args.bridge,
+        overlay_mtu,
         socket = %socket.display(),
         "meshd ready"
     );

@@ -366,7 +366,7 @@ fn measure_underlay_with_meshd(
         .and_then(|t| t.peak_rss_kib)
         .map_or(0, |both| both / 2);
     let footprint = Footprint {
-        meshd_datapath: "xdp-observe".into(),
+        meshd_datapath: "tap (no traffic) + xdp-observe".into(),
         meshd_rss_idle_kib: idle,
         meshd_rss_under_load_kib: under_load,
         meshd_stripped_bytes: 0,

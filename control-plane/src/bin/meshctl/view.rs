@@ -27,7 +27,12 @@ pub fn status_json(s: &Status) -> Value {
             "underlay_interface": dp.underlay_interface,
             "xdp_mode": dp.xdp_mode,
             "data_port": dp.data_port,
+            "overlay_mtu": dp.overlay_mtu,
+            "bridge": dp.bridge,
             "underlay_counters": dp.underlay_counters.iter()
+                .map(|c| (c.name.clone(), Value::from(c.value)))
+                .collect::<serde_json::Map<_, _>>(),
+            "tap_counters": dp.tap_counters.iter()
                 .map(|c| (c.name.clone(), Value::from(c.value)))
                 .collect::<serde_json::Map<_, _>>(),
         },
@@ -64,7 +69,7 @@ pub fn print_status(s: &Status) {
         s.connections
     );
     println!(
-        "datapath     {} on {} (XDP {} mode), data port {}",
+        "datapath     {} (underlay {}, XDP {} mode), data port {}",
         dp.mode, dp.underlay_interface, dp.xdp_mode, dp.data_port
     );
     if dp.mode == "xdp-observe" {

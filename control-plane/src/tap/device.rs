@@ -1,0 +1,87 @@
+//! The local side of the TAP datapath: the Linux bridge containers plug into, and meshd's TAP
+//! device attached to it (rtnetlink for links, tokio-tun for the TAP).
+
+use anyhow::{Context, Result, bail};
+use futures_util::TryStreamExt;
+use rtnetlink::{LinkBridge, LinkUnspec, packet_route::link::LinkAttribute};
+
+/// Index and MTU of interface `name`, if it exists.
+async fn link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<(u32, u32)>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => {
+            let mtu = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+                .unwrap_or(1500);
+            Ok(Some((msg.header.index, mtu)))
+        }
+        Ok(None) => Ok(None),
+        // The kernel answers "no such device" as an error.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+    }
+}
+
+/// The MTU of the underlay interface.
+pub async fn underlay_mtu(underlay: &str) -> Result<u32> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let task = tokio::spawn(conn);
+    let r = link(&handle, underlay).await?;
+    task.abort();
+    r.map(|(_, mtu)| mtu)
+        .with_context(|| format!("underlay interface {underlay:?} does not exist"))
+}
+
+/// Makes sure bridge `bridge` exists and is up, and puts `tap` (already created) on it with
+/// `mtu`.
+pub async fn attach(bridge: &str, tap: &str, mtu: u32) -> Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let br = match link(&handle, bridge).await? {
+            Some((idx, _)) => idx,
+            None => {
+                handle
+                    .link()
+                    .add(LinkBridge::new(bridge).build())
+                    .execute()
+                    .await
+                    .with_context(|| format!("creating bridge {bridge}"))?;
+                link(&handle, bridge)
+                    .await?
+                    .with_context(|| format!("bridge {bridge} vanished after creation"))?
+                    .0
+            }
+        };
+        let Some((tap_idx, _)) = link(&handle, tap).await? else {
+            bail!("TAP device {tap} does not exist");
+        };
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(tap_idx)
+                    .mtu(mtu)
+                    .controller(br)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("attaching {tap} to bridge {bridge}"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(br).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("bringing bridge {bridge} up"))?;
+        Ok(())
+    }
+    .await;
+    task.abort();
+    result
+}
