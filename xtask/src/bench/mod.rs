@@ -9,6 +9,7 @@
 mod chart;
 mod control_lab;
 mod measure;
+mod mesh_lab;
 mod report;
 mod systems;
 
@@ -169,6 +170,26 @@ pub fn run(args: Args) -> Result<()> {
                     server_addr: Ipv4Addr::new(10, 40, 0, 2),
                 };
                 results.push(measure(system, &path, &OverlayProcs(lab.pids()), &plan));
+            }
+        }
+    }
+
+    if wanted(System::MeshTap) {
+        println!("bench: {}", System::MeshTap.description());
+        match mesh_lab::MeshLab::up() {
+            Err(e) => results.push(failed(System::MeshTap, &e)),
+            Ok(m) => {
+                let path = TrafficPath {
+                    client_ns: m.client_ns.clone(),
+                    server_ns: m.server_ns.clone(),
+                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
+                };
+                results.push(measure(
+                    System::MeshTap,
+                    &path,
+                    &OverlayProcs(m.pids()),
+                    &plan,
+                ));
             }
         }
     }
