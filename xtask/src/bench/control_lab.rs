@@ -62,7 +62,8 @@ pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
     let join_s = t0.elapsed().as_secs_f64();
 
     // At rest.
-    std::thread::sleep(Duration::from_secs(1));
+    // Let the joins settle (duplicate connections from simultaneous dials are being resolved).
+    std::thread::sleep(Duration::from_secs(5));
     let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let t0 = Instant::now();
