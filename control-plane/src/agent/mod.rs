@@ -104,6 +104,8 @@ pub struct Agent {
     data_port: u16,
     /// What the data path was last given (gossip generation, connection ids).
     published: Option<(u64, Vec<u64>)>,
+    /// When discovery last ran, and for which (gossip generation, connection count).
+    last_survey: ((u64, usize), Instant),
 }
 
 /// Wall-clock milliseconds: gossip versions must keep increasing across restarts.
@@ -193,6 +195,7 @@ impl Agent {
             tap: cfg.tap,
             data_port: cfg.data_port,
             published: None,
+            last_survey: ((u64::MAX, 0), Instant::now()),
         };
         agent.store.save(&agent.targets)?;
         Ok((agent, rx))
@@ -383,7 +386,15 @@ impl Agent {
     fn tick(&mut self) {
         let now = now_ms();
         self.gossip.tick(now);
-        self.discover();
+        // Discovery and the state bookkeeping walk the whole topology: do them when it changed,
+        // and otherwise once a second (dial outcomes change states too).
+        let generation = (self.gossip.generation(), self.links.len());
+        let due_anyway = self.last_survey.1.elapsed() >= Duration::from_secs(1);
+        let survey = generation != self.last_survey.0 || due_anyway;
+        if survey {
+            self.last_survey = (generation, Instant::now());
+            self.discover();
+        }
         let due: Vec<String> = self
             .targets
             .iter()
@@ -399,7 +410,9 @@ impl Agent {
                 self.dial(t);
             }
         }
-        self.refresh_states();
+        if survey {
+            self.refresh_states();
+        }
     }
 
     /// Adds dial targets for peers the topology knows but we are not connected to: their
