@@ -72,6 +72,25 @@ fn containers_on_three_hosts_reach_each_other() {
     // ARP requests are broadcasts: they crossed, or nothing above would work; the hosts'
     // counters show frames delivered from peers.
     assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
+    // t1 learned tc2's MAC behind t2.
+    let link = lab
+        .exec(&containers[1].ns, "ip", &["-o", "link", "show", "eth0"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&link.stdout).to_string();
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let fdb = meshctl_json(&nodes[0], &["fdb"]).unwrap();
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == mac.as_str() && e["peer"] == "t2"),
+        "t1's fdb should hold {mac} behind t2: {fdb}"
+    );
 }
 
 #[test]

@@ -515,6 +515,7 @@ impl Agent {
             request::Kind::Routes(_) => response::Kind::Routes(self.routes()),
             request::Kind::Connect(t) => self.connect(t.targets),
             request::Kind::Forget(t) => self.forget(t.targets),
+            request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
         }
     }
 

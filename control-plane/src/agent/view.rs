@@ -8,11 +8,11 @@ use std::{
 use anyhow::{Context, Result};
 use mesh_gossip::PeerId;
 use mesh_proto::v1::{
-    BroadcastRoute, Counter, Datapath, PeerInfo, Peers, Routes, Status, UnicastRoute,
+    BroadcastRoute, Counter, Datapath, Fdb, FdbEntry, PeerInfo, Peers, Routes, Status, UnicastRoute,
 };
 
 use super::{Agent, State};
-use crate::auth::AuthMode;
+use crate::{auth::AuthMode, switch::ShortId};
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -148,6 +148,36 @@ impl Agent {
             }
         }
         Peers { peers: rows }
+    }
+
+    pub(super) fn fdb(&self) -> Fdb {
+        let Some(tap) = &self.tap else {
+            return Fdb::default();
+        };
+        let names: BTreeMap<ShortId, String> = self
+            .gossip
+            .entries()
+            .iter()
+            .map(|(id, e)| (ShortId::of(*id), e.name.clone()))
+            .collect();
+        let mut entries: Vec<FdbEntry> = tap
+            .fdb_entries()
+            .into_iter()
+            .map(|(mac, peer, age_ms)| FdbEntry {
+                mac: mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                peer: names
+                    .get(&peer)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{:06x}", peer.get())),
+                age_ms,
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.peer, &a.mac).cmp(&(&b.peer, &b.mac)));
+        Fdb { entries }
     }
 
     pub(super) fn routes(&mut self) -> Routes {

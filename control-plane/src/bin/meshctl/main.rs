@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use mesh::{local_api, paths};
 use mesh_proto::v1::{
-    PeersRequest, RoutesRequest, StatusRequest, TargetsRequest, request, response,
+    FdbRequest, PeersRequest, RoutesRequest, StatusRequest, TargetsRequest, request, response,
 };
 
 mod view;
@@ -45,6 +45,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The MAC table: which peer each learned MAC address lives behind.
+    Fdb {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect to peers (host[:port]) now and remember them across restarts.
     Connect {
         #[arg(required = true, value_name = "PEER")]
@@ -74,6 +80,11 @@ fn main() -> Result<()> {
         Command::Routes { json } => match call(request::Kind::Routes(RoutesRequest {}))? {
             response::Kind::Routes(r) if json => view::print_json(&view::routes_json(&r)),
             response::Kind::Routes(r) => view::print_routes(&r),
+            other => bail!("unexpected answer from meshd: {other:?}"),
+        },
+        Command::Fdb { json } => match call(request::Kind::Fdb(FdbRequest {}))? {
+            response::Kind::Fdb(f) if json => view::print_json(&view::fdb_json(&f)),
+            response::Kind::Fdb(f) => view::print_fdb(&f),
             other => bail!("unexpected answer from meshd: {other:?}"),
         },
         Command::Connect { peers } => {

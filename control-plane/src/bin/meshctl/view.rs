@@ -1,6 +1,6 @@
 //! How meshctl prints what meshd answers: tables for people, JSON for scripts.
 
-use mesh_proto::v1::{Peers, Routes, Status};
+use mesh_proto::v1::{Fdb, Peers, Routes, Status};
 use serde_json::{Value, json};
 
 pub fn print_json(v: &Value) {
@@ -160,5 +160,30 @@ pub fn print_routes(r: &Routes) {
             b.next_hops.join(", ")
         };
         println!("  {:<16} -> {hops}", b.source);
+    }
+}
+
+pub fn fdb_json(f: &Fdb) -> Value {
+    Value::Array(
+        f.entries
+            .iter()
+            .map(|e| json!({ "mac": e.mac, "peer": e.peer, "age_ms": e.age_ms }))
+            .collect(),
+    )
+}
+
+pub fn print_fdb(f: &Fdb) {
+    if f.entries.is_empty() {
+        println!("no MAC addresses learned yet");
+        return;
+    }
+    println!("{:<18} {:<16} {:>8}", "MAC", "PEER", "AGE s");
+    for e in &f.entries {
+        println!(
+            "{:<18} {:<16} {:>8.1}",
+            e.mac,
+            e.peer,
+            e.age_ms as f64 / 1000.0
+        );
     }
 }
