@@ -64,6 +64,17 @@ impl Lab {
     }
 }
 
+/// Runs meshd in namespace `ns` with `args`, expecting it to refuse to start; returns what it
+/// printed on stderr. Panics (a test failure) if it started.
+pub fn meshd_fails(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let meshd = bins::path("meshd").expect("meshd is built");
+    let out = lab
+        .exec(ns, meshd.to_str().expect("UTF-8 path"), args)
+        .expect("running meshd");
+    assert!(!out.status.success(), "meshd {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `meshctl --socket <node's socket> <args> --json` and parses the output.
 pub fn meshctl_json(node: &Meshd, args: &[&str]) -> Result<Value> {
     let out = meshctl(&node.socket, args, true)?;

@@ -3,8 +3,8 @@
 use std::{process::Command, time::Duration};
 
 use mesh_tests::{
-    Lab, bins,
-    mesh::{meshctl, peer, peers, sees_established},
+    Lab,
+    mesh::{meshctl, meshd_fails, peer, peers, sees_established},
     wait_until,
 };
 
@@ -92,14 +92,6 @@ fn meshctl_connect_and_forget_change_what_meshd_dials() {
     assert!(format!("{err:#}").contains("not known"), "{err:#}");
     let err = meshctl(&n2.socket, &["connect", "not a host"], false).unwrap_err();
     assert!(format!("{err:#}").contains("not a peer address"), "{err:#}");
-}
-
-/// Runs meshd in `ns` with `args`, expecting it to fail; returns its stderr.
-fn meshd_fails(lab: &Lab, ns: &str, args: &[&str]) -> String {
-    let meshd = bins::path("meshd").unwrap();
-    let out = lab.exec(ns, meshd.to_str().unwrap(), args).unwrap();
-    assert!(!out.status.success(), "meshd {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

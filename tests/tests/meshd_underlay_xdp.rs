@@ -3,7 +3,7 @@
 
 use std::{net::UdpSocket, path::Path, process::Command, time::Duration};
 
-use mesh_tests::{Lab, bins, netns, wait_until};
+use mesh_tests::{Lab, bins, mesh::meshd_fails, netns, wait_until};
 use serde_json::Value;
 
 fn status(socket: &Path) -> Result<Value, String> {
@@ -196,47 +196,18 @@ fn a_second_meshd_on_the_same_run_dir_is_refused() {
 
 #[test]
 fn meshd_explains_a_missing_underlay_interface() {
-    let meshd = bins::path("meshd").unwrap();
     let mut lab = Lab::new("bad-iface").unwrap();
     let h1 = lab.add_host("h1").unwrap();
-    let run_dir = lab.dir().join("run");
-    let state_dir = lab.dir().join("state");
-    let out = lab
-        .exec(
-            &h1.ns,
-            meshd.to_str().unwrap(),
-            &[
-                "--insecure",
-                "--underlay",
-                "nosuch0",
-                "--run-dir",
-                run_dir.to_str().unwrap(),
-                "--state-dir",
-                state_dir.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run_dir = lab.dir().join("run").display().to_string();
+    let state_dir = lab.dir().join("state").display().to_string();
+    let dirs = ["--run-dir", &run_dir, "--state-dir", &state_dir];
+    let err = meshd_fails(
+        &lab,
+        &h1.ns,
+        &[&["--insecure", "--underlay", "nosuch0"][..], &dirs].concat(),
+    );
     assert!(err.contains("\"nosuch0\""), "{err}");
     // No default route in a lab host: meshd says how to choose the interface.
-    let out = lab
-        .exec(
-            &h1.ns,
-            meshd.to_str().unwrap(),
-            &[
-                "--insecure",
-                "--run-dir",
-                run_dir.to_str().unwrap(),
-                "--state-dir",
-                state_dir.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("pass --underlay IFACE"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = meshd_fails(&lab, &h1.ns, &[&["--insecure"][..], &dirs].concat());
+    assert!(err.contains("pass --underlay IFACE"), "{err}");
 }

@@ -12,7 +12,7 @@ use mesh_tests::{
 };
 use serde::Serialize;
 
-use super::measure::proc_rss_kib;
+use super::measure::{clock_ticks_per_second, proc_cpu_ticks, proc_rss_kib};
 
 #[derive(Debug, Serialize)]
 pub struct ControlLab {
@@ -29,14 +29,9 @@ pub struct ControlLab {
     pub rss_kib_max: u64,
 }
 
+/// utime + stime of `pid` in clock ticks (0 once it is gone).
 fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let mut f = s.rsplit_once(')')?.1.split_whitespace().skip(11);
-            Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+    proc_cpu_ticks(pid).unwrap_or(0)
 }
 
 pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
@@ -69,8 +64,7 @@ pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));
     let elapsed = t0.elapsed().as_secs_f64();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = clock_ticks_per_second();
     let cpu: Vec<f64> = pids
         .iter()
         .zip(&before)

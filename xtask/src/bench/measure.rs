@@ -80,7 +80,7 @@ impl OverlayProcs {
 }
 
 /// utime + stime of `pid`, in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut f = stat.rsplit_once(')')?.1.split_whitespace();
     let utime: u64 = f.nth(11)?.parse().ok()?;
@@ -100,7 +100,7 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
