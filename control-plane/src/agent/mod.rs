@@ -336,7 +336,7 @@ impl Agent {
             peer
         };
         if let Some(t) = dialed.as_ref().and_then(|d| self.targets.get_mut(d)) {
-            t.established(peer);
+            t.established(peer, &est.hello.name);
         }
         if let Some(existing) = self.links.get(&peer) {
             // Both sides dialled: keep the connection opened by the lower id, on both ends.
@@ -377,7 +377,7 @@ impl Agent {
         // An accepted connection from a peer we were trying to reach: stop trying.
         for t in self.targets.values_mut() {
             if t.peer == Some(peer) {
-                t.established(peer);
+                t.established(peer, &est.hello.name);
             }
         }
         tokio::spawn(conn::pump(conn, est, conn_id, self.events.clone(), rx));

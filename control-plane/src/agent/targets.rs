@@ -49,6 +49,9 @@ pub struct Target {
     pub last_error: String,
     /// The peer behind the address, once known.
     pub peer: Option<PeerId>,
+    /// Its name from the handshake: shown while it is down even if gossip never described it
+    /// (a peer that goes away right after the handshake).
+    pub peer_name: Option<String>,
     /// A dial is in flight.
     pub dialing: bool,
 }
@@ -63,6 +66,7 @@ impl Target {
             next_attempt: Instant::now(),
             last_error: String::new(),
             peer,
+            peer_name: None,
             dialing: false,
         }
     }
@@ -91,11 +95,12 @@ impl Target {
         self.next_attempt = now + base + jitter;
     }
 
-    pub fn established(&mut self, peer: PeerId) {
+    pub fn established(&mut self, peer: PeerId, name: &str) {
         self.dialing = false;
         self.failures = 0;
         self.last_error.clear();
         self.peer = Some(peer);
+        self.peer_name = Some(name.to_owned());
         self.set_state(State::Established);
     }
 

@@ -101,11 +101,17 @@ impl Agent {
             if t.peer.is_some_and(|p| ids.contains(&p)) {
                 continue;
             }
+            // A peer we reached once but that gossip never described (it went away right
+            // after the handshake): it is unreachable, not a fresh address being tried.
+            let state = match (t.peer, t.state) {
+                (Some(_), State::Connecting | State::Retrying) => "unreachable",
+                (_, s) => s.as_str(),
+            };
             rows.push(PeerInfo {
-                name: addr.clone(),
+                name: t.peer_name.clone().unwrap_or_else(|| addr.clone()),
                 id: t.peer.map(|p| p.to_string()).unwrap_or_default(),
                 addresses: vec![addr.clone()],
-                state: t.state.as_str().into(),
+                state: state.into(),
                 via: None,
                 rtt_ms: None,
                 since: unix(t.since),
