@@ -28,6 +28,8 @@ use spake2::{Ed25519Group, Identity as PakeIdentity, Password, Spake2};
 pub const ALPN: &[u8] = b"mesh/1";
 /// Label for the TLS exporter that binds the PAKE to the TLS session.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-mesh-spake2-v1";
+/// Label for the TLS exporter the data path's keys are derived from.
+pub const DATA_EXPORTER_LABEL: &[u8] = b"EXPORTER-mesh-data-v1";
 
 /// How this node authenticates peers.
 pub enum AuthMode {
@@ -318,6 +320,20 @@ impl Pake {
         mac.update(&[u8::from(!i_dialed)]);
         mac.update(exporter);
         mac.verify_slice(theirs).is_ok()
+    }
+}
+
+/// The data path's link secret: the connection's data exporter, bound to the password when
+/// there is one (so a TLS session alone, without the password check, yields nothing useful).
+pub fn data_secret(exporter: &[u8; 32], pake_key: Option<&[u8]>) -> [u8; 32] {
+    match pake_key {
+        None => *exporter,
+        Some(key) => {
+            let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(b"mesh data secret");
+            mac.update(exporter);
+            mac.finalize().into_bytes().into()
+        }
     }
 }
 

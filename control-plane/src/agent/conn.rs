@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{Event, wire};
 use crate::{
-    auth::{AuthMode, EXPORTER_LABEL, Pake},
+    auth::{AuthMode, DATA_EXPORTER_LABEL, EXPORTER_LABEL, Pake},
     identity,
 };
 
@@ -51,6 +51,9 @@ impl std::error::Error for AuthRefused {}
 pub struct Established {
     pub peer: PeerId,
     pub hello: Hello,
+    /// The data path's secret for this link; none when the mesh runs without authentication.
+    pub data_secret: Option<[u8; 32]>,
+    pub i_dialed: bool,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
 }
@@ -134,6 +137,7 @@ pub async fn handshake(
             ),
         ));
     }
+    let mut pake_key = None;
     if let AuthMode::Password(password) = &local.auth {
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
@@ -160,10 +164,22 @@ pub async fn handshake(
                 ),
             ));
         }
+        pake_key = Some(key);
     }
+    let data_secret = match local.auth {
+        AuthMode::Insecure => None,
+        _ => {
+            let mut exporter = [0u8; 32];
+            conn.export_keying_material(&mut exporter, DATA_EXPORTER_LABEL, b"")
+                .map_err(|_| anyhow!("TLS exporter unavailable"))?;
+            Some(crate::auth::data_secret(&exporter, pake_key.as_deref()))
+        }
+    };
     Ok(Established {
         peer,
         hello: theirs,
+        data_secret,
+        i_dialed: dialer,
         send,
         recv,
     })

@@ -82,6 +82,9 @@ struct Link {
     since: SystemTime,
     /// Who opened it: decides which one survives when both sides dialled at once.
     dialer: PeerId,
+    /// The data path's key material for this link (none in an --insecure mesh).
+    data_secret: Option<crate::switch::seal::LinkSecret>,
+    i_dialed: bool,
 }
 
 pub struct Agent {
@@ -370,6 +373,8 @@ impl Agent {
                 name,
                 since: SystemTime::now(),
                 dialer,
+                data_secret: est.data_secret.map(crate::switch::seal::LinkSecret),
+                i_dialed: est.i_dialed,
             },
         );
         self.gossip
@@ -496,12 +501,15 @@ impl Agent {
             self.links
                 .iter()
                 .map(|(id, l)| {
-                    (
-                        short(*id),
-                        SocketAddr::new(l.conn.remote_address().ip(), self.data_port),
-                    )
+                    let spec = crate::tap::Spec {
+                        addr: SocketAddr::new(l.conn.remote_address().ip(), self.data_port),
+                        secret: l.data_secret.clone().map(|s| (s, l.i_dialed)),
+                        conn_id: l.conn_id,
+                    };
+                    (short(*id), spec)
                 })
                 .collect(),
+            short(self.local.id),
         );
     }
 

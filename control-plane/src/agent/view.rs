@@ -81,7 +81,25 @@ impl Agent {
                 (None, Some(hop)) => Some(self.name_of(*hop)),
                 _ => None,
             };
+            let short = ShortId::of(id);
+            let tap = self.tap.as_ref();
+            let traffic = tap.and_then(|t| t.traffic(short)).unwrap_or_default();
             rows.push(PeerInfo {
+                datapath: if tap.is_some() {
+                    "tap".into()
+                } else {
+                    String::new()
+                },
+                encrypted: tap.is_some_and(|t| t.encrypted()),
+                datapath_health: match tap.and_then(|t| t.data_path_up(short)) {
+                    Some(true) => "up".into(),
+                    Some(false) => "down".into(),
+                    None => String::new(),
+                },
+                tx_packets: traffic.tx_packets,
+                tx_bytes: traffic.tx_bytes,
+                rx_packets: traffic.rx_packets,
+                rx_bytes: traffic.rx_bytes,
                 name: self.name_of(id),
                 id: id.to_string(),
                 addresses: addresses.into_iter().collect(),
@@ -117,6 +135,7 @@ impl Agent {
                 since: unix(t.since),
                 last_error: t.last_error.clone(),
                 hops: 0,
+                ..Default::default()
             });
         }
         rows

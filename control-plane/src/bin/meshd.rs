@@ -182,6 +182,7 @@ async fn run(args: Args) -> Result<()> {
         tap: args.tap.clone(),
         data_port: args.data_port,
         underlay_mtu,
+        encrypted: !matches!(auth, AuthMode::Insecure),
     })
     .context("starting the TAP datapath")?;
     let overlay_mtu = tap.mtu;

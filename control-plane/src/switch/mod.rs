@@ -4,6 +4,7 @@
 
 pub mod fdb;
 pub mod forward;
+pub mod seal;
 pub mod wire;
 
 /// A peer's 24-bit id on the data path (the low 24 bits of its peer id). It fits the VXLAN

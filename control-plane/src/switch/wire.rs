@@ -57,20 +57,25 @@ impl Header {
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or(Malformed::Short)?;
-        if h[0] & (FLAG_I | FLAG_MESH) != FLAG_I | FLAG_MESH {
-            return Err(Malformed::NotMesh);
-        }
-        let header = Header {
-            destination: ShortId::from_wire(u32::from_be_bytes([0, h[1], h[2], h[3]])),
-            origin: ShortId::from_wire(u32::from_be_bytes([0, h[4], h[5], h[6]])),
-            hops: h[7],
-            heartbeat: h[0] & FLAG_HEARTBEAT != 0,
-        };
+        let header = Header::read(h)?;
         let inner = &datagram[HEADER_LEN..];
         if !header.heartbeat && inner.len() < 14 {
             return Err(Malformed::NoInnerFrame);
         }
         Ok((header, inner))
+    }
+
+    /// The header alone (flags other than I, M and H are the caller's business).
+    pub fn read(h: &[u8; HEADER_LEN]) -> Result<Header, Malformed> {
+        if h[0] & (FLAG_I | FLAG_MESH) != FLAG_I | FLAG_MESH {
+            return Err(Malformed::NotMesh);
+        }
+        Ok(Header {
+            destination: ShortId::from_wire(u32::from_be_bytes([0, h[1], h[2], h[3]])),
+            origin: ShortId::from_wire(u32::from_be_bytes([0, h[4], h[5], h[6]])),
+            hops: h[7],
+            heartbeat: h[0] & FLAG_HEARTBEAT != 0,
+        })
     }
 }
 

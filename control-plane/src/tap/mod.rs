@@ -8,10 +8,10 @@
 //! NAT that is the translated one, and it is the one replies must go to.
 
 mod device;
+pub mod neighbours;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -21,21 +21,22 @@ use std::{
 
 use anyhow::{Context, Result};
 pub use device::underlay_mtu;
+use neighbours::{Drop, Neighbours};
+pub use neighbours::{HEARTBEAT_TIMEOUT, Spec, Traffic};
 use tokio::net::UdpSocket;
 
 use crate::switch::{
     ShortId,
     fdb::Fdb,
     forward::{self, Table},
-    wire::{HEADER_LEN, Header, OVERHEAD_IPV4},
+    seal::SEAL_OVERHEAD,
+    wire::{Header, OVERHEAD_IPV4},
 };
 
 /// MAC table bounds: enough for thousands of containers; a flood of made-up MACs evicts.
 const FDB_CAPACITY: usize = 8192;
 const FDB_MAX_AGE_MS: u64 = 300_000;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-/// A neighbour whose heartbeats stopped this long ago has no working data path.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Counters shown by `meshctl status`.
 #[derive(Default)]
@@ -46,6 +47,9 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub dropped_malformed: AtomicU64,
     pub dropped_unknown_sender: AtomicU64,
+    pub dropped_unsealed: AtomicU64,
+    pub dropped_auth: AtomicU64,
+    pub dropped_replay: AtomicU64,
     pub dropped_no_route: AtomicU64,
     pub dropped_loop: AtomicU64,
 }
@@ -63,26 +67,30 @@ impl Counters {
                 "tap_dropped_unknown_sender",
                 g(&self.dropped_unknown_sender),
             ),
+            ("tap_dropped_unsealed", g(&self.dropped_unsealed)),
+            ("tap_dropped_auth", g(&self.dropped_auth)),
+            ("tap_dropped_replay", g(&self.dropped_replay)),
             ("tap_dropped_no_route", g(&self.dropped_no_route)),
             ("tap_dropped_loop", g(&self.dropped_loop)),
         ]
     }
-}
 
-/// A direct neighbour on the data path.
-#[derive(Clone, Debug)]
-pub struct Neighbour {
-    /// Where to send: its control connection's IP and the data port, until a heartbeat shows
-    /// where its data really comes from.
-    pub addr: SocketAddr,
-    pub last_heartbeat: Option<Instant>,
-    pub observed: bool,
+    fn dropped(&self, why: &Drop) {
+        let c = match why {
+            Drop::UnknownSender => &self.dropped_unknown_sender,
+            Drop::Malformed => &self.dropped_malformed,
+            Drop::Unsealed => &self.dropped_unsealed,
+            Drop::Auth => &self.dropped_auth,
+            Drop::Replay => &self.dropped_replay,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// State shared by the agent and the data path thread.
 pub struct Shared {
     table: RwLock<Arc<Table>>,
-    neighbours: RwLock<HashMap<ShortId, Neighbour>>,
+    neighbours: Mutex<Neighbours>,
     fdb: Mutex<Fdb>,
     pub counters: Counters,
     pub mtu: u32,
@@ -96,32 +104,34 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    fn neighbours(&self) -> std::sync::MutexGuard<'_, Neighbours> {
+        self.neighbours.lock().expect("neighbours lock")
+    }
+
     /// Installs a new forwarding table (after a topology change).
     pub fn set_table(&self, table: Table) {
         *self.table.write().expect("table lock") = Arc::new(table);
     }
 
-    /// Sets the direct neighbours and their control-connection addresses; keeps the data
-    /// addresses heartbeats already revealed.
-    pub fn set_neighbours(&self, addrs: HashMap<ShortId, SocketAddr>) {
-        let mut n = self.neighbours.write().expect("neighbours lock");
-        n.retain(|id, _| addrs.contains_key(id));
-        for (id, addr) in addrs {
-            n.entry(id).or_insert(Neighbour {
-                addr,
-                last_heartbeat: None,
-                observed: false,
-            });
-        }
+    /// Sets the direct neighbours (see [`Neighbours::set`]).
+    pub fn set_neighbours(&self, specs: HashMap<ShortId, Spec>, me: ShortId) {
+        let now = self.now_ms();
+        self.neighbours().set(specs, me, now);
     }
 
-    /// Whether a heartbeat from `peer` arrived recently.
+    /// Whether data frames are encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.neighbours().encrypted()
+    }
+
+    /// Whether a heartbeat from `peer` arrived recently (`None`: not a neighbour).
     pub fn data_path_up(&self, peer: ShortId) -> Option<bool> {
-        let n = self.neighbours.read().expect("neighbours lock");
-        n.get(&peer).map(|n| {
-            n.last_heartbeat
-                .is_some_and(|t| t.elapsed() < HEARTBEAT_TIMEOUT)
-        })
+        self.neighbours().data_path_up(peer)
+    }
+
+    /// Traffic on the link to `peer` (`None`: not a neighbour).
+    pub fn traffic(&self, peer: ShortId) -> Option<Traffic> {
+        self.neighbours().get(peer).map(|n| n.traffic)
     }
 
     /// The MAC table: (mac, peer, age in ms).
@@ -132,36 +142,6 @@ impl Shared {
             .map(|(m, (p, t))| (*m, *p, now.saturating_sub(*t)))
             .collect()
     }
-
-    fn addr_of(&self, peer: ShortId) -> Option<SocketAddr> {
-        self.neighbours
-            .read()
-            .expect("neighbours lock")
-            .get(&peer)
-            .map(|n| n.addr)
-    }
-
-    fn known_sender(&self, ip: IpAddr) -> bool {
-        self.neighbours
-            .read()
-            .expect("neighbours lock")
-            .values()
-            .any(|n| n.addr.ip() == ip)
-    }
-
-    fn heartbeat(&self, peer: ShortId, from: SocketAddr) -> bool {
-        let mut n = self.neighbours.write().expect("neighbours lock");
-        match n.get_mut(&peer) {
-            Some(nb) if nb.addr.ip() == from.ip() || !nb.observed => {
-                nb.addr = from;
-                nb.observed = true;
-                nb.last_heartbeat = Some(Instant::now());
-                true
-            }
-            // A heartbeat claiming to be a neighbour from somewhere else: ignored.
-            _ => false,
-        }
-    }
 }
 
 /// Settings for [`start`].
@@ -170,18 +150,34 @@ pub struct Config {
     pub tap: String,
     pub data_port: u16,
     pub underlay_mtu: u32,
+    /// Seal every data frame (the mesh has a password or certificates).
+    pub encrypted: bool,
+}
+
+/// The smallest overlay MTU meshd runs with (IPv6 needs 1280).
+pub const MIN_OVERLAY_MTU: u32 = 1280;
+
+/// The overlay MTU an underlay MTU leaves room for: the outer IPv4 and UDP headers, mesh's
+/// header, the seal when encrypting, and the inner Ethernet header are all taken off.
+pub fn overlay_mtu(underlay_mtu: u32, encrypted: bool) -> Option<u32> {
+    let overhead = OVERHEAD_IPV4 + if encrypted { SEAL_OVERHEAD } else { 0 };
+    underlay_mtu
+        .checked_sub(overhead as u32)
+        .filter(|m| *m >= MIN_OVERLAY_MTU)
 }
 
 /// Creates the TAP device, puts it on the bridge, binds the data port, and starts the data path
 /// thread. Returns once everything is set up (or failed).
 pub fn start(cfg: Config) -> Result<Arc<Shared>> {
-    let mtu = cfg
-        .underlay_mtu
-        .checked_sub(OVERHEAD_IPV4 as u32)
-        .context("underlay MTU too small for the overlay")?;
+    let mtu = overlay_mtu(cfg.underlay_mtu, cfg.encrypted).with_context(|| {
+        format!(
+            "underlay MTU {} is too small to carry an overlay of at least {MIN_OVERLAY_MTU}",
+            cfg.underlay_mtu
+        )
+    })?;
     let shared = Arc::new(Shared {
         table: RwLock::new(Arc::new(Table::default())),
-        neighbours: RwLock::new(HashMap::new()),
+        neighbours: Mutex::new(Neighbours::new(cfg.encrypted)),
         fdb: Mutex::new(Fdb::new(FDB_CAPACITY, FDB_MAX_AGE_MS)),
         counters: Counters::default(),
         mtu,
@@ -248,10 +244,11 @@ async fn run(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>
 
 /// Frames from the local bridge to peers.
 async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; HEADER_LEN + 65536];
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(65536);
     let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
     loop {
-        let n = match tun.recv(&mut buf[HEADER_LEN..]).await {
+        let n = match tun.recv(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "reading the TAP device failed; data path stopped");
@@ -261,32 +258,38 @@ async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
         let table = shared.table.read().expect("table lock").clone();
         {
             let fdb = shared.fdb.lock().expect("fdb lock");
-            let frame = &buf[HEADER_LEN..HEADER_LEN + n];
-            forward::from_local(&table, &fdb, frame, shared.now_ms(), |to, h| {
+            forward::from_local(&table, &fdb, &buf[..n], shared.now_ms(), |to, h| {
                 sends.push((to, h))
             });
         }
         for (to, h) in sends.drain(..) {
-            send(&shared, &sock, &mut buf[..HEADER_LEN + n], to, h).await;
+            send(&shared, &sock, &buf[..n], &mut out, to, h).await;
         }
     }
 }
 
-async fn send(shared: &Shared, sock: &UdpSocket, datagram: &mut [u8], to: ShortId, h: Header) {
-    let Some(addr) = shared.addr_of(to) else {
+/// Sends `inner` under `h` to the neighbour `to`, sealed when the mesh encrypts.
+async fn send(
+    shared: &Shared,
+    sock: &UdpSocket,
+    inner: &[u8],
+    out: &mut Vec<u8>,
+    to: ShortId,
+    h: Header,
+) {
+    let now = shared.now_ms();
+    let Some(addr) = shared.neighbours().prepare(to, &h, inner, out, now) else {
         shared
             .counters
             .dropped_no_route
             .fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let header: &mut [u8; HEADER_LEN] = (&mut datagram[..HEADER_LEN])
-        .try_into()
-        .expect("slice of HEADER_LEN");
-    h.write(header);
-    match sock.send_to(datagram, addr).await {
+    match sock.send_to(out, addr).await {
         Ok(_) => {
-            shared.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+            if !h.heartbeat {
+                shared.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Err(e) => tracing::debug!(error = %e, %addr, "sending a frame failed"),
     }
@@ -295,6 +298,7 @@ async fn send(shared: &Shared, sock: &UdpSocket, datagram: &mut [u8], to: ShortI
 /// Frames from peers: deliver, relay, or both.
 async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(65536);
     let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -304,32 +308,22 @@ async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
                 continue;
             }
         };
-        if !shared.known_sender(from.ip()) {
-            shared
-                .counters
-                .dropped_unknown_sender
-                .fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let (header, inner_len) = match Header::parse(&buf[..n]) {
-            Ok((h, inner)) => (h, inner.len()),
-            Err(_) => {
-                shared
-                    .counters
-                    .dropped_malformed
-                    .fetch_add(1, Ordering::Relaxed);
+        let accepted = shared.neighbours().accept(&mut buf[..n], from);
+        let (header, inner) = match accepted {
+            Ok(r) => r,
+            Err(why) => {
+                shared.counters.dropped(&why);
                 continue;
             }
         };
         if header.heartbeat {
-            shared.heartbeat(header.origin, from);
             continue;
         }
         shared.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+        let inner = &buf[inner];
         let table = shared.table.read().expect("table lock").clone();
         let decision = {
             let mut fdb = shared.fdb.lock().expect("fdb lock");
-            let inner = &buf[HEADER_LEN..HEADER_LEN + inner_len];
             forward::from_peer(&table, &mut fdb, header, inner, shared.now_ms(), |to, h| {
                 sends.push((to, h))
             })
@@ -337,7 +331,7 @@ async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
         match decision {
             Ok(deliver) => {
                 if deliver {
-                    if let Err(e) = tun.send(&buf[HEADER_LEN..n]).await {
+                    if let Err(e) = tun.send(inner).await {
                         tracing::debug!(error = %e, "writing to the TAP device");
                     } else {
                         shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +358,7 @@ async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
             }
         }
         for (to, h) in sends.drain(..) {
-            send(&shared, &sock, &mut buf[..n], to, h).await;
+            send(&shared, &sock, inner, &mut out, to, h).await;
         }
     }
 }
@@ -373,28 +367,21 @@ async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
 /// data path works.
 async fn heartbeats(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut out = Vec::with_capacity(64);
     loop {
         tick.tick().await;
         let Some(me) = shared.table.read().expect("table lock").me else {
             continue;
         };
-        let targets: Vec<(ShortId, SocketAddr)> = shared
-            .neighbours
-            .read()
-            .expect("neighbours lock")
-            .iter()
-            .map(|(id, n)| (*id, n.addr))
-            .collect();
-        for (id, addr) in targets {
-            let mut hb = [0u8; HEADER_LEN];
-            Header {
+        let ids: Vec<ShortId> = shared.neighbours().ids().collect();
+        for id in ids {
+            let h = Header {
                 origin: me,
                 destination: id,
                 hops: 1,
                 heartbeat: true,
-            }
-            .write(&mut hb);
-            let _ = sock.send_to(&hb, addr).await;
+            };
+            send(&shared, &sock, &[], &mut out, id, h).await;
         }
     }
 }

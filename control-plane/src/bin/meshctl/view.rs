@@ -95,6 +95,13 @@ pub fn peers_json(p: &Peers) -> Value {
                     "state": r.state,
                     "via": r.via,
                     "hops": r.hops,
+                    "datapath": r.datapath,
+                    "encrypted": r.encrypted,
+                    "datapath_health": if r.datapath_health.is_empty() { Value::Null } else { Value::from(r.datapath_health.clone()) },
+                    "tx_packets": r.tx_packets,
+                    "tx_bytes": r.tx_bytes,
+                    "rx_packets": r.rx_packets,
+                    "rx_bytes": r.rx_bytes,
                     "rtt_ms": r.rtt_ms,
                     "since": r.since,
                     "last_error": if r.last_error.is_empty() { Value::Null } else { Value::from(r.last_error.clone()) },
@@ -113,18 +120,37 @@ pub fn print_peers(p: &Peers) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     println!(
-        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  ADDRESSES",
-        "NAME", "ID", "STATE", "VIA", "RTT ms", "SINCE"
+        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>16} {:>16}  ADDRESSES",
+        "NAME",
+        "ID",
+        "STATE",
+        "VIA",
+        "RTT ms",
+        "SINCE",
+        "DATAPATH",
+        "ENC",
+        "TX pkts/bytes",
+        "RX pkts/bytes"
     );
     for r in &p.peers {
+        let datapath = match (r.datapath.as_str(), r.datapath_health.as_str()) {
+            ("", _) => "-".to_owned(),
+            (d, "") => d.to_owned(),
+            (d, h) => format!("{d} {h}"),
+        };
+        let traffic = |packets: u64, bytes: u64| format!("{packets}/{}", human_bytes(bytes));
         println!(
-            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {}{}",
+            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>16} {:>16}  {}{}",
             r.name,
             r.id,
             r.state,
             r.via.as_deref().unwrap_or("-"),
             r.rtt_ms.map_or("-".into(), |v| format!("{v:.2}")),
             format!("{}s", now.saturating_sub(r.since)),
+            datapath,
+            if r.encrypted { "yes" } else { "no" },
+            traffic(r.tx_packets, r.tx_bytes),
+            traffic(r.rx_packets, r.rx_bytes),
             r.addresses.join(" "),
             if r.last_error.is_empty() || r.state == "established" {
                 String::new()
@@ -132,6 +158,22 @@ pub fn print_peers(p: &Peers) {
                 format!("  ({})", r.last_error)
             }
         );
+    }
+}
+
+/// 1536 -> "1.5K": short enough for a table column.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
     }
 }
 

@@ -1,0 +1,284 @@
+//! The data path's view of its direct neighbours: where to send, whether their heartbeats
+//! arrive, the per-link keys, and per-link traffic counts. Also turns frames into datagrams
+//! and back (plain or sealed), so the I/O loops only move bytes.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    ops::Range,
+    time::{Duration, Instant},
+};
+
+use crate::switch::{
+    ShortId,
+    seal::{self, LinkCrypto, LinkSecret, Refused},
+    wire::{HEADER_LEN, Header},
+};
+
+/// A neighbour whose heartbeats stopped this long ago has no working data path.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the agent knows about a neighbour: published on every topology change.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Its control connection's IP and the data port.
+    pub addr: SocketAddr,
+    /// The link's data secret (none without authentication) and whether we dialled.
+    pub secret: Option<(LinkSecret, bool)>,
+    /// Identifies the control connection the secret came from.
+    pub conn_id: u64,
+}
+
+/// Datagrams and bytes sent to and received from one neighbour (data frames and heartbeats).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+pub struct Neighbour {
+    /// Where to send: the control connection's address until an authenticated heartbeat shows
+    /// where its data really comes from (behind NAT, the translated address).
+    pub addr: SocketAddr,
+    pub observed: bool,
+    pub last_heartbeat: Option<Instant>,
+    pub conn_id: u64,
+    pub crypto: Option<LinkCrypto>,
+    pub traffic: Traffic,
+}
+
+/// Why a received datagram was dropped (each has its counter).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drop {
+    UnknownSender,
+    Malformed,
+    /// Plain although the mesh encrypts.
+    Unsealed,
+    Auth,
+    Replay,
+}
+
+/// All neighbours, keyed by short id.
+pub struct Neighbours {
+    map: HashMap<ShortId, Neighbour>,
+    /// Whether data frames are sealed (the mesh has a password or certificates).
+    encrypted: bool,
+}
+
+impl Neighbours {
+    pub fn new(encrypted: bool) -> Neighbours {
+        Neighbours {
+            map: HashMap::new(),
+            encrypted,
+        }
+    }
+
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Replaces the neighbour set. A neighbour whose control connection changed gets fresh
+    /// keys; the data addresses heartbeats revealed are kept.
+    pub fn set(&mut self, specs: HashMap<ShortId, Spec>, me: ShortId, now_ms: u64) {
+        self.map.retain(|id, _| specs.contains_key(id));
+        for (id, spec) in specs {
+            let crypto = || {
+                spec.secret
+                    .as_ref()
+                    .map(|(s, dialed)| LinkCrypto::new(s, *dialed, me, now_ms))
+            };
+            match self.map.get_mut(&id) {
+                Some(n) if n.conn_id == spec.conn_id => {}
+                Some(n) => {
+                    n.conn_id = spec.conn_id;
+                    n.crypto = crypto();
+                }
+                None => {
+                    self.map.insert(
+                        id,
+                        Neighbour {
+                            addr: spec.addr,
+                            observed: false,
+                            last_heartbeat: None,
+                            conn_id: spec.conn_id,
+                            crypto: crypto(),
+                            traffic: Traffic::default(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: ShortId) -> Option<&Neighbour> {
+        self.map.get(&id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ShortId> + '_ {
+        self.map.keys().copied()
+    }
+
+    /// Writes the datagram carrying `inner` under `header` to `to` into `out`; returns where to
+    /// send it, or `None` when `to` is no neighbour (or has no keys yet in an encrypted mesh).
+    pub fn prepare(
+        &mut self,
+        to: ShortId,
+        header: &Header,
+        inner: &[u8],
+        out: &mut Vec<u8>,
+        now_ms: u64,
+    ) -> Option<SocketAddr> {
+        let n = self.map.get_mut(&to)?;
+        if self.encrypted {
+            n.crypto.as_mut()?.sealer.seal(header, inner, out, now_ms);
+        } else {
+            out.clear();
+            let mut h = [0u8; HEADER_LEN];
+            header.write(&mut h);
+            out.extend_from_slice(&h);
+            out.extend_from_slice(inner);
+        }
+        n.traffic.tx_packets += 1;
+        n.traffic.tx_bytes += out.len() as u64;
+        Some(n.addr)
+    }
+
+    /// Checks a received datagram: who sent it (a neighbour), that it is well-formed and, in
+    /// an encrypted mesh, authentic and fresh (decrypting it in place). Heartbeats are taken in
+    /// here. Returns the header and where the inner frame is in `datagram`.
+    pub fn accept(
+        &mut self,
+        datagram: &mut [u8],
+        from: SocketAddr,
+    ) -> Result<(Header, Range<usize>), Drop> {
+        let len = datagram.len() as u64;
+        let (id, header, inner) = if self.encrypted {
+            let sender = seal::sender_of(datagram).map_err(|e| match e {
+                Refused::NotSealed => Drop::Unsealed,
+                _ => Drop::Malformed,
+            })?;
+            let n = self.map.get_mut(&sender).ok_or(Drop::UnknownSender)?;
+            let crypto = n.crypto.as_mut().ok_or(Drop::UnknownSender)?;
+            let (h, inner) = crypto.opener.open(datagram).map_err(|e| match e {
+                Refused::Auth => Drop::Auth,
+                Refused::Replay => Drop::Replay,
+                Refused::NotSealed => Drop::Unsealed,
+                Refused::Malformed(_) => Drop::Malformed,
+            })?;
+            (sender, h, inner)
+        } else {
+            // Without keys, the source address is all there is to go by.
+            let id = self
+                .map
+                .iter()
+                .find(|(_, n)| n.addr.ip() == from.ip())
+                .map(|(id, _)| *id)
+                .ok_or(Drop::UnknownSender)?;
+            if datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0) {
+                return Err(Drop::Malformed);
+            }
+            let (h, inner) = Header::parse(datagram).map_err(|_| Drop::Malformed)?;
+            (id, h, HEADER_LEN..HEADER_LEN + inner.len())
+        };
+        let n = self.map.get_mut(&id).expect("found above");
+        n.traffic.rx_packets += 1;
+        n.traffic.rx_bytes += len;
+        if header.heartbeat {
+            // A sealed heartbeat proves who sent it, so its address is where the neighbour's
+            // data comes from now (NAT rebinding). A plain one must come from the known IP.
+            if header.origin == id && (self.encrypted || n.addr.ip() == from.ip() || !n.observed) {
+                n.addr = from;
+                n.observed = true;
+                n.last_heartbeat = Some(Instant::now());
+            }
+        }
+        Ok((header, inner))
+    }
+
+    /// Whether a heartbeat from `peer` arrived recently (`None`: not a neighbour).
+    pub fn data_path_up(&self, peer: ShortId) -> Option<bool> {
+        self.map.get(&peer).map(|n| {
+            n.last_heartbeat
+                .is_some_and(|t| t.elapsed() < HEARTBEAT_TIMEOUT)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: u16, secret: Option<u8>, dialed: bool, conn_id: u64) -> Spec {
+        Spec {
+            addr: SocketAddr::from(([198, 18, 0, 1], port)),
+            secret: secret.map(|b| (LinkSecret([b; 32]), dialed)),
+            conn_id,
+        }
+    }
+
+    fn frame_header(origin: u32) -> Header {
+        Header {
+            origin: ShortId::from_wire(origin),
+            destination: ShortId::from_wire(2),
+            hops: 32,
+            heartbeat: false,
+        }
+    }
+
+    #[test]
+    fn sealed_frames_cross_between_neighbours_and_count_traffic() {
+        let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
+        let mut na = Neighbours::new(true);
+        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
+        let mut nb = Neighbours::new(true);
+        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        let mut out = Vec::new();
+        let inner = [0xabu8; 64];
+        na.prepare(b, &frame_header(1), &inner, &mut out, 0)
+            .unwrap();
+        let from = SocketAddr::from(([198, 18, 0, 9], 4000));
+        let (h, r) = nb.accept(&mut out.clone(), from).unwrap();
+        assert_eq!(h, frame_header(1));
+        assert_eq!(r.len(), 64);
+        assert_eq!(nb.accept(&mut out, from), Err(Drop::Replay));
+        assert_eq!(na.get(b).unwrap().traffic.tx_packets, 1);
+        assert_eq!(nb.get(a).unwrap().traffic.rx_packets, 1);
+    }
+
+    #[test]
+    fn a_new_control_connection_brings_new_keys() {
+        let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
+        let mut na = Neighbours::new(true);
+        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
+        let mut nb = Neighbours::new(true);
+        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        // b reconnected with another secret; a still has the old one.
+        nb.set(HashMap::from([(a, spec(2, Some(10), false, 2))]), b, 0);
+        let mut out = Vec::new();
+        na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
+            .unwrap();
+        let from = SocketAddr::from(([198, 18, 0, 1], 6784));
+        assert_eq!(nb.accept(&mut out, from), Err(Drop::Auth));
+    }
+
+    #[test]
+    fn plain_frames_in_an_encrypted_mesh_and_strangers_are_dropped() {
+        let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
+        let mut nb = Neighbours::new(true);
+        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        let mut plain = vec![0u8; HEADER_LEN + 60];
+        frame_header(1).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
+        let from = SocketAddr::from(([198, 18, 0, 1], 6784));
+        assert_eq!(nb.accept(&mut plain, from), Err(Drop::Unsealed));
+        let mut plain_nb = Neighbours::new(false);
+        plain_nb.set(HashMap::from([(a, spec(2, None, false, 1))]), b, 0);
+        let stranger = SocketAddr::from(([198, 18, 0, 77], 6784));
+        assert_eq!(
+            plain_nb.accept(&mut plain, stranger),
+            Err(Drop::UnknownSender)
+        );
+        assert!(plain_nb.accept(&mut plain, from).is_ok());
+    }
+}
