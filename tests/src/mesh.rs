@@ -130,3 +130,27 @@ pub fn full_mesh(nodes: &[Meshd]) -> bool {
         sees_established(n, &others)
     })
 }
+
+/// Starts meshd with password `password` on every host in `hosts`, each given the first as its
+/// only peer (gossip finds the rest).
+pub fn start_mesh(lab: &mut Lab, hosts: &[Host], password: &str) -> Result<Vec<Meshd>> {
+    let pw = lab.password_file("pw", password)?;
+    let pw = pw.to_str().context("UTF-8 lab dir")?.to_owned();
+    let first = hosts.first().context("no hosts")?.addr.to_string();
+    let mut nodes = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let mut args = vec!["--password-file", pw.as_str()];
+        if i > 0 {
+            args.push(&first);
+        }
+        nodes.push(lab.start_meshd(h, &args)?);
+    }
+    Ok(nodes)
+}
+
+/// A TAP data-path counter from `meshctl status` (0 when absent).
+pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
+    status(node).map_or(0, |s| {
+        s["datapath"]["tap_counters"][name].as_u64().unwrap_or(0)
+    })
+}

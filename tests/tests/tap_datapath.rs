@@ -6,30 +6,12 @@ use std::time::Duration;
 
 use mesh_tests::{
     Container, Lab,
-    mesh::{Meshd, full_mesh, meshctl_json, peers},
+    mesh::{Meshd, full_mesh, meshctl_json, peers, start_mesh, tap_counter as counter},
     wait_until,
 };
 
-fn counter(node: &Meshd, name: &str) -> u64 {
-    meshctl_json(node, &["status"]).unwrap()["datapath"]["tap_counters"][name]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Starts meshd (password mode) on every host, each knowing the first.
 fn mesh(lab: &mut Lab, hosts: &[mesh_tests::Host]) -> Vec<Meshd> {
-    let pw = lab.password_file("pw", "tap test").unwrap();
-    let pw = pw.to_str().unwrap().to_owned();
-    let first = hosts[0].addr.to_string();
-    let mut nodes = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let mut args = vec!["--password-file", pw.as_str()];
-        if i > 0 {
-            args.push(&first);
-        }
-        nodes.push(lab.start_meshd(h, &args).unwrap());
-    }
-    nodes
+    start_mesh(lab, hosts, "tap test").unwrap()
 }
 
 fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {

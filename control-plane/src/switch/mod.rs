@@ -4,6 +4,7 @@
 
 pub mod fdb;
 pub mod forward;
+pub mod mtu;
 pub mod seal;
 pub mod wire;
 

@@ -29,6 +29,7 @@ use crate::switch::{
     ShortId,
     fdb::Fdb,
     forward::{self, Table},
+    mtu,
     seal::SEAL_OVERHEAD,
     wire::{Header, OVERHEAD_IPV4},
 };
@@ -52,6 +53,12 @@ pub struct Counters {
     pub dropped_replay: AtomicU64,
     pub dropped_no_route: AtomicU64,
     pub dropped_loop: AtomicU64,
+    /// Oversize packets answered with ICMP "fragmentation needed" / "packet too big".
+    pub too_big: AtomicU64,
+    /// Oversize IPv4 packets without DF, split into fragments.
+    pub fragmented: AtomicU64,
+    /// Oversize frames that could be neither (not IP, ICMP errors, ...).
+    pub dropped_too_big: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +79,9 @@ impl Counters {
             ("tap_dropped_replay", g(&self.dropped_replay)),
             ("tap_dropped_no_route", g(&self.dropped_no_route)),
             ("tap_dropped_loop", g(&self.dropped_loop)),
+            ("tap_too_big_answered", g(&self.too_big)),
+            ("tap_fragmented", g(&self.fragmented)),
+            ("tap_dropped_too_big", g(&self.dropped_too_big)),
         ]
     }
 
@@ -154,6 +164,11 @@ pub struct Config {
     pub encrypted: bool,
 }
 
+/// The TAP device's own MTU: large, so the bridge hands meshd oversize frames to answer rather
+/// than dropping them without a word (the kernel caps a TAP at 64 KiB less its Ethernet header).
+/// The overlay MTU is enforced by meshd.
+const TAP_MTU: u32 = 65535 - 14;
+
 /// The smallest overlay MTU meshd runs with (IPv6 needs 1280).
 pub const MIN_OVERLAY_MTU: u32 = 1280;
 
@@ -205,13 +220,13 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
                     let tun = tokio_tun::Tun::builder()
                         .name(&cfg.tap)
                         .tap()
-                        .mtu(mtu as i32)
+                        .mtu(TAP_MTU as i32)
                         .up()
                         .build()
                         .with_context(|| format!("creating TAP device {}", cfg.tap))?
                         .pop()
                         .context("no TAP queue")?;
-                    device::attach(&cfg.bridge, &cfg.tap, mtu).await?;
+                    device::attach(&cfg.bridge, &cfg.tap, TAP_MTU).await?;
                     let sock = UdpSocket::bind(("0.0.0.0", cfg.data_port))
                         .await
                         .with_context(|| format!("binding the data port {}", cfg.data_port))?;
@@ -242,10 +257,13 @@ async fn run(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>
     let _ = tokio::join!(a, b, c);
 }
 
-/// Frames from the local bridge to peers.
+/// Frames from the local bridge to peers. The TAP device's MTU is far above the overlay's, so
+/// an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being dropped
+/// silently by the bridge.
 async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(65536);
+    let mut oversize = Vec::with_capacity(65536 + 4096);
     let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
     loop {
         let n = match tun.recv(&mut buf).await {
@@ -255,16 +273,51 @@ async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
                 return;
             }
         };
-        let table = shared.table.read().expect("table lock").clone();
-        {
-            let fdb = shared.fdb.lock().expect("fdb lock");
-            forward::from_local(&table, &fdb, &buf[..n], shared.now_ms(), |to, h| {
-                sends.push((to, h))
-            });
+        let frame = &buf[..n];
+        if mtu::packet_len(frame) <= shared.mtu as usize {
+            from_local(&shared, &sock, frame, &mut out, &mut sends).await;
+            continue;
         }
-        for (to, h) in sends.drain(..) {
-            send(&shared, &sock, &buf[..n], &mut out, to, h).await;
+        match mtu::handle(frame, shared.mtu as usize, &mut oversize) {
+            mtu::Oversize::Reply => {
+                shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = tun.send(&oversize).await {
+                    tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
+                }
+            }
+            mtu::Oversize::Fragments(parts) => {
+                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
+                for r in parts {
+                    from_local(&shared, &sock, &oversize[r], &mut out, &mut sends).await;
+                }
+            }
+            mtu::Oversize::Drop => {
+                shared
+                    .counters
+                    .dropped_too_big
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+/// Forwards one frame (within the overlay MTU) from the local bridge.
+async fn from_local(
+    shared: &Shared,
+    sock: &UdpSocket,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    sends: &mut Vec<(ShortId, Header)>,
+) {
+    let table = shared.table.read().expect("table lock").clone();
+    {
+        let fdb = shared.fdb.lock().expect("fdb lock");
+        forward::from_local(&table, &fdb, frame, shared.now_ms(), |to, h| {
+            sends.push((to, h))
+        });
+    }
+    for (to, h) in sends.drain(..) {
+        send(shared, sock, frame, out, to, h).await;
     }
 }
 

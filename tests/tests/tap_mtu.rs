@@ -1,0 +1,108 @@
+//! The overlay MTU on a 1500-byte underlay, encrypted: a packet that fills it crosses, one byte
+//! more gets an error back to its sender, and TCP with default settings (containers at MTU
+//! 1500) finds the path MTU instead of black-holing.
+
+use std::time::Duration;
+
+use mesh_tests::{
+    Lab,
+    mesh::{full_mesh, start_mesh, status, tap_counter},
+    wait_until,
+};
+
+#[test]
+fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
+    let mut lab = Lab::new("tap-mtu").unwrap();
+    let h1 = lab.add_host("m1").unwrap();
+    let h2 = lab.add_host("m2").unwrap();
+    let c1 = lab.add_container(&h1, "mc1", Some("10.41.0.1/24")).unwrap();
+    let c2 = lab.add_container(&h2, "mc2", Some("10.41.0.2/24")).unwrap();
+    let nodes = start_mesh(&mut lab, &[h1.clone(), h2.clone()], "mtu test").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    let underlay = lab
+        .exec(
+            &h1.ns,
+            "cat",
+            &[&format!("/sys/class/net/{}/mtu", h1.underlay_if)],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&underlay.stdout).trim(), "1500");
+
+    let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
+        .as_u64()
+        .unwrap();
+    assert!(mtu >= 1400, "encrypted overlay MTU {mtu} is below 1400");
+    let target = c2.addr.unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(5), || lab
+        .ping(&c1.ns, c2.addr.unwrap(), 1)
+        .unwrap()));
+
+    // ICMP echo: 20 bytes of IP header and 8 of ICMP around the payload.
+    let df_ping = |size: u64| {
+        lab.exec(
+            &c1.ns,
+            "ping",
+            &[
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &size.to_string(),
+                &target,
+            ],
+        )
+        .unwrap()
+    };
+    let fits = df_ping(mtu - 28);
+    assert!(
+        fits.status.success(),
+        "a {mtu}-byte DF ping should cross: {}",
+        String::from_utf8_lossy(&fits.stdout)
+    );
+    let over = df_ping(mtu - 27);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&over.stdout),
+        String::from_utf8_lossy(&over.stderr)
+    );
+    assert!(
+        !over.status.success(),
+        "one byte over the MTU crossed: {said}"
+    );
+    assert!(
+        said.contains(&format!("mtu = {mtu}")) || said.contains(&format!("mtu={mtu}")),
+        "the sender should hear the overlay MTU back: {said}"
+    );
+    assert!(tap_counter(&nodes[0], "tap_too_big_answered") >= 1);
+
+    // TCP with default settings: the containers think their MTU is 1500.
+    let server = lab
+        .spawn(
+            &c2.ns,
+            std::path::Path::new("/usr/bin/iperf3"),
+            &["-s", "-1", "-B", &target],
+        )
+        .unwrap();
+    let mut done = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        let out = lab
+            .exec(&c1.ns, "iperf3", &["-c", &target, "-n", "8M", "-J"])
+            .unwrap();
+        let ok = out.status.success();
+        done = Some(out);
+        ok
+    }));
+    let out = done.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
+    assert!(sent >= 8 << 20, "sent {sent} of 8 MiB");
+    lab.kill(server).ok();
+    // The sender's stack learned the overlay MTU from meshd's answer.
+    let route = lab.exec(&c1.ns, "ip", &["route", "get", &target]).unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains(&format!("mtu {mtu}")), "{route}");
+}
