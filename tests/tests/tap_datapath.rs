@@ -1,13 +1,14 @@
-//! The TAP datapath with real meshd processes: containers on different hosts talk as if on one
-//! switch, broadcasts (ARP) reach everyone, and a host pair that cannot talk directly is
-//! relayed by a third.
+//! The TAP datapath with real meshd processes (password mode, so every frame is sealed):
+//! containers on different hosts talk as if on one switch (ICMP, UDP unicast and broadcast, TCP,
+//! IPv6 link-local), a host pair that cannot talk directly is relayed by a third, and a host
+//! behind a NAT that only dials out is reachable both ways.
 
-use std::time::Duration;
+use std::{net::UdpSocket, path::Path, time::Duration};
 
 use mesh_tests::{
     Container, Lab,
-    mesh::{Meshd, full_mesh, meshctl_json, peers, start_mesh, tap_counter as counter},
-    wait_until,
+    mesh::{Meshd, full_mesh, meshctl_json, peer, peers, start_mesh, tap_counter as counter},
+    netns, wait_until,
 };
 
 fn mesh(lab: &mut Lab, hosts: &[mesh_tests::Host]) -> Vec<Meshd> {
@@ -18,18 +19,53 @@ fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {
     lab.ping(&from.ns, to.addr.unwrap(), 2).unwrap()
 }
 
+/// A UDP socket bound inside a container's namespace.
+fn udp_in(c: &Container, port: u16) -> UdpSocket {
+    let s = netns::run_in(&c.ns, move || UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+/// Datagrams waiting on `sock`, as strings.
+fn drain(sock: &UdpSocket) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}
+
+/// The container's IPv6 link-local address, once duplicate address detection is done.
+fn link_local(lab: &Lab, c: &Container) -> Option<String> {
+    let out = lab
+        .exec(
+            &c.ns,
+            "ip",
+            &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.contains("tentative") {
+        return None;
+    }
+    let addr = text.split("inet6 ").nth(1)?.split('/').next()?;
+    Some(addr.to_owned())
+}
+
 #[test]
-fn containers_on_three_hosts_reach_each_other() {
+fn six_containers_on_three_hosts_talk_like_one_switch() {
     let mut lab = Lab::new("tap-basic").unwrap();
     let hosts: Vec<_> = (1..=3)
         .map(|i| lab.add_host(&format!("t{i}")).unwrap())
         .collect();
-    let containers: Vec<Container> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
+    let containers: Vec<Container> = (0..6)
+        .map(|i| {
             lab.add_container(
-                h,
+                &hosts[i / 2],
                 &format!("tc{}", i + 1),
                 Some(&format!("10.40.0.{}/24", i + 1)),
             )
@@ -51,12 +87,91 @@ fn containers_on_three_hosts_reach_each_other() {
             }
         }
     }
-    // ARP requests are broadcasts: they crossed, or nothing above would work; the hosts'
-    // counters show frames delivered from peers.
+    // ARP requests are broadcasts: they crossed, or nothing above would work; every host
+    // delivered frames from peers.
     assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
-    // t1 learned tc2's MAC behind t2.
+
+    // UDP, unicast to each container and one broadcast that reaches all of them.
+    let socks: Vec<UdpSocket> = containers.iter().map(|c| udp_in(c, 7000)).collect();
+    let sender = netns::run_in(&containers[0].ns, || {
+        let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.set_broadcast(true).unwrap();
+        s
+    })
+    .unwrap();
+    for c in &containers[1..] {
+        let to = (c.addr.unwrap(), 7000);
+        sender
+            .send_to(format!("unicast to {}", c.name).as_bytes(), to)
+            .unwrap();
+    }
+    sender.send_to(b"broadcast", ("10.40.0.255", 7000)).unwrap();
+    for (c, s) in containers.iter().zip(&socks).skip(1) {
+        let got = drain(s);
+        assert!(
+            got.contains(&format!("unicast to {}", c.name)),
+            "{}: {got:?}",
+            c.name
+        );
+        assert!(got.contains(&"broadcast".to_owned()), "{}: {got:?}", c.name);
+        assert_eq!(got.len(), 2, "{} got a datagram twice: {got:?}", c.name);
+    }
+
+    // A TCP stream across two hosts.
+    let (from, to) = (&containers[0], &containers[5]);
+    let target = to.addr.unwrap().to_string();
+    let server = lab
+        .spawn(
+            &to.ns,
+            Path::new("/usr/bin/iperf3"),
+            &["-s", "-1", "-B", &target],
+        )
+        .unwrap();
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let out = lab
+                .exec(&from.ns, "iperf3", &["-c", &target, "-n", "16M"])
+                .unwrap();
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        }),
+        "iperf3 {} -> {}: {last}",
+        from.name,
+        to.name
+    );
+    lab.kill(server).ok();
+
+    // IPv6 link-local (neighbour discovery is multicast).
+    let ll = containers
+        .iter()
+        .map(|c| {
+            let mut a = None;
+            assert!(wait_until(Duration::from_secs(5), || {
+                a = link_local(&lab, c);
+                a.is_some()
+            }));
+            a.unwrap()
+        })
+        .collect::<Vec<_>>();
+    for (i, a) in containers.iter().enumerate() {
+        let b = (i + 3) % 6;
+        let target = format!("{}%eth0", ll[b]);
+        assert!(
+            wait_until(Duration::from_secs(5), || lab
+                .exec(&a.ns, "ping", &["-6", "-n", "-c", "1", "-W", "1", &target])
+                .unwrap()
+                .status
+                .success()),
+            "{} cannot reach {} over IPv6 link-local",
+            a.name,
+            containers[b].name
+        );
+    }
+
+    // t1 learned tc3's MAC behind t2.
     let link = lab
-        .exec(&containers[1].ns, "ip", &["-o", "link", "show", "eth0"])
+        .exec(&containers[2].ns, "ip", &["-o", "link", "show", "eth0"])
         .unwrap();
     let text = String::from_utf8_lossy(&link.stdout).to_string();
     let mac = text
@@ -73,6 +188,16 @@ fn containers_on_three_hosts_reach_each_other() {
             .any(|e| e["mac"] == mac.as_str() && e["peer"] == "t2"),
         "t1's fdb should hold {mac} behind t2: {fdb}"
     );
+    // Every link is encrypted and its data path up; traffic was counted on it.
+    for n in &nodes {
+        for p in peers(n).unwrap() {
+            assert_eq!(p["datapath"], "tap", "{p}");
+            assert_eq!(p["encrypted"], true, "{p}");
+            assert_eq!(p["datapath_health"], "up", "{p}");
+            assert!(p["tx_packets"].as_u64().unwrap() > 0, "{p}");
+            assert!(p["rx_bytes"].as_u64().unwrap() > 0, "{p}");
+        }
+    }
 }
 
 #[test]
@@ -102,5 +227,44 @@ fn a_host_pair_without_a_direct_path_is_relayed_by_a_third() {
         counter(&nodes[0], "tap_dropped_loop"),
         0,
         "no frame came back to its origin or ran out of hops"
+    );
+}
+
+#[test]
+fn containers_behind_a_nat_that_only_dials_out_talk_both_ways() {
+    let mut lab = Lab::new("tap-nat").unwrap();
+    let cloud1 = lab.add_host("cloud1").unwrap();
+    let cloud2 = lab.add_host("cloud2").unwrap();
+    let mut router = lab.add_nat_router("nat").unwrap();
+    let home = lab.add_host_behind(&mut router, "home").unwrap();
+    let cc1 = lab
+        .add_container(&cloud1, "cc1", Some("10.42.0.1/24"))
+        .unwrap();
+    let cc2 = lab
+        .add_container(&cloud2, "cc2", Some("10.42.0.2/24"))
+        .unwrap();
+    let hc = lab
+        .add_container(&home, "hc", Some("10.42.0.3/24"))
+        .unwrap();
+    // Home starts first and keeps dialling cloud1 until it is up; cloud2 knows cloud1.
+    let nodes = mesh(&mut lab, &[cloud1.clone(), home.clone(), cloud2.clone()]);
+    assert!(wait_until(Duration::from_secs(8), || full_mesh(&nodes)));
+    // A cloud container starts the conversation with the home one...
+    assert!(
+        wait_until(Duration::from_secs(8), || ping(&lab, &cc2, &hc)),
+        "cloud2's container cannot reach home's; cloud2 peers: {:#?}",
+        peers(&nodes[2])
+    );
+    // ...and the home one with a cloud container it has not talked to yet.
+    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &hc, &cc1)));
+    assert!(ping(&lab, &cc1, &hc) && ping(&lab, &hc, &cc2));
+    // The clouds send home's data to the router's address, learnt from home's heartbeats.
+    let seen = peer(&nodes[0], "home").unwrap();
+    assert_eq!(seen["datapath_health"], "up", "{seen}");
+    assert!(seen["rx_packets"].as_u64().unwrap() > 0);
+    let wan = router.wan_addr.to_string();
+    assert!(
+        seen["addresses"].to_string().contains(&wan),
+        "cloud1 should reach home through {wan}: {seen}"
     );
 }
