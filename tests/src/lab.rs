@@ -10,7 +10,7 @@
 //!   nftables masquerade, and a forward policy that lets only LAN-initiated flows through.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -95,7 +95,8 @@ pub struct Lab {
     hosts: Vec<Host>,
     procs: Vec<Proc>,
     /// Host pairs (by name, ordered) whose traffic is dropped.
-    drops: BTreeSet<(String, String)>,
+    /// Host pairs whose traffic is dropped: all of it (`None`) or UDP to one port.
+    drops: BTreeMap<(String, String), Option<u16>>,
 }
 
 impl Lab {
@@ -128,7 +129,7 @@ impl Lab {
             next_lan: 1,
             hosts: Vec::new(),
             procs: Vec::new(),
-            drops: BTreeSet::new(),
+            drops: BTreeMap::new(),
         };
         lab.add_netns(&switch_ns)?;
         ip_in(
@@ -372,12 +373,19 @@ impl Lab {
 
     /// Drops all traffic between `a` and `b` (nftables on both hosts); other pairs are unaffected.
     pub fn drop_between(&mut self, a: &Host, b: &Host) -> Result<()> {
-        self.drops.insert(pair(a, b));
+        self.drops.insert(pair(a, b), None);
         self.apply_drops(a)?;
         self.apply_drops(b)
     }
 
-    /// Undoes [`Lab::drop_between`].
+    /// Drops UDP to `port` between `a` and `b`, both ways; everything else still passes.
+    pub fn drop_udp_port_between(&mut self, a: &Host, b: &Host, port: u16) -> Result<()> {
+        self.drops.insert(pair(a, b), Some(port));
+        self.apply_drops(a)?;
+        self.apply_drops(b)
+    }
+
+    /// Undoes [`Lab::drop_between`] and [`Lab::drop_udp_port_between`].
     pub fn allow_between(&mut self, a: &Host, b: &Host) -> Result<()> {
         self.drops.remove(&pair(a, b));
         self.apply_drops(a)?;
@@ -387,7 +395,7 @@ impl Lab {
     /// Rewrites `host`'s drop table from `self.drops` in one nft transaction.
     fn apply_drops(&self, host: &Host) -> Result<()> {
         let mut rules = String::new();
-        for (x, y) in &self.drops {
+        for ((x, y), port) in &self.drops {
             let other = if *x == host.name {
                 y
             } else if *y == host.name {
@@ -401,10 +409,11 @@ impl Lab {
                 .find(|h| &h.name == other)
                 .context("drop rule names an unknown host")?;
             // Match both the peer's own and its public address: behind NAT they differ.
+            let what = port.map_or(String::new(), |p| format!("udp dport {p} "));
             for addr in BTreeSet::from([o.addr, o.public_addr]) {
                 rules.push_str(&format!(
-                    "add rule inet meshlab input ip saddr {addr} drop\n\
-                     add rule inet meshlab output ip daddr {addr} drop\n"
+                    "add rule inet meshlab input ip saddr {addr} {what}drop\n\
+                     add rule inet meshlab output ip daddr {addr} {what}drop\n"
                 ));
             }
         }

@@ -268,3 +268,49 @@ fn containers_behind_a_nat_that_only_dials_out_talk_both_ways() {
         "cloud1 should reach home through {wan}: {seen}"
     );
 }
+
+#[test]
+fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_stays_up() {
+    let mut lab = Lab::new("tap-health").unwrap();
+    let hosts: Vec<_> = (1..=3)
+        .map(|i| lab.add_host(&format!("x{i}")).unwrap())
+        .collect();
+    let c1 = lab
+        .add_container(&hosts[0], "xc1", Some("10.44.0.1/24"))
+        .unwrap();
+    let c3 = lab
+        .add_container(&hosts[2], "xc3", Some("10.44.0.3/24"))
+        .unwrap();
+    let nodes = mesh(&mut lab, &hosts);
+    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)));
+    // A firewall between x1 and x3 that lets QUIC through but not the data port.
+    lab.drop_udp_port_between(&hosts[0], &hosts[2], 6784)
+        .unwrap();
+    let rerouted = |n: &Meshd, other: &str| {
+        peer(n, other).is_some_and(|p| {
+            p["state"] == "established" && p["datapath_health"] == "down" && p["via"] == "x2"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(6), || rerouted(&nodes[0], "x3")
+            && rerouted(&nodes[2], "x1")),
+        "x1 peers: {:#?}",
+        peers(&nodes[0])
+    );
+    let relayed = counter(&nodes[1], "tap_relayed");
+    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)
+        && ping(&lab, &c3, &c1)));
+    assert!(counter(&nodes[1], "tap_relayed") > relayed, "x2 relayed");
+    // Open again: the direct data path comes back.
+    lab.allow_between(&hosts[0], &hosts[2]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(6), || {
+            peer(&nodes[0], "x3")
+                .is_some_and(|p| p["datapath_health"] == "up" && p["via"].is_null())
+        }),
+        "x1 peers: {:#?}",
+        peers(&nodes[0])
+    );
+    assert!(ping(&lab, &c1, &c3));
+}

@@ -233,13 +233,14 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
     // Replaying a captured frame, from s1's own address: refused and counted.
     let (s2, n2) = (s.h2.addr, &s.nodes[1]);
     let replays = tap_counter(n2, "tap_dropped_replay");
-    let delivered = tap_counter(n2, "tap_delivered");
-    send_from(&s.h1.ns, s.h1.addr, s2, from_s1.last().unwrap().to_vec());
+    // The largest frames are the markers (ARP and IPv6 neighbour discovery are smaller): if
+    // the replay were accepted, the listener would get a marker again.
+    let marker_frame = from_s1.iter().max_by_key(|p| p.len()).unwrap();
+    send_from(&s.h1.ns, s.h1.addr, s2, marker_frame.to_vec());
     assert!(wait_until(Duration::from_secs(2), || tap_counter(
         n2,
         "tap_dropped_replay"
     ) == replays + 1));
-    assert_eq!(tap_counter(n2, "tap_delivered"), delivered);
     assert!(received(&s.listener).is_empty(), "the replay was delivered");
 
     // A host without the secret: plain frames, forged seals, strangers, garbage.
@@ -284,7 +285,6 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
         "{}",
         status(n2).unwrap()["datapath"]["tap_counters"]
     );
-    assert_eq!(tap_counter(n2, "tap_delivered"), delivered);
     assert!(
         received(&s.listener).is_empty(),
         "an injected frame was delivered"

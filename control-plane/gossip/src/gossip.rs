@@ -124,6 +124,7 @@ impl Gossip {
             own.links.push(Link {
                 peer: peer.0,
                 observed_addr: observed_addr.unwrap_or_default(),
+                datapath_down: false,
             });
             own.links.sort_by_key(|l| l.peer);
         });
@@ -139,6 +140,24 @@ impl Gossip {
         }
         self.outbox.remove(&peer);
         self.edit_own(now_ms, |own| own.links.retain(|l| l.peer != peer.0));
+    }
+
+    /// The data path to neighbour `peer` went down (heartbeats stopped) or came back: routes
+    /// everywhere avoid or use the link again.
+    pub fn set_datapath_down(&mut self, peer: PeerId, down: bool, now_ms: u64) {
+        let own = &self.entries[&self.me];
+        if !own
+            .links
+            .iter()
+            .any(|l| l.peer == peer.0 && l.datapath_down != down)
+        {
+            return;
+        }
+        self.edit_own(now_ms, |own| {
+            for l in own.links.iter_mut().filter(|l| l.peer == peer.0) {
+                l.datapath_down = down;
+            }
+        });
     }
 
     /// Our listen addresses changed.

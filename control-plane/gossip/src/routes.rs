@@ -23,9 +23,26 @@ pub struct Routes {
 
 /// The symmetric-link graph, neighbours sorted by id.
 pub fn graph(entries: &BTreeMap<PeerId, PeerEntry>) -> BTreeMap<PeerId, Vec<PeerId>> {
+    graph_of(entries, false)
+}
+
+/// The graph data frames may use: symmetric links that neither end reports as data-path down.
+pub fn data_graph(entries: &BTreeMap<PeerId, PeerEntry>) -> BTreeMap<PeerId, Vec<PeerId>> {
+    graph_of(entries, true)
+}
+
+fn graph_of(
+    entries: &BTreeMap<PeerId, PeerEntry>,
+    data_only: bool,
+) -> BTreeMap<PeerId, Vec<PeerId>> {
     let directed: HashSet<(u64, u64)> = entries
         .values()
-        .flat_map(|e| e.links.iter().map(move |l| (e.id, l.peer)))
+        .flat_map(|e| {
+            e.links
+                .iter()
+                .filter(move |l| !(data_only && l.datapath_down))
+                .map(move |l| (e.id, l.peer))
+        })
         .collect();
     entries
         .values()
@@ -33,7 +50,11 @@ pub fn graph(entries: &BTreeMap<PeerId, PeerEntry>) -> BTreeMap<PeerId, Vec<Peer
             let mut ns: Vec<PeerId> = e
                 .links
                 .iter()
-                .filter(|l| l.peer != e.id && directed.contains(&(l.peer, e.id)))
+                .filter(|l| {
+                    l.peer != e.id
+                        && !(data_only && l.datapath_down)
+                        && directed.contains(&(l.peer, e.id))
+                })
                 .map(|l| PeerId(l.peer))
                 .collect();
             ns.sort();
@@ -64,8 +85,9 @@ pub fn reachable(entries: &BTreeMap<PeerId, PeerEntry>, me: PeerId) -> BTreeSet<
     bfs(&graph(entries), me).into_keys().collect()
 }
 
+/// Routes over the links the data path can use (see [`data_graph`]).
 pub fn compute(entries: &BTreeMap<PeerId, PeerEntry>, me: PeerId) -> Routes {
-    let g = graph(entries);
+    let g = data_graph(entries);
     let tree = bfs(&g, me);
     let mut routes = Routes::default();
     // Hops and next hops follow BFS order, so a node's parent is always resolved first.
@@ -111,7 +133,7 @@ mod tests {
             });
             e.links.push(Link {
                 peer: b,
-                observed_addr: String::new(),
+                ..Default::default()
             });
         };
         for &(a, b) in edges {
@@ -141,6 +163,22 @@ mod tests {
         let r = compute(&t, PeerId(1));
         assert!(!r.next_hop.contains_key(&PeerId(3)));
         assert!(!reachable(&t, PeerId(1)).contains(&PeerId(3)));
+    }
+
+    #[test]
+    fn a_link_with_its_data_path_down_is_routed_around_but_keeps_peers_reachable() {
+        // Triangle 1-2-3; 3 reports its data path from 1 down.
+        let mut t = topo(&[(1, 2), (2, 3), (1, 3)], &[]);
+        for l in &mut t.get_mut(&PeerId(3)).unwrap().links {
+            l.datapath_down = l.peer == 1;
+        }
+        for (me, other) in [(1, 3), (3, 1)] {
+            let r = compute(&t, PeerId(me));
+            assert_eq!(r.next_hop[&PeerId(other)], PeerId(2), "from {me}");
+            assert_eq!(r.hops[&PeerId(other)], 2);
+            assert!(!r.broadcast[&PeerId(me)].contains(&PeerId(other)));
+        }
+        assert!(reachable(&t, PeerId(1)).contains(&PeerId(3)));
     }
 
     #[test]

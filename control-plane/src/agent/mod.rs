@@ -85,6 +85,8 @@ struct Link {
     /// The data path's key material for this link (none in an --insecure mesh).
     data_secret: Option<crate::switch::seal::LinkSecret>,
     i_dialed: bool,
+    /// Its data path stopped (as last told to gossip).
+    datapath_down: bool,
 }
 
 pub struct Agent {
@@ -375,6 +377,7 @@ impl Agent {
                 dialer,
                 data_secret: est.data_secret.map(crate::switch::seal::LinkSecret),
                 i_dialed: est.i_dialed,
+                datapath_down: false,
             },
         );
         self.gossip
@@ -390,6 +393,7 @@ impl Agent {
 
     fn tick(&mut self) {
         let now = now_ms();
+        self.check_data_paths(now);
         self.gossip.tick(now);
         // Discovery and the state bookkeeping walk the whole topology: do them when it changed,
         // and otherwise once a second (dial outcomes change states too).
@@ -462,6 +466,24 @@ impl Agent {
             }
         }
         self.publish_datapath();
+    }
+
+    /// Tells the mesh (through our gossip entry) which links' data paths stopped working, so
+    /// data routes go around them, and when they work again.
+    fn check_data_paths(&mut self, now: u64) {
+        let Some(tap) = self.tap.clone() else { return };
+        for (id, link) in &mut self.links {
+            let down = tap.data_path_up(crate::switch::ShortId::of(*id)) == Some(false);
+            if down != link.datapath_down {
+                link.datapath_down = down;
+                if down {
+                    warn!(peer = %id, name = link.name, "data path down (no heartbeats); routing around it");
+                } else {
+                    info!(peer = %id, name = link.name, "data path up");
+                }
+                self.gossip.set_datapath_down(*id, down, now);
+            }
+        }
     }
 
     /// Gives the data path the current routes and neighbours, when they changed.

@@ -77,8 +77,9 @@ impl Agent {
             } else {
                 "connecting"
             };
-            let via = match (link, routes.next_hop.get(&id)) {
-                (None, Some(hop)) => Some(self.name_of(*hop)),
+            // Also for a neighbour whose data path is down: its frames take the relay.
+            let via = match routes.next_hop.get(&id) {
+                Some(hop) if *hop != id => Some(self.name_of(*hop)),
                 _ => None,
             };
             let short = ShortId::of(id);

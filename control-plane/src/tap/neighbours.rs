@@ -44,6 +44,8 @@ pub struct Neighbour {
     pub addr: SocketAddr,
     pub observed: bool,
     pub last_heartbeat: Option<Instant>,
+    /// When it became a neighbour: its first heartbeat gets [`HEARTBEAT_TIMEOUT`] to arrive.
+    pub since: Instant,
     pub conn_id: u64,
     pub crypto: Option<LinkCrypto>,
     pub traffic: Traffic,
@@ -102,6 +104,7 @@ impl Neighbours {
                             addr: spec.addr,
                             observed: false,
                             last_heartbeat: None,
+                            since: Instant::now(),
                             conn_id: spec.conn_id,
                             crypto: crypto(),
                             traffic: Traffic::default(),
@@ -197,11 +200,12 @@ impl Neighbours {
         Ok((header, inner))
     }
 
-    /// Whether a heartbeat from `peer` arrived recently (`None`: not a neighbour).
+    /// Whether `peer`'s data path works: a heartbeat arrived recently, or it became a
+    /// neighbour too recently to tell. `None`: not a neighbour.
     pub fn data_path_up(&self, peer: ShortId) -> Option<bool> {
         self.map.get(&peer).map(|n| {
-            n.last_heartbeat
-                .is_some_and(|t| t.elapsed() < HEARTBEAT_TIMEOUT)
+            let last = n.last_heartbeat.unwrap_or(n.since);
+            last.elapsed() < HEARTBEAT_TIMEOUT
         })
     }
 }
