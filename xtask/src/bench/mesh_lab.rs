@@ -1,5 +1,6 @@
 //! mesh's own modes, on the bench's shape: two hosts on the lab underlay, one container each
-//! (10.40.0.1-2/24), meshd on both hosts (password mode). The containers' MTU is set to the
+//! (10.40.0.1-2/24), meshd on both hosts (password mode, or `--insecure` for the plaintext
+//! row: without authentication data frames are not sealed). The containers' MTU is set to the
 //! overlay MTU meshd reports, as the reference labs do for theirs.
 
 use anyhow::{Context, Result};
@@ -17,7 +18,7 @@ pub struct MeshLab {
 }
 
 impl MeshLab {
-    pub fn up() -> Result<MeshLab> {
+    pub fn up(encrypted: bool) -> Result<MeshLab> {
         let mut lab = Lab::new("bench-tap")?;
         let h1 = lab.add_host("h1")?;
         let h2 = lab.add_host("h2")?;
@@ -25,8 +26,14 @@ impl MeshLab {
         let c2 = lab.add_container(&h2, "c2", Some("10.40.0.2/24"))?;
         let pw = lab.password_file("bench", "bench password")?;
         let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
-        let n1 = lab.start_meshd(&h1, &["--password-file", &pw])?;
-        let n2 = lab.start_meshd(&h2, &["--password-file", &pw, &h1.addr.to_string()])?;
+        let auth: Vec<&str> = if encrypted {
+            vec!["--password-file", &pw]
+        } else {
+            vec!["--insecure"]
+        };
+        let n1 = lab.start_meshd(&h1, &auth)?;
+        let h1_addr = h1.addr.to_string();
+        let n2 = lab.start_meshd(&h2, &[auth.as_slice(), &[h1_addr.as_str()]].concat())?;
         let nodes = vec![n1, n2];
         if !wait_until(std::time::Duration::from_secs(10), || full_mesh(&nodes)) {
             anyhow::bail!("the two bench meshd did not connect");

@@ -174,22 +174,20 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    if wanted(System::MeshTap) {
-        println!("bench: {}", System::MeshTap.description());
-        match mesh_lab::MeshLab::up() {
-            Err(e) => results.push(failed(System::MeshTap, &e)),
+    for (system, encrypted) in [(System::MeshTap, false), (System::MeshTapEncrypted, true)] {
+        if !wanted(system) {
+            continue;
+        }
+        println!("bench: {}", system.description());
+        match mesh_lab::MeshLab::up(encrypted) {
+            Err(e) => results.push(failed(system, &e)),
             Ok(m) => {
                 let path = TrafficPath {
                     client_ns: m.client_ns.clone(),
                     server_ns: m.server_ns.clone(),
                     server_addr: Ipv4Addr::new(10, 40, 0, 2),
                 };
-                results.push(measure(
-                    System::MeshTap,
-                    &path,
-                    &OverlayProcs(m.pids()),
-                    &plan,
-                ));
+                results.push(measure(system, &path, &OverlayProcs(m.pids()), &plan));
             }
         }
     }

@@ -66,8 +66,10 @@ impl System {
             System::Boringtun => "boringtun userspace WireGuard, default threads",
             System::BoringtunT1 => "boringtun userspace WireGuard, --threads 1",
             System::MeshEbpf => "mesh eBPF datapath, plaintext",
-            System::MeshTap => "mesh TAP datapath, plaintext (lab underlay through a bridge)",
-            System::MeshTapEncrypted => "mesh TAP datapath, encrypted",
+            System::MeshTap => "mesh TAP datapath, plaintext (--insecure)",
+            System::MeshTapEncrypted => {
+                "mesh TAP datapath, encrypted (password, ChaCha20-Poly1305)"
+            }
             System::MeshMixed => "mesh eBPF host to TAP host",
         }
     }
@@ -78,7 +80,6 @@ impl System {
             System::MeshEbpf | System::MeshMixed => {
                 Some("not built yet (eBPF forwarding datapath)")
             }
-            System::MeshTapEncrypted => Some("not built yet (data-frame encryption)"),
             _ => None,
         }
     }
