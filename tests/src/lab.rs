@@ -361,6 +361,23 @@ impl Lab {
         })
     }
 
+    /// Narrows the underlay path of `host`: the switch port it is plugged into gets MTU `mtu`,
+    /// so bigger frames to or from it are dropped silently (no ICMP), as on a tunnel or a
+    /// cloud network narrower than the host's own NIC.
+    pub fn narrow_path(&self, host: &Host, mtu: u32) -> Result<()> {
+        ip_in(
+            &self.switch_ns,
+            &[
+                "link",
+                "set",
+                &format!("p-{}", host.name),
+                "mtu",
+                &mtu.to_string(),
+            ],
+        )
+        .map(|_| ())
+    }
+
     /// Cuts `host`'s underlay link (interface down): nothing passes either way.
     pub fn cut_link(&self, host: &Host) -> Result<()> {
         ip_in(&host.ns, &["link", "set", &host.underlay_if, "down"]).map(|_| ())

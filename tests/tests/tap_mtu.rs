@@ -106,3 +106,87 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains(&format!("mtu {mtu}")), "{route}");
 }
+
+#[test]
+fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
+    let mut lab = Lab::new("tap-pmtu").unwrap();
+    let h1 = lab.add_host("p1").unwrap();
+    let h2 = lab.add_host("p2").unwrap();
+    let h3 = lab.add_host("p3").unwrap();
+    let c1 = lab.add_container(&h1, "pc1", Some("10.45.0.1/24")).unwrap();
+    let c2 = lab.add_container(&h2, "pc2", Some("10.45.0.2/24")).unwrap();
+    let c3 = lab.add_container(&h3, "pc3", Some("10.45.0.3/24")).unwrap();
+    // p2 sits behind a 1400-byte path; the hosts' own NICs stay at 1500.
+    lab.narrow_path(&h2, 1400).unwrap();
+    let nodes = start_mesh(&mut lab, &[h1.clone(), h2.clone(), h3.clone()], "pmtu").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
+        .as_u64()
+        .unwrap();
+    // 1400 less outer IPv4+UDP (28), mesh header (8), seal (28) and inner Ethernet (14).
+    let narrow = 1400 - 28 - 8 - 28 - 14;
+    let link_mtu =
+        |name: &str| mesh_tests::mesh::peer(&nodes[0], name).and_then(|p| p["link_mtu"].as_u64());
+    assert!(
+        wait_until(Duration::from_secs(15), || link_mtu("p2")
+            .is_some_and(|m| m <= narrow && m + 16 > narrow)),
+        "p1 should probe the path to p2 down to about {narrow}: {:?}",
+        link_mtu("p2")
+    );
+    assert_eq!(link_mtu("p3"), Some(mtu), "the path to p3 is not narrow");
+
+    let df_ping = |to: &mesh_tests::Container, size: u64| {
+        lab.exec(
+            &c1.ns,
+            "ping",
+            &[
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &size.to_string(),
+                &to.addr.unwrap().to_string(),
+            ],
+        )
+        .unwrap()
+    };
+    let probed = link_mtu("p2").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || df_ping(
+        &c2,
+        probed - 28
+    )
+    .status
+    .success()));
+    let over = df_ping(&c2, mtu - 28);
+    let said = String::from_utf8_lossy(&over.stdout).into_owned();
+    assert!(
+        said.contains(&format!("mtu = {probed}")),
+        "a full-size packet to p2 should be answered with its link MTU: {said}"
+    );
+    // The wide path still carries the full overlay MTU.
+    assert!(wait_until(Duration::from_secs(5), || df_ping(
+        &c3,
+        mtu - 28
+    )
+    .status
+    .success()));
+    // TCP with default settings across the narrow path.
+    let target = c2.addr.unwrap().to_string();
+    let server = lab
+        .spawn(
+            &c2.ns,
+            std::path::Path::new("/usr/bin/iperf3"),
+            &["-s", "-1", "-B", &target],
+        )
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .exec(&c1.ns, "iperf3", &["-c", &target, "-n", "4M"])
+        .unwrap()
+        .status
+        .success()));
+    lab.kill(server).ok();
+}

@@ -97,6 +97,7 @@ impl Agent {
                     Some(false) => "down".into(),
                     None => String::new(),
                 },
+                link_mtu: tap.and_then(|t| t.link_mtu(short)).unwrap_or(0),
                 tx_packets: traffic.tx_packets,
                 tx_bytes: traffic.tx_bytes,
                 rx_packets: traffic.rx_packets,

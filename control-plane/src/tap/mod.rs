@@ -139,6 +139,11 @@ impl Shared {
         self.neighbours().data_path_up(peer)
     }
 
+    /// The overlay MTU on the link to `peer` (`None`: not a neighbour).
+    pub fn link_mtu(&self, peer: ShortId) -> Option<u32> {
+        self.neighbours().link_mtu(peer).map(|m| m as u32)
+    }
+
     /// Traffic on the link to `peer` (`None`: not a neighbour).
     pub fn traffic(&self, peer: ShortId) -> Option<Traffic> {
         self.neighbours().get(peer).map(|n| n.traffic)
@@ -192,7 +197,11 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
     })?;
     let shared = Arc::new(Shared {
         table: RwLock::new(Arc::new(Table::default())),
-        neighbours: Mutex::new(Neighbours::new(cfg.encrypted)),
+        neighbours: Mutex::new(Neighbours::new(
+            cfg.encrypted,
+            mtu as usize,
+            MIN_OVERLAY_MTU as usize,
+        )),
         fdb: Mutex::new(Fdb::new(FDB_CAPACITY, FDB_MAX_AGE_MS)),
         counters: Counters::default(),
         mtu,
@@ -230,6 +239,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
                     let sock = UdpSocket::bind(("0.0.0.0", cfg.data_port))
                         .await
                         .with_context(|| format!("binding the data port {}", cfg.data_port))?;
+                    always_dont_fragment(&sock)?;
                     Ok::<_, anyhow::Error>((Arc::new(tun), Arc::new(sock)))
                 };
                 match setup.await {
@@ -248,6 +258,28 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         .recv()
         .context("the data path thread died during setup")??;
     Ok(shared)
+}
+
+/// Sets DF on every datagram and keeps the kernel from fragmenting or refusing them by its
+/// own path-MTU cache: meshd probes each path itself, and a fragmented probe would lie.
+fn always_dont_fragment(sock: &UdpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: setsockopt on a valid socket with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setting IP_MTU_DISCOVER on the data socket");
+    }
+    Ok(())
 }
 
 async fn run(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
@@ -275,7 +307,7 @@ async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
         };
         let frame = &buf[..n];
         if mtu::packet_len(frame) <= shared.mtu as usize {
-            from_local(&shared, &sock, frame, &mut out, &mut sends).await;
+            from_local(&shared, (&tun, &sock), frame, &mut out, &mut sends).await;
             continue;
         }
         match mtu::handle(frame, shared.mtu as usize, &mut oversize) {
@@ -288,7 +320,7 @@ async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
             mtu::Oversize::Fragments(parts) => {
                 shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
                 for r in parts {
-                    from_local(&shared, &sock, &oversize[r], &mut out, &mut sends).await;
+                    from_local(&shared, (&tun, &sock), &oversize[r], &mut out, &mut sends).await;
                 }
             }
             mtu::Oversize::Drop => {
@@ -301,14 +333,16 @@ async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
     }
 }
 
-/// Forwards one frame (within the overlay MTU) from the local bridge.
+/// Forwards one frame (within the overlay MTU) from the local bridge. A frame too big for
+/// the probed path to its next hop is answered like any oversize frame (ICMP, or split).
 async fn from_local(
     shared: &Shared,
-    sock: &UdpSocket,
+    io: (&tokio_tun::Tun, &UdpSocket),
     frame: &[u8],
     out: &mut Vec<u8>,
     sends: &mut Vec<(ShortId, Header)>,
 ) {
+    let (tun, sock) = io;
     let table = shared.table.read().expect("table lock").clone();
     {
         let fdb = shared.fdb.lock().expect("fdb lock");
@@ -316,8 +350,38 @@ async fn from_local(
             sends.push((to, h))
         });
     }
+    let mut answered = false;
     for (to, h) in sends.drain(..) {
-        send(shared, sock, frame, out, to, h).await;
+        let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
+        if mtu::packet_len(frame) <= link_mtu {
+            send(shared, sock, frame, out, to, h).await;
+            continue;
+        }
+        let mut oversize = Vec::new();
+        match mtu::handle(frame, link_mtu, &mut oversize) {
+            mtu::Oversize::Reply => {
+                // A flood may meet several narrow links: one answer is enough.
+                if !answered {
+                    answered = true;
+                    shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = tun.send(&oversize).await {
+                        tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
+                    }
+                }
+            }
+            mtu::Oversize::Fragments(parts) => {
+                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
+                for r in parts {
+                    send(shared, sock, &oversize[r], out, to, h).await;
+                }
+            }
+            mtu::Oversize::Drop => {
+                shared
+                    .counters
+                    .dropped_too_big
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -411,16 +475,27 @@ async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<Udp
             }
         }
         for (to, h) in sends.drain(..) {
+            // A relay cannot answer the origin's sender with ICMP: the origin's own path-MTU
+            // check normally keeps such frames from being sent at all.
+            if mtu::packet_len(inner) > shared.neighbours().link_mtu(to).unwrap_or(usize::MAX) {
+                shared
+                    .counters
+                    .dropped_too_big
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             send(&shared, &sock, inner, &mut out, to, h).await;
         }
     }
 }
 
-/// Heartbeats to every neighbour: they tell it our data address (through any NAT) and that our
-/// data path works.
+/// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our
+/// data path works, and the largest datagram it got through to us lately; some are padded into
+/// path-MTU probes.
 async fn heartbeats(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    let mut out = Vec::with_capacity(64);
+    let mut out = Vec::with_capacity(65536);
+    let mut inner = Vec::with_capacity(65536);
     loop {
         tick.tick().await;
         let Some(me) = shared.table.read().expect("table lock").me else {
@@ -428,13 +503,17 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
         };
         let ids: Vec<ShortId> = shared.neighbours().ids().collect();
         for id in ids {
+            let now = Instant::now();
+            if !shared.neighbours().heartbeat_payload(id, &mut inner, now) {
+                continue;
+            }
             let h = Header {
                 origin: me,
                 destination: id,
                 hops: 1,
                 heartbeat: true,
             };
-            send(&shared, &sock, &[], &mut out, id, h).await;
+            send(&shared, &sock, &inner, &mut out, id, h).await;
         }
     }
 }

@@ -11,9 +11,13 @@ use std::{
 
 use crate::switch::{
     ShortId,
-    seal::{self, LinkCrypto, LinkSecret, Refused},
+    pmtu::{PathProbe, Received},
+    seal::{self, LinkCrypto, LinkSecret, Refused, SEAL_OVERHEAD},
     wire::{HEADER_LEN, Header},
 };
+
+/// The inner Ethernet header, which the overlay MTU does not count.
+const ETH: usize = 14;
 
 /// A neighbour whose heartbeats stopped this long ago has no working data path.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +53,10 @@ pub struct Neighbour {
     pub conn_id: u64,
     pub crypto: Option<LinkCrypto>,
     pub traffic: Traffic,
+    /// How big a datagram the path to it carries (probed with padded heartbeats).
+    pub path: PathProbe,
+    /// The largest datagram it sent us lately (reported back in our heartbeats).
+    pub received: Received,
 }
 
 /// Why a received datagram was dropped (each has its counter).
@@ -67,14 +75,50 @@ pub struct Neighbours {
     map: HashMap<ShortId, Neighbour>,
     /// Whether data frames are sealed (the mesh has a password or certificates).
     encrypted: bool,
+    /// Datagram (UDP payload) sizes: the largest our underlay NIC sends, and the smallest
+    /// that carries the minimum overlay MTU.
+    max_datagram: usize,
+    min_datagram: usize,
 }
 
 impl Neighbours {
-    pub fn new(encrypted: bool) -> Neighbours {
+    /// `overlay_mtu`: the largest IP packet the overlay carries with our NIC's MTU;
+    /// `min_overlay_mtu`: the least acceptable on any path.
+    pub fn new(encrypted: bool, overlay_mtu: usize, min_overlay_mtu: usize) -> Neighbours {
+        let overhead = HEADER_LEN + ETH + if encrypted { SEAL_OVERHEAD } else { 0 };
         Neighbours {
             map: HashMap::new(),
             encrypted,
+            max_datagram: overlay_mtu + overhead,
+            min_datagram: min_overlay_mtu + overhead,
         }
+    }
+
+    fn overhead(&self) -> usize {
+        HEADER_LEN + ETH + if self.encrypted { SEAL_OVERHEAD } else { 0 }
+    }
+
+    /// The overlay MTU on the link to `to`: what its probed path carries.
+    pub fn link_mtu(&self, to: ShortId) -> Option<usize> {
+        let n = self.map.get(&to)?;
+        Some(n.path.usable().saturating_sub(self.overhead()))
+    }
+
+    /// Builds the inner part of a heartbeat to `to` into `inner`: our report of the largest
+    /// datagram it sent us lately (2 bytes), padded into a path-MTU probe when one is due.
+    pub fn heartbeat_payload(&mut self, to: ShortId, inner: &mut Vec<u8>, now: Instant) -> bool {
+        let sealed_extra = if self.encrypted { SEAL_OVERHEAD } else { 0 };
+        let Some(n) = self.map.get_mut(&to) else {
+            return false;
+        };
+        let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
+        inner.clear();
+        inner.extend_from_slice(&report.to_be_bytes());
+        if let Some(size) = n.path.next_probe(now) {
+            let len = size.saturating_sub(HEADER_LEN + sealed_extra);
+            inner.resize(len.max(2), 0);
+        }
+        true
     }
 
     pub fn encrypted(&self) -> bool {
@@ -108,6 +152,8 @@ impl Neighbours {
                             conn_id: spec.conn_id,
                             crypto: crypto(),
                             traffic: Traffic::default(),
+                            path: PathProbe::new(self.min_datagram, self.max_datagram),
+                            received: Received::default(),
                         },
                     );
                 }
@@ -188,13 +234,22 @@ impl Neighbours {
         let n = self.map.get_mut(&id).expect("found above");
         n.traffic.rx_packets += 1;
         n.traffic.rx_bytes += len;
+        let now = Instant::now();
+        n.received.saw(len as usize, now);
+        if header.heartbeat
+            && header.origin == id
+            && let Some(r) = datagram.get(inner.start..inner.start + 2)
+        {
+            n.path
+                .reported(usize::from(u16::from_be_bytes([r[0], r[1]])), now);
+        }
         if header.heartbeat {
             // A sealed heartbeat proves who sent it, so its address is where the neighbour's
             // data comes from now (NAT rebinding). A plain one must come from the known IP.
             if header.origin == id && (self.encrypted || n.addr.ip() == from.ip() || !n.observed) {
                 n.addr = from;
                 n.observed = true;
-                n.last_heartbeat = Some(Instant::now());
+                n.last_heartbeat = Some(now);
             }
         }
         Ok((header, inner))
@@ -234,9 +289,9 @@ mod tests {
     #[test]
     fn sealed_frames_cross_between_neighbours_and_count_traffic() {
         let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut na = Neighbours::new(true);
+        let mut na = Neighbours::new(true, 1422, 1280);
         na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
-        let mut nb = Neighbours::new(true);
+        let mut nb = Neighbours::new(true, 1422, 1280);
         nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
         let mut out = Vec::new();
         let inner = [0xabu8; 64];
@@ -254,9 +309,9 @@ mod tests {
     #[test]
     fn a_new_control_connection_brings_new_keys() {
         let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut na = Neighbours::new(true);
+        let mut na = Neighbours::new(true, 1422, 1280);
         na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
-        let mut nb = Neighbours::new(true);
+        let mut nb = Neighbours::new(true, 1422, 1280);
         nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
         // b reconnected with another secret; a still has the old one.
         nb.set(HashMap::from([(a, spec(2, Some(10), false, 2))]), b, 0);
@@ -270,13 +325,13 @@ mod tests {
     #[test]
     fn plain_frames_in_an_encrypted_mesh_and_strangers_are_dropped() {
         let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut nb = Neighbours::new(true);
+        let mut nb = Neighbours::new(true, 1422, 1280);
         nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
         let mut plain = vec![0u8; HEADER_LEN + 60];
         frame_header(1).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
         let from = SocketAddr::from(([198, 18, 0, 1], 6784));
         assert_eq!(nb.accept(&mut plain, from), Err(Drop::Unsealed));
-        let mut plain_nb = Neighbours::new(false);
+        let mut plain_nb = Neighbours::new(false, 1450, 1280);
         plain_nb.set(HashMap::from([(a, spec(2, None, false, 1))]), b, 0);
         let stranger = SocketAddr::from(([198, 18, 0, 77], 6784));
         assert_eq!(

@@ -102,6 +102,7 @@ pub fn peers_json(p: &Peers) -> Value {
                     "tx_bytes": r.tx_bytes,
                     "rx_packets": r.rx_packets,
                     "rx_bytes": r.rx_bytes,
+                    "link_mtu": if r.link_mtu == 0 { Value::Null } else { Value::from(r.link_mtu) },
                     "rtt_ms": r.rtt_ms,
                     "since": r.since,
                     "last_error": if r.last_error.is_empty() { Value::Null } else { Value::from(r.last_error.clone()) },
@@ -140,7 +141,7 @@ pub fn print_peers(p: &Peers) {
         };
         let traffic = |packets: u64, bytes: u64| format!("{packets}/{}", human_bytes(bytes));
         println!(
-            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>16} {:>16}  {}{}",
+            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>5} {:>16} {:>16}  {}{}",
             r.name,
             r.id,
             r.state,
@@ -149,6 +150,11 @@ pub fn print_peers(p: &Peers) {
             format!("{}s", now.saturating_sub(r.since)),
             datapath,
             if r.encrypted { "yes" } else { "no" },
+            if r.link_mtu == 0 {
+                "-".to_owned()
+            } else {
+                r.link_mtu.to_string()
+            },
             traffic(r.tx_packets, r.tx_bytes),
             traffic(r.rx_packets, r.rx_bytes),
             r.addresses.join(" "),
