@@ -53,6 +53,9 @@ fn meshd_counts_real_underlay_traffic_and_passes_it() {
         "--name",
         "h2",
         "--insecure",
+        // The native hook is what this test is about; `auto` takes the generic one on a veth.
+        "--xdp-mode",
+        "driver",
     ];
     let d = lab.spawn(&h2.ns, &meshd, &args).unwrap();
     assert!(

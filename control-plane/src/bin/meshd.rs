@@ -170,8 +170,9 @@ async fn run(args: Args) -> Result<()> {
         None => default_route_interface()?,
     };
     let mut datapath = UnderlayRx::load(args.data_port).context("loading the eBPF datapath")?;
+    let veth = tap::is_veth(&underlay).await?;
     let mode = datapath
-        .attach(&underlay, args.xdp_mode)
+        .attach(&underlay, args.xdp_mode, veth)
         .context("attaching the underlay receive program")?;
 
     let socket = paths::socket_in(&args.run_dir);

@@ -5,6 +5,7 @@
 pub mod fdb;
 pub mod forward;
 pub mod mtu;
+pub mod offload;
 pub mod pmtu;
 pub mod seal;
 pub mod wire;

@@ -159,8 +159,8 @@ impl Sealer {
         self.epoch.number
     }
 
-    /// Writes the sealed datagram for `header` and `inner` into `out` (cleared first; no
-    /// allocation once `out` has grown to the largest frame).
+    /// Appends the sealed datagram for `header` and `inner` to `out` (no allocation once
+    /// `out` has grown to its working size).
     pub fn seal(&mut self, header: &Header, inner: &[u8], out: &mut Vec<u8>, now_ms: u64) {
         if self.counter >= REKEY_AFTER_FRAMES
             || now_ms.saturating_sub(self.epoch_started_ms) >= REKEY_AFTER_MS
@@ -180,7 +180,7 @@ impl Sealer {
         head[8..11].copy_from_slice(&self.sender.get().to_be_bytes()[1..]);
         head[11] = self.epoch.number as u8;
         head[12..20].copy_from_slice(&counter.to_be_bytes());
-        out.clear();
+        let start = out.len();
         out.extend_from_slice(&head);
         out.extend_from_slice(inner);
         let tag = self
@@ -189,7 +189,7 @@ impl Sealer {
             .seal_in_place_separate_tag(
                 nonce(counter),
                 Aad::from(head),
-                &mut out[SEALED_HEADER_LEN..],
+                &mut out[start + SEALED_HEADER_LEN..],
             )
             .expect("a frame is far below ChaCha20-Poly1305's length limit");
         out.extend_from_slice(tag.as_ref());

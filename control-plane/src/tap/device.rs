@@ -1,9 +1,12 @@
 //! The local side of the TAP datapath: the Linux bridge containers plug into, and meshd's TAP
-//! device attached to it (rtnetlink for links, tokio-tun for the TAP).
+//! device attached to it (rtnetlink for links; the TAP itself is opened in `vnet.rs`).
 
 use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
-use rtnetlink::{LinkBridge, LinkUnspec, packet_route::link::LinkAttribute};
+use rtnetlink::{
+    LinkBridge, LinkUnspec,
+    packet_route::link::{InfoKind, LinkAttribute, LinkInfo},
+};
 
 /// Index and MTU of interface `name`, if it exists.
 async fn link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<(u32, u32)>> {
@@ -35,6 +38,31 @@ pub async fn underlay_mtu(underlay: &str) -> Result<u32> {
     task.abort();
     r.map(|(_, mtu)| mtu)
         .with_context(|| format!("underlay interface {underlay:?} does not exist"))
+}
+
+/// Whether interface `name` is a veth (whose native XDP hook costs GRO and GSO: see
+/// docs/architecture.md).
+pub async fn is_veth(name: &str) -> Result<bool> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let task = tokio::spawn(conn);
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    let msg = links.try_next().await;
+    task.abort();
+    let msg = match msg {
+        Ok(Some(msg)) => msg,
+        // Missing: whoever uses the interface next explains that.
+        Ok(None) => return Ok(false),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("looking up interface {name}")),
+    };
+    Ok(msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    }))
 }
 
 /// Makes sure bridge `bridge` exists and is up, and puts `tap` (already created) on it with

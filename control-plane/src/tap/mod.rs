@@ -7,8 +7,12 @@
 //! neighbour. A neighbour's heartbeat tells us the address its data actually comes from — behind
 //! NAT that is the translated one, and it is the one replies must go to.
 
+mod batch;
 mod device;
 pub mod neighbours;
+mod pump;
+mod udp;
+mod vnet;
 
 use std::{
     collections::HashMap,
@@ -20,19 +24,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-pub use device::underlay_mtu;
+pub use device::{is_veth, underlay_mtu};
 use neighbours::{Drop, Neighbours};
 pub use neighbours::{HEARTBEAT_TIMEOUT, Spec, Traffic};
-use tokio::net::UdpSocket;
 
-use crate::switch::{
-    ShortId,
-    fdb::Fdb,
-    forward::{self, Table},
-    mtu,
-    seal::SEAL_OVERHEAD,
-    wire::{Header, OVERHEAD_IPV4},
-};
+use crate::switch::{ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4};
 
 /// MAC table bounds: enough for thousands of containers; a flood of made-up MACs evicts.
 const FDB_CAPACITY: usize = 8192;
@@ -44,6 +40,12 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 pub struct Counters {
     pub tx_frames: AtomicU64,
     pub rx_frames: AtomicU64,
+    /// System calls, to see how well batching works: frames per TAP read (TSO) and write
+    /// (coalescing), datagrams per send (GSO) and per receive (GRO).
+    pub tap_reads: AtomicU64,
+    pub tap_writes: AtomicU64,
+    pub udp_sends: AtomicU64,
+    pub udp_receives: AtomicU64,
     pub relayed: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped_malformed: AtomicU64,
@@ -67,6 +69,10 @@ impl Counters {
         vec![
             ("tap_tx_frames", g(&self.tx_frames)),
             ("tap_rx_frames", g(&self.rx_frames)),
+            ("tap_reads", g(&self.tap_reads)),
+            ("tap_writes", g(&self.tap_writes)),
+            ("tap_udp_sends", g(&self.udp_sends)),
+            ("tap_udp_receives", g(&self.udp_receives)),
             ("tap_relayed", g(&self.relayed)),
             ("tap_delivered", g(&self.delivered)),
             ("tap_dropped_malformed", g(&self.dropped_malformed)),
@@ -226,29 +232,21 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
             };
             rt.block_on(async move {
                 let setup = async {
-                    let tun = tokio_tun::Tun::builder()
-                        .name(&cfg.tap)
-                        .tap()
-                        .mtu(TAP_MTU as i32)
-                        .up()
-                        .build()
-                        .with_context(|| format!("creating TAP device {}", cfg.tap))?
-                        .pop()
-                        .context("no TAP queue")?;
+                    let tap = vnet::Tap::open(&cfg.tap)?;
                     device::attach(&cfg.bridge, &cfg.tap, TAP_MTU).await?;
-                    let sock = UdpSocket::bind(("0.0.0.0", cfg.data_port))
-                        .await
-                        .with_context(|| format!("binding the data port {}", cfg.data_port))?;
-                    always_dont_fragment(&sock)?;
-                    Ok::<_, anyhow::Error>((Arc::new(tun), Arc::new(sock)))
+                    let sock = udp::DataSocket::bind(cfg.data_port).await?;
+                    if !sock.gro {
+                        tracing::info!("UDP receive coalescing (GRO) unavailable on this kernel");
+                    }
+                    Ok::<_, anyhow::Error>((Arc::new(tap), Arc::new(sock)))
                 };
                 match setup.await {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
-                    Ok((tun, sock)) => {
+                    Ok((tap, sock)) => {
                         let _ = ready_tx.send(Ok(()));
-                        run(thread_shared, tun, sock).await;
+                        pump::run(thread_shared, tap, sock).await;
                     }
                 }
             });
@@ -258,262 +256,4 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         .recv()
         .context("the data path thread died during setup")??;
     Ok(shared)
-}
-
-/// Sets DF on every datagram and keeps the kernel from fragmenting or refusing them by its
-/// own path-MTU cache: meshd probes each path itself, and a fragmented probe would lie.
-fn always_dont_fragment(sock: &UdpSocket) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: setsockopt on a valid socket with a pointer to a c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("setting IP_MTU_DISCOVER on the data socket");
-    }
-    Ok(())
-}
-
-async fn run(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
-    let a = tokio::spawn(tap_to_net(shared.clone(), tun.clone(), sock.clone()));
-    let b = tokio::spawn(net_to_tap(shared.clone(), tun, sock.clone()));
-    let c = tokio::spawn(heartbeats(shared, sock));
-    let _ = tokio::join!(a, b, c);
-}
-
-/// Frames from the local bridge to peers. The TAP device's MTU is far above the overlay's, so
-/// an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being dropped
-/// silently by the bridge.
-async fn tap_to_net(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536);
-    let mut oversize = Vec::with_capacity(65536 + 4096);
-    let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
-    loop {
-        let n = match tun.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the TAP device failed; data path stopped");
-                return;
-            }
-        };
-        let frame = &buf[..n];
-        if mtu::packet_len(frame) <= shared.mtu as usize {
-            from_local(&shared, (&tun, &sock), frame, &mut out, &mut sends).await;
-            continue;
-        }
-        match mtu::handle(frame, shared.mtu as usize, &mut oversize) {
-            mtu::Oversize::Reply => {
-                shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = tun.send(&oversize).await {
-                    tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
-                }
-            }
-            mtu::Oversize::Fragments(parts) => {
-                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
-                for r in parts {
-                    from_local(&shared, (&tun, &sock), &oversize[r], &mut out, &mut sends).await;
-                }
-            }
-            mtu::Oversize::Drop => {
-                shared
-                    .counters
-                    .dropped_too_big
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Forwards one frame (within the overlay MTU) from the local bridge. A frame too big for
-/// the probed path to its next hop is answered like any oversize frame (ICMP, or split).
-async fn from_local(
-    shared: &Shared,
-    io: (&tokio_tun::Tun, &UdpSocket),
-    frame: &[u8],
-    out: &mut Vec<u8>,
-    sends: &mut Vec<(ShortId, Header)>,
-) {
-    let (tun, sock) = io;
-    let table = shared.table.read().expect("table lock").clone();
-    {
-        let fdb = shared.fdb.lock().expect("fdb lock");
-        forward::from_local(&table, &fdb, frame, shared.now_ms(), |to, h| {
-            sends.push((to, h))
-        });
-    }
-    let mut answered = false;
-    for (to, h) in sends.drain(..) {
-        let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
-        if mtu::packet_len(frame) <= link_mtu {
-            send(shared, sock, frame, out, to, h).await;
-            continue;
-        }
-        let mut oversize = Vec::new();
-        match mtu::handle(frame, link_mtu, &mut oversize) {
-            mtu::Oversize::Reply => {
-                // A flood may meet several narrow links: one answer is enough.
-                if !answered {
-                    answered = true;
-                    shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = tun.send(&oversize).await {
-                        tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
-                    }
-                }
-            }
-            mtu::Oversize::Fragments(parts) => {
-                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
-                for r in parts {
-                    send(shared, sock, &oversize[r], out, to, h).await;
-                }
-            }
-            mtu::Oversize::Drop => {
-                shared
-                    .counters
-                    .dropped_too_big
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Sends `inner` under `h` to the neighbour `to`, sealed when the mesh encrypts.
-async fn send(
-    shared: &Shared,
-    sock: &UdpSocket,
-    inner: &[u8],
-    out: &mut Vec<u8>,
-    to: ShortId,
-    h: Header,
-) {
-    let now = shared.now_ms();
-    let Some(addr) = shared.neighbours().prepare(to, &h, inner, out, now) else {
-        shared
-            .counters
-            .dropped_no_route
-            .fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    match sock.send_to(out, addr).await {
-        Ok(_) => {
-            if !h.heartbeat {
-                shared.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, %addr, "sending a frame failed"),
-    }
-}
-
-/// Frames from peers: deliver, relay, or both.
-async fn net_to_tap(shared: Arc<Shared>, tun: Arc<tokio_tun::Tun>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536);
-    let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
-    loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "receiving on the data port");
-                continue;
-            }
-        };
-        let accepted = shared.neighbours().accept(&mut buf[..n], from);
-        let (header, inner) = match accepted {
-            Ok(r) => r,
-            Err(why) => {
-                shared.counters.dropped(&why);
-                continue;
-            }
-        };
-        if header.heartbeat {
-            continue;
-        }
-        shared.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
-        let inner = &buf[inner];
-        let table = shared.table.read().expect("table lock").clone();
-        let decision = {
-            let mut fdb = shared.fdb.lock().expect("fdb lock");
-            forward::from_peer(&table, &mut fdb, header, inner, shared.now_ms(), |to, h| {
-                sends.push((to, h))
-            })
-        };
-        match decision {
-            Ok(deliver) => {
-                if deliver {
-                    if let Err(e) = tun.send(inner).await {
-                        tracing::debug!(error = %e, "writing to the TAP device");
-                    } else {
-                        shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if !sends.is_empty() && !deliver {
-                    shared.counters.relayed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(forward::Dropped::OwnOrigin | forward::Dropped::HopLimit) => {
-                shared.counters.dropped_loop.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(forward::Dropped::NoRoute) => {
-                shared
-                    .counters
-                    .dropped_no_route
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(forward::Dropped::Malformed) => {
-                shared
-                    .counters
-                    .dropped_malformed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        for (to, h) in sends.drain(..) {
-            // A relay cannot answer the origin's sender with ICMP: the origin's own path-MTU
-            // check normally keeps such frames from being sent at all.
-            if mtu::packet_len(inner) > shared.neighbours().link_mtu(to).unwrap_or(usize::MAX) {
-                shared
-                    .counters
-                    .dropped_too_big
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            send(&shared, &sock, inner, &mut out, to, h).await;
-        }
-    }
-}
-
-/// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our
-/// data path works, and the largest datagram it got through to us lately; some are padded into
-/// path-MTU probes.
-async fn heartbeats(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    let mut out = Vec::with_capacity(65536);
-    let mut inner = Vec::with_capacity(65536);
-    loop {
-        tick.tick().await;
-        let Some(me) = shared.table.read().expect("table lock").me else {
-            continue;
-        };
-        let ids: Vec<ShortId> = shared.neighbours().ids().collect();
-        for id in ids {
-            let now = Instant::now();
-            if !shared.neighbours().heartbeat_payload(id, &mut inner, now) {
-                continue;
-            }
-            let h = Header {
-                origin: me,
-                destination: id,
-                hops: 1,
-                heartbeat: true,
-            };
-            send(&shared, &sock, &inner, &mut out, id, h).await;
-        }
-    }
 }

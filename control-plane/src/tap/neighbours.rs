@@ -169,7 +169,19 @@ impl Neighbours {
         self.map.keys().copied()
     }
 
-    /// Writes the datagram carrying `inner` under `header` to `to` into `out`; returns where to
+    /// Where datagrams for `to` go (`None`: not a neighbour, or no keys yet in an encrypted
+    /// mesh).
+    pub fn addr(&self, to: ShortId) -> Option<SocketAddr> {
+        let n = self.map.get(&to)?;
+        (!self.encrypted || n.crypto.is_some()).then_some(n.addr)
+    }
+
+    /// The size of the datagram carrying an inner frame of `inner_len` bytes.
+    pub fn datagram_len(&self, inner_len: usize) -> usize {
+        HEADER_LEN + inner_len + if self.encrypted { SEAL_OVERHEAD } else { 0 }
+    }
+
+    /// Appends the datagram carrying `inner` under `header` to `to` to `out`; returns where to
     /// send it, or `None` when `to` is no neighbour (or has no keys yet in an encrypted mesh).
     pub fn prepare(
         &mut self,
@@ -180,17 +192,17 @@ impl Neighbours {
         now_ms: u64,
     ) -> Option<SocketAddr> {
         let n = self.map.get_mut(&to)?;
+        let start = out.len();
         if self.encrypted {
             n.crypto.as_mut()?.sealer.seal(header, inner, out, now_ms);
         } else {
-            out.clear();
             let mut h = [0u8; HEADER_LEN];
             header.write(&mut h);
             out.extend_from_slice(&h);
             out.extend_from_slice(inner);
         }
         n.traffic.tx_packets += 1;
-        n.traffic.tx_bytes += out.len() as u64;
+        n.traffic.tx_bytes += (out.len() - start) as u64;
         Some(n.addr)
     }
 

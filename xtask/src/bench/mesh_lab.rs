@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, full_mesh, meshctl_json},
+    mesh::{Meshd, full_mesh, meshctl_json, tap_counter},
     wait_until,
 };
 
@@ -60,6 +60,23 @@ impl MeshLab {
             nodes,
             lab,
         })
+    }
+
+    /// How well the data path batched during the run (frames per system call), from both
+    /// meshd's counters: a diagnosis aid printed with the results.
+    pub fn print_batching(&self) {
+        for n in &self.nodes {
+            let c = |name: &str| tap_counter(n, name) as f64;
+            let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            println!(
+                "bench:   {}: {:.1} frames per TAP read, {:.1} per TAP write, {:.1} datagrams per send, {:.1} per receive",
+                n.host.name,
+                per(c("tap_tx_frames"), c("tap_reads")),
+                per(c("tap_delivered"), c("tap_writes")),
+                per(c("tap_tx_frames"), c("tap_udp_sends")),
+                per(c("tap_rx_frames"), c("tap_udp_receives")),
+            );
+        }
     }
 
     pub fn pids(&self) -> Vec<u32> {

@@ -188,6 +188,7 @@ pub fn run(args: Args) -> Result<()> {
                     server_addr: Ipv4Addr::new(10, 40, 0, 2),
                 };
                 results.push(measure(system, &path, &OverlayProcs(m.pids()), &plan));
+                m.print_batching();
             }
         }
     }

@@ -1,0 +1,564 @@
+//! Segmentation offload done in meshd, as pure logic. With a virtio-net header on the TAP
+//! device the kernel hands meshd whole TCP super-frames (up to 64 KiB) and leaves checksums to
+//! it; meshd cuts them into wire-sized segments here. That turns one read per 1.4 KB frame into
+//! one per 64 KB, which is where the TAP data path spends its time.
+//!
+//! The virtio-net header (`struct virtio_net_hdr`, 10 bytes, native byte order on a TAP):
+//! flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+
+/// Length of the header in front of every frame on a TAP opened with `IFF_VNET_HDR`.
+pub const VNET_HDR_LEN: usize = 10;
+const NEEDS_CSUM: u8 = 1;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const GSO_ECN: u8 = 0x80;
+
+const ETH: usize = 14;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    pub fn write(&self, out: &mut [u8]) {
+        out[0] = self.flags;
+        out[1] = self.gso_type;
+        out[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        out[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        out[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        out[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+    }
+
+    pub fn parse(b: &[u8]) -> Option<VnetHdr> {
+        let b: &[u8; VNET_HDR_LEN] = b.get(..VNET_HDR_LEN)?.try_into().ok()?;
+        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
+    }
+}
+
+/// Why a frame from the TAP could not be made wire-ready.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// Checksum offsets or headers outside the frame.
+    Malformed,
+    /// A GSO type meshd did not ask for (it enables TCP segmentation only).
+    UnsupportedGso(u8),
+}
+
+/// The Internet checksum folded to 16 bits, not complemented, of `data` added to `sum`.
+fn sum16(mut sum: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        sum += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
+        i += 2;
+    }
+    if i < rest.len() {
+        sum += u64::from(rest[i]) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Finishes a checksum the kernel left partial: the field at `start + offset` holds the
+/// pseudo-header sum; the checksum of everything from `start` goes there.
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Unusable> {
+    let at = start + offset;
+    if at + 2 > frame.len() {
+        return Err(Unusable::Malformed);
+    }
+    let c = !fold(sum16(0, &frame[start..]));
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Makes the frame read from the TAP (`hdr`, `frame`) wire-ready: completes a partial checksum,
+/// or cuts a TCP super-frame into segments. Calls `emit` with each resulting frame; `scratch`
+/// holds the segments.
+pub fn wire_frames(
+    hdr: &VnetHdr,
+    frame: &mut [u8],
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), Unusable> {
+    match hdr.gso_type & !GSO_ECN {
+        GSO_NONE => {
+            if hdr.flags & NEEDS_CSUM != 0 {
+                complete_checksum(
+                    frame,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )?;
+            }
+            emit(frame);
+            Ok(())
+        }
+        t @ (GSO_TCPV4 | GSO_TCPV6) => {
+            segment_tcp(frame, t == GSO_TCPV6, usize::from(hdr.gso_size), scratch)?;
+            let seg_total = scratch.len();
+            let mut at = 0;
+            while at < seg_total {
+                let len = u16::from_ne_bytes([scratch[at], scratch[at + 1]]) as usize;
+                emit(&scratch[at + 2..at + 2 + len]);
+                at += 2 + len;
+            }
+            Ok(())
+        }
+        other => Err(Unusable::UnsupportedGso(other)),
+    }
+}
+
+/// Software TSO: cuts `frame` (Ethernet + IPv4/IPv6 + TCP + payload) into segments of at most
+/// `mss` payload bytes with their own lengths, IPv4 ids, sequence numbers, flags and checksums.
+/// Writes them into `out` as (native u16 length, frame) records.
+fn segment_tcp(frame: &[u8], v6: bool, mss: usize, out: &mut Vec<u8>) -> Result<(), Unusable> {
+    out.clear();
+    let ip_len = if v6 {
+        // Extension headers are not expected from a local TCP stack: plain TCP only.
+        if frame.get(ETH + 6) != Some(&6) {
+            return Err(Unusable::Malformed);
+        }
+        40
+    } else {
+        usize::from(frame.get(ETH).ok_or(Unusable::Malformed)? & 0x0f) * 4
+    };
+    let tcp_at = ETH + ip_len;
+    let tcp_len = usize::from(frame.get(tcp_at + 12).ok_or(Unusable::Malformed)? >> 4) * 4;
+    let hdrs = tcp_at + tcp_len;
+    if mss == 0 || tcp_len < 20 || (!v6 && ip_len < 20) || hdrs > frame.len() {
+        return Err(Unusable::Malformed);
+    }
+    let payload = &frame[hdrs..];
+    let seq0 = u32::from_be_bytes(frame[tcp_at + 4..tcp_at + 8].try_into().expect("4 bytes"));
+    let id0 = u16::from_be_bytes([frame[ETH + 4], frame[ETH + 5]]);
+    let flags0 = frame[tcp_at + 13];
+    let count = payload.len().div_ceil(mss).max(1);
+    for i in 0..count {
+        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        let len = hdrs + chunk.len();
+        out.extend_from_slice(&(len as u16).to_ne_bytes());
+        let start = out.len();
+        out.extend_from_slice(&frame[..hdrs]);
+        out.extend_from_slice(chunk);
+        let seg = &mut out[start..];
+        let ip = &mut seg[ETH..];
+        if v6 {
+            ip[4..6].copy_from_slice(&((tcp_len + chunk.len()) as u16).to_be_bytes());
+        } else {
+            ip[2..4].copy_from_slice(&((ip_len + tcp_len + chunk.len()) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(0, &ip[..ip_len]));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        let tcp = &mut seg[tcp_at..];
+        let seq = seq0.wrapping_add((i * mss) as u32);
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        let last = i + 1 == count;
+        // FIN and PSH belong to the last segment, CWR to the first.
+        let mut flags = flags0;
+        if !last {
+            flags &= !(0x01 | 0x08);
+        }
+        if i > 0 {
+            flags &= !0x80;
+        }
+        tcp[13] = flags;
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        let seg_tcp_len = tcp_len + chunk.len();
+        let ip = &seg[ETH..];
+        let pseudo = if v6 {
+            sum16(0, &ip[8..40]) + seg_tcp_len as u64 + 6
+        } else {
+            sum16(0, &ip[12..20]) + seg_tcp_len as u64 + 6
+        };
+        let c = !fold(sum16(pseudo, &seg[tcp_at..]));
+        seg[tcp_at + 16..tcp_at + 18].copy_from_slice(&c.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Receive-side coalescing (GRO done in meshd): consecutive segments of one TCP flow, as they
+/// arrive from a peer, are joined into one super-frame written to the TAP with a GSO header,
+/// so the bridge and the container's stack handle one packet instead of dozens. Only what is
+/// safe to join is joined: same headers but for sequence number, lengths and checksums;
+/// plain ACK (a PSH ends the run); in order; all but the last of the same size.
+#[derive(Default)]
+pub struct Coalescer {
+    /// The virtio-net header and the super-frame being built.
+    out: Vec<u8>,
+    run: Option<Run>,
+}
+
+struct Run {
+    v6: bool,
+    /// Offsets in the frame (not counting the virtio-net header).
+    tcp_at: usize,
+    hdrs: usize,
+    mss: usize,
+    next_seq: u32,
+    count: usize,
+    closed: bool,
+}
+
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+/// Most segments joined into one super-frame (like the kernel's GRO).
+const MAX_RUN: usize = 64;
+
+/// Where the TCP header starts and ends in `frame`, if it is TCP that may be coalesced.
+fn tcp_layout(frame: &[u8]) -> Option<(bool, usize, usize)> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (v6, ip_len) = match ethertype {
+        0x0800 => {
+            let ip = frame.get(ETH..ETH + 20)?;
+            // No options, TCP, not a fragment.
+            if ip[0] != 0x45 || ip[9] != 6 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if usize::from(u16::from_be_bytes([ip[2], ip[3]])) != frame.len() - ETH {
+                return None;
+            }
+            (false, 20)
+        }
+        0x86dd => {
+            let ip = frame.get(ETH..ETH + 40)?;
+            if ip[0] >> 4 != 6 || ip[6] != 6 {
+                return None;
+            }
+            if usize::from(u16::from_be_bytes([ip[4], ip[5]])) != frame.len() - ETH - 40 {
+                return None;
+            }
+            (true, 40)
+        }
+        _ => return None,
+    };
+    let tcp_at = ETH + ip_len;
+    let tcp_len = usize::from(frame.get(tcp_at + 12)? >> 4) * 4;
+    if tcp_len < 20 || tcp_at + tcp_len > frame.len() {
+        return None;
+    }
+    Some((v6, tcp_at, tcp_at + tcp_len))
+}
+
+impl Coalescer {
+    /// Adds `frame` to the current run, or starts one. False: it cannot join (finish the run
+    /// and write `frame` as it is).
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        let Some((v6, tcp_at, hdrs)) = tcp_layout(frame) else {
+            return false;
+        };
+        let payload = frame.len() - hdrs;
+        let flags = frame[tcp_at + 13];
+        // Plain ACK with data, or ACK|PSH (which ends a run).
+        if payload == 0 || flags & !TCP_PSH != TCP_ACK {
+            return false;
+        }
+        let seq = u32::from_be_bytes(frame[tcp_at + 4..tcp_at + 8].try_into().expect("4 bytes"));
+        match &mut self.run {
+            None => {
+                self.out.clear();
+                self.out.extend_from_slice(&[0; VNET_HDR_LEN]);
+                self.out.extend_from_slice(frame);
+                self.run = Some(Run {
+                    v6,
+                    tcp_at,
+                    hdrs,
+                    mss: payload,
+                    next_seq: seq.wrapping_add(payload as u32),
+                    count: 1,
+                    closed: flags & TCP_PSH != 0,
+                });
+                true
+            }
+            Some(run) => {
+                let first = &self.out[VNET_HDR_LEN..VNET_HDR_LEN + run.hdrs];
+                let same_headers = run.v6 == v6
+                    && run.hdrs == hdrs
+                    && run.tcp_at == tcp_at
+                    // Ethernet, and the IP header but for length, id and checksum.
+                    && first[..ETH] == frame[..ETH]
+                    && if v6 {
+                        first[ETH..ETH + 4] == frame[ETH..ETH + 4]
+                            && first[ETH + 6..tcp_at] == frame[ETH + 6..tcp_at]
+                    } else {
+                        first[ETH..ETH + 2] == frame[ETH..ETH + 2]
+                            && first[ETH + 6..ETH + 10] == frame[ETH + 6..ETH + 10]
+                            && first[ETH + 12..tcp_at] == frame[ETH + 12..tcp_at]
+                    }
+                    // TCP: ports, ack, flags but PSH, window, options.
+                    && first[tcp_at..tcp_at + 4] == frame[tcp_at..tcp_at + 4]
+                    && first[tcp_at + 8..tcp_at + 13] == frame[tcp_at + 8..tcp_at + 13]
+                    && first[tcp_at + 14..tcp_at + 16] == frame[tcp_at + 14..tcp_at + 16]
+                    && first[tcp_at + 18..hdrs] == frame[tcp_at + 18..hdrs];
+                let fits = !run.closed
+                    && run.count < MAX_RUN
+                    && seq == run.next_seq
+                    && payload <= run.mss
+                    && self.out.len() + payload - VNET_HDR_LEN - ETH <= usize::from(u16::MAX) - 40;
+                if !(same_headers && fits) {
+                    return false;
+                }
+                self.out.extend_from_slice(&frame[hdrs..]);
+                run.next_seq = seq.wrapping_add(payload as u32);
+                run.count += 1;
+                run.closed = payload < run.mss || flags & TCP_PSH != 0;
+                if flags & TCP_PSH != 0 {
+                    self.out[VNET_HDR_LEN + tcp_at + 13] |= TCP_PSH;
+                }
+                true
+            }
+        }
+    }
+
+    /// Ends the current run: the bytes to write to the TAP (virtio-net header first), if any.
+    pub fn finish(&mut self) -> Option<&[u8]> {
+        let run = self.run.take()?;
+        if run.count > 1 {
+            let frame_len = self.out.len() - VNET_HDR_LEN;
+            let f = &mut self.out[VNET_HDR_LEN..];
+            let tcp_total = frame_len - run.tcp_at;
+            let pseudo = if run.v6 {
+                f[ETH + 4..ETH + 6].copy_from_slice(&(tcp_total as u16).to_be_bytes());
+                sum16(0, &f[ETH + 8..ETH + 40]) + tcp_total as u64 + 6
+            } else {
+                f[ETH + 2..ETH + 4].copy_from_slice(&((frame_len - ETH) as u16).to_be_bytes());
+                f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+                let c = !fold(sum16(0, &f[ETH..ETH + 20]));
+                f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+                sum16(0, &f[ETH + 12..ETH + 20]) + tcp_total as u64 + 6
+            };
+            // A partial checksum, as the kernel keeps for segments it will cut itself.
+            f[run.tcp_at + 16..run.tcp_at + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
+            let hdr = VnetHdr {
+                flags: NEEDS_CSUM,
+                gso_type: if run.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+                hdr_len: run.hdrs as u16,
+                gso_size: run.mss as u16,
+                csum_start: run.tcp_at as u16,
+                csum_offset: 16,
+            };
+            hdr.write(&mut self.out[..VNET_HDR_LEN]);
+        }
+        Some(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP/IPv4 frame with `payload` bytes and flags PSH|ACK (|FIN).
+    fn tcp4(payload: usize, fin: bool) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&[0xff, 0xfe]);
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        f.extend_from_slice(&ip);
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&5201u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18 | u8::from(fin);
+        f.extend_from_slice(&tcp);
+        f.extend((0..payload).map(|i| (i * 7) as u8));
+        f
+    }
+
+    fn tcp_checksum_ok(seg: &[u8]) -> bool {
+        let ip = &seg[ETH..];
+        let hl = usize::from(ip[0] & 0xf) * 4;
+        let tcp_len = seg.len() - ETH - hl;
+        let pseudo = sum16(0, &ip[12..20]) + tcp_len as u64 + 6;
+        fold(sum16(pseudo, &ip[hl..])) == 0xffff
+    }
+
+    #[test]
+    fn a_super_frame_becomes_valid_consecutive_segments() {
+        let frame = tcp4(4000, true);
+        let mut scratch = Vec::new();
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let hdr = VnetHdr {
+            flags: NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1400,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        wire_frames(&hdr, &mut frame.clone(), &mut scratch, |s| {
+            segs.push(s.to_vec())
+        })
+        .unwrap();
+        assert_eq!(segs.len(), 3);
+        let mut payload = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let ip = &s[ETH..];
+            assert_eq!(
+                usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+                s.len() - ETH
+            );
+            assert_eq!(fold(sum16(0, &ip[..20])), 0xffff, "IPv4 header checksum");
+            assert_eq!(
+                u16::from_be_bytes([ip[4], ip[5]]),
+                0xfffeu16.wrapping_add(i as u16)
+            );
+            assert!(tcp_checksum_ok(s), "segment {i}");
+            let tcp = &ip[20..];
+            let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+            assert_eq!(seq, 0xffff_fff0u32.wrapping_add(1400 * i as u32));
+            let last = i == 2;
+            assert_eq!(tcp[13] & 0x01 != 0, last, "FIN only on the last");
+            assert_eq!(tcp[13] & 0x08 != 0, last, "PSH only on the last");
+            payload.extend_from_slice(&tcp[20..]);
+        }
+        assert_eq!(payload, &frame[54..]);
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed() {
+        let mut frame = tcp4(300, false);
+        // What the kernel leaves: the pseudo-header sum in the checksum field.
+        let pseudo = fold(sum16(0, &frame[26..34]) + 320 + 6);
+        frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        let hdr = VnetHdr {
+            flags: NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        wire_frames(&hdr, &mut frame, &mut Vec::new(), |f| out = f.to_vec()).unwrap();
+        assert!(tcp_checksum_ok(&out));
+    }
+
+    #[test]
+    fn bad_offsets_and_unasked_gso_types_are_refused() {
+        let mut frame = tcp4(10, false);
+        let hdr = VnetHdr {
+            flags: NEEDS_CSUM,
+            csum_start: 60,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let r = wire_frames(&hdr, &mut frame, &mut Vec::new(), |_| {});
+        assert_eq!(r, Err(Unusable::Malformed));
+        let udp = VnetHdr {
+            gso_type: 3,
+            ..Default::default()
+        };
+        let r = wire_frames(&udp, &mut frame, &mut Vec::new(), |_| {});
+        assert_eq!(r, Err(Unusable::UnsupportedGso(3)));
+        let tso = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let r = wire_frames(&tso, &mut frame[..40].to_vec(), &mut Vec::new(), |_| {});
+        assert_eq!(r, Err(Unusable::Malformed));
+    }
+
+    #[test]
+    fn segments_of_one_flow_are_joined_back_and_cut_again_identically() {
+        let frame = tcp4(5000, false);
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1400,
+            ..Default::default()
+        };
+        let mut scratch = Vec::new();
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        wire_frames(&hdr, &mut frame.clone(), &mut scratch, |s| {
+            segs.push(s.to_vec())
+        })
+        .unwrap();
+        assert_eq!(segs.len(), 4);
+        let mut c = Coalescer::default();
+        for s in &segs {
+            assert!(c.push(s));
+        }
+        let out = c.finish().unwrap().to_vec();
+        let h = VnetHdr::parse(&out).unwrap();
+        assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (GSO_TCPV4, 1400, 54));
+        assert_eq!((h.csum_start, h.csum_offset, h.flags), (34, 16, NEEDS_CSUM));
+        let sup = &out[VNET_HDR_LEN..];
+        assert_eq!(sup.len(), frame.len());
+        assert_eq!(&sup[54..], &frame[54..], "payload in order");
+        assert_eq!(fold(sum16(0, &sup[ETH..ETH + 20])), 0xffff, "IPv4 checksum");
+        // Cutting the super-frame again gives the same segments: what the kernel will do.
+        let mut again: Vec<Vec<u8>> = Vec::new();
+        let mut sup = sup.to_vec();
+        wire_frames(&h, &mut sup, &mut scratch, |s| again.push(s.to_vec())).unwrap();
+        assert_eq!(again.len(), segs.len());
+        for (a, b) in again.iter().zip(&segs) {
+            assert_eq!(&a[ETH + 20..], &b[ETH + 20..], "TCP header and payload");
+        }
+    }
+
+    #[test]
+    fn only_in_order_plain_segments_of_the_same_flow_join() {
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        wire_frames(&hdr, &mut tcp4(3000, false), &mut Vec::new(), |s| {
+            segs.push(s.to_vec())
+        })
+        .unwrap();
+        let mut c = Coalescer::default();
+        assert!(c.push(&segs[0]));
+        assert!(!c.push(&segs[2]), "a gap");
+        assert!(!c.push(&segs[0]), "a repeat");
+        let mut other_port = segs[1].clone();
+        other_port[ETH + 20] ^= 1;
+        assert!(!c.push(&other_port), "another flow");
+        let mut syn = segs[1].clone();
+        syn[ETH + 20 + 13] |= 0x02;
+        assert!(!c.push(&syn), "not a plain ACK");
+        assert!(c.push(&segs[1]));
+        assert_eq!(
+            VnetHdr::parse(c.finish().unwrap()).unwrap().gso_type,
+            GSO_TCPV4
+        );
+        // A lone segment goes out as it came, with an empty header.
+        assert!(c.push(&segs[2]));
+        let lone = c.finish().unwrap();
+        assert_eq!(&lone[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&lone[VNET_HDR_LEN..], &segs[2][..]);
+        assert!(!c.push(&[0u8; 20]), "not TCP");
+        assert!(c.finish().is_none());
+    }
+}

@@ -1,0 +1,328 @@
+//! The data path's loops: frames from the TAP to peers, datagrams from peers to the TAP (and
+//! on to other peers), and heartbeats. The decisions are made by `crate::switch` and
+//! [`super::neighbours`]; this file moves bytes and batches them: one TAP read may carry a
+//! 64 KiB TCP super-frame, cut into segments that leave in one GSO send; one socket read may
+//! carry many coalesced datagrams.
+
+use std::{ops::Range, sync::Arc, sync::atomic::Ordering, time::Instant};
+
+use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, udp::DataSocket, vnet::Tap};
+use crate::switch::{
+    ShortId,
+    forward::{self, Table},
+    mtu,
+    offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr},
+    wire::Header,
+};
+
+pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
+    let a = tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone()));
+    let b = tokio::spawn(net_to_tap(shared.clone(), tap, sock.clone()));
+    let c = tokio::spawn(heartbeats(shared, sock));
+    let _ = tokio::join!(a, b, c);
+}
+
+/// What processing one TAP read produced besides datagrams: ICMP answers for the bridge.
+#[derive(Default)]
+struct Local {
+    batcher: Batcher,
+    sends: Vec<(ShortId, Header)>,
+    /// ICMP errors to write back to the TAP (rare: allocated per answer).
+    replies: Vec<Vec<u8>>,
+}
+
+/// Frames from the local bridge to peers. The TAP device's MTU is far above the overlay's, so
+/// an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being dropped
+/// silently by the bridge.
+async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
+    let mut segments = Vec::with_capacity(80 * 1024);
+    let mut local = Local::default();
+    loop {
+        let n = match tap.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the TAP device failed; data path stopped");
+                return;
+            }
+        };
+        shared.counters.tap_reads.fetch_add(1, Ordering::Relaxed);
+        let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
+            shared
+                .counters
+                .dropped_malformed
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let table = shared.table.read().expect("table lock").clone();
+        let frame = &mut buf[VNET_HDR_LEN..n];
+        let made = offload::wire_frames(&hdr, frame, &mut segments, |f| {
+            local_frame(&shared, &table, f, &mut local)
+        });
+        if let Err(e) = made {
+            tracing::debug!(?e, "unusable frame from the TAP device");
+            shared
+                .counters
+                .dropped_malformed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for r in local.replies.drain(..) {
+            if let Err(e) = tap.send(&r).await {
+                tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
+            }
+        }
+        flush(&shared, &sock, &mut local.batcher).await;
+    }
+}
+
+/// One wire-sized frame from the bridge: checked against the overlay MTU, then forwarded.
+fn local_frame(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
+    if mtu::packet_len(frame) <= shared.mtu as usize {
+        forward_local(shared, table, frame, local);
+        return;
+    }
+    let mut oversize = Vec::new();
+    match mtu::handle(frame, shared.mtu as usize, &mut oversize) {
+        mtu::Oversize::Reply => {
+            shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
+            local.replies.push(oversize);
+        }
+        mtu::Oversize::Fragments(parts) => {
+            shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
+            for r in parts {
+                forward_local(shared, table, &oversize[r], local);
+            }
+        }
+        mtu::Oversize::Drop => {
+            shared
+                .counters
+                .dropped_too_big
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues one frame (within the overlay MTU) to its next hops. A frame too big for the probed
+/// path to a next hop is answered like any oversize frame (ICMP, or split).
+fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
+    {
+        let fdb = shared.fdb.lock().expect("fdb lock");
+        forward::from_local(table, &fdb, frame, shared.now_ms(), |to, h| {
+            local.sends.push((to, h))
+        });
+    }
+    let mut answered = false;
+    let sends = std::mem::take(&mut local.sends);
+    for &(to, h) in &sends {
+        let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
+        if mtu::packet_len(frame) <= link_mtu {
+            queue(shared, &mut local.batcher, frame, to, h);
+            continue;
+        }
+        let mut oversize = Vec::new();
+        match mtu::handle(frame, link_mtu, &mut oversize) {
+            mtu::Oversize::Reply => {
+                // A flood may meet several narrow links: one answer is enough.
+                if !answered {
+                    answered = true;
+                    shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                    local.replies.push(oversize);
+                }
+            }
+            mtu::Oversize::Fragments(parts) => {
+                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
+                for r in parts {
+                    queue(shared, &mut local.batcher, &oversize[r], to, h);
+                }
+            }
+            mtu::Oversize::Drop => {
+                shared
+                    .counters
+                    .dropped_too_big
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    local.sends = sends;
+    local.sends.clear();
+}
+
+/// Seals (or frames) `inner` for neighbour `to` into the batch for its address.
+fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: Header) {
+    let now = shared.now_ms();
+    let mut nb = shared.neighbours();
+    let Some(addr) = nb.addr(to) else {
+        shared
+            .counters
+            .dropped_no_route
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let len = nb.datagram_len(inner.len());
+    nb.prepare(to, &h, inner, batcher.slot(addr, len), now);
+}
+
+/// Sends what was queued: each run of same-size datagrams to one address in one call.
+async fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
+    for (addr, seg, buf, count) in batcher.pending() {
+        shared.counters.udp_sends.fetch_add(1, Ordering::Relaxed);
+        match sock.send_segments(buf, seg, addr).await {
+            Ok(()) => {
+                shared
+                    .counters
+                    .tx_frames
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, %addr, "sending frames failed"),
+        }
+    }
+    batcher.clear();
+}
+
+/// Datagrams from peers: deliver, relay, or both. One receive may hold many (GRO).
+async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
+    let mut buf = vec![0u8; 65536 + 4096];
+    let mut batcher = Batcher::default();
+    let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
+    let mut deliveries: Vec<Range<usize>> = Vec::with_capacity(64);
+    let mut coalescer = Coalescer::default();
+    loop {
+        let (n, from, seg) = match sock.recv(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "receiving on the data port");
+                continue;
+            }
+        };
+        shared.counters.udp_receives.fetch_add(1, Ordering::Relaxed);
+        let table = shared.table.read().expect("table lock").clone();
+        let mut at = 0;
+        while at < n {
+            let end = (at + seg.max(1)).min(n);
+            let accepted = shared.neighbours().accept(&mut buf[at..end], from);
+            let chunk = at;
+            at = end;
+            let (header, inner) = match accepted {
+                Ok(r) => r,
+                Err(why) => {
+                    shared.counters.dropped(&why);
+                    continue;
+                }
+            };
+            if header.heartbeat {
+                continue;
+            }
+            shared.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+            let inner = chunk + inner.start..chunk + inner.end;
+            let frame = &buf[inner.clone()];
+            let decision = {
+                let mut fdb = shared.fdb.lock().expect("fdb lock");
+                forward::from_peer(&table, &mut fdb, header, frame, shared.now_ms(), |to, h| {
+                    sends.push((to, h))
+                })
+            };
+            match decision {
+                Ok(deliver) => {
+                    if deliver {
+                        deliveries.push(inner);
+                    } else if !sends.is_empty() {
+                        shared.counters.relayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(forward::Dropped::OwnOrigin | forward::Dropped::HopLimit) => {
+                    shared.counters.dropped_loop.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(forward::Dropped::NoRoute) => {
+                    shared
+                        .counters
+                        .dropped_no_route
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(forward::Dropped::Malformed) => {
+                    shared
+                        .counters
+                        .dropped_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for (to, h) in sends.drain(..) {
+                // A relay cannot answer the origin's sender with ICMP: the origin's own
+                // path-MTU check normally keeps such frames from being sent at all.
+                let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
+                if mtu::packet_len(frame) > link_mtu {
+                    shared
+                        .counters
+                        .dropped_too_big
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                queue(&shared, &mut batcher, frame, to, h);
+            }
+        }
+        // Consecutive segments of one TCP flow go to the bridge as one super-frame.
+        for r in deliveries.drain(..) {
+            let frame = &buf[r];
+            shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if coalescer.push(frame) {
+                continue;
+            }
+            if let Some(run) = coalescer.finish() {
+                write_tap(&shared, &tap, run, true).await;
+            }
+            if !coalescer.push(frame) {
+                write_tap(&shared, &tap, frame, false).await;
+            }
+        }
+        if let Some(run) = coalescer.finish() {
+            write_tap(&shared, &tap, run, true).await;
+        }
+        flush(&shared, &sock, &mut batcher).await;
+    }
+}
+
+async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) {
+    shared.counters.tap_writes.fetch_add(1, Ordering::Relaxed);
+    let written = if with_header {
+        tap.send_with_header(bytes).await
+    } else {
+        tap.send(bytes).await
+    };
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "writing to the TAP device");
+    }
+}
+
+/// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our
+/// data path works, and the largest datagram it got through to us lately; some are padded into
+/// path-MTU probes.
+async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut out = Vec::with_capacity(65536);
+    let mut inner = Vec::with_capacity(65536);
+    loop {
+        tick.tick().await;
+        let Some(me) = shared.table.read().expect("table lock").me else {
+            continue;
+        };
+        let ids: Vec<ShortId> = shared.neighbours().ids().collect();
+        for id in ids {
+            let h = Header {
+                origin: me,
+                destination: id,
+                hops: 1,
+                heartbeat: true,
+            };
+            out.clear();
+            let addr = {
+                let mut nb = shared.neighbours();
+                if !nb.heartbeat_payload(id, &mut inner, Instant::now()) {
+                    continue;
+                }
+                nb.prepare(id, &h, &inner, &mut out, shared.now_ms())
+            };
+            if let Some(addr) = addr {
+                let _ = sock.send_to(&out, addr).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! meshd's TAP device, opened with a virtio-net header and TCP segmentation offload, so the
+//! kernel hands over TCP super-frames (see `switch::offload`). tokio-tun cannot ask for
+//! `IFF_VNET_HDR`, which is why the device is opened here.
+
+use std::{
+    io::{self, IoSlice},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::switch::offload::VNET_HDR_LEN;
+
+pub struct Tap {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// A zero virtio-net header: a frame that needs nothing from the kernel.
+const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+impl Tap {
+    /// Creates (or attaches to) TAP device `name` in this network namespace.
+    pub fn open(name: &str) -> Result<Tap> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            bail!(
+                "TAP name {name:?} must be 1 to {} bytes",
+                libc::IFNAMSIZ - 1
+            );
+        }
+        // SAFETY: open(2) with a NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error())
+                .context("opening /dev/net/tun (is the tun module loaded?)");
+        }
+        // SAFETY: a fresh descriptor, owned from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        // SAFETY: the ioctls below take the argument types documented in tun(4).
+        unsafe {
+            if libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) < 0 {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("creating TAP device {name}"));
+            }
+            let hdr_len = VNET_HDR_LEN as libc::c_int;
+            if libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) < 0 {
+                return Err(io::Error::last_os_error()).context("setting the vnet header size");
+            }
+            let offload = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+            if libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                offload as libc::c_ulong,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error()).context("enabling TAP offloads");
+            }
+        }
+        // SAFETY: `fd` is an open descriptor owned by the OwnedFd handed over, and its
+        // as_raw_fd() is that descriptor for as long as the AsyncFd lives.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .map_err(io::Error::from)
+            .context("registering the TAP device")?;
+        Ok(Tap { fd })
+    }
+
+    /// Reads one frame, its virtio-net header first.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fd
+            .async_io(Interest::READABLE, |fd| {
+                // SAFETY: read(2) into a buffer we own, within its length.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await
+    }
+
+    /// Writes one whole Ethernet frame (checksums already right).
+    pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
+        self.write_parts(&[IoSlice::new(&PLAIN_HDR), IoSlice::new(frame)])
+            .await
+    }
+
+    /// Writes a frame that starts with its own virtio-net header (a coalesced super-frame).
+    pub async fn send_with_header(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_parts(&[IoSlice::new(bytes)]).await
+    }
+
+    async fn write_parts(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                // SAFETY: writev(2) of two slices that outlive the call.
+                let n = unsafe {
+                    libc::writev(
+                        fd.as_raw_fd(),
+                        iov.as_ptr().cast(),
+                        iov.len() as libc::c_int,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+}
