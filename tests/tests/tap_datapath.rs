@@ -39,6 +39,28 @@ fn drain(sock: &UdpSocket) -> Vec<String> {
     got
 }
 
+/// Runs an iperf3 server in `to` bound to `bind`, and a 16 MiB transfer from `from` to
+/// `target`; fails the test if it does not complete.
+fn iperf(lab: &mut Lab, from: &Container, to: &Container, bind: &str, target: &str) {
+    let server = lab
+        .spawn(
+            &to.ns,
+            Path::new("/usr/bin/iperf3"),
+            &["-s", "-1", "-B", bind],
+        )
+        .unwrap();
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let out = lab
+            .exec(&from.ns, "iperf3", &["-c", target, "-n", "16M"])
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        out.status.success()
+    });
+    lab.kill(server).ok();
+    assert!(ok, "iperf3 {} -> {}: {last}", from.name, to.name);
+}
+
 /// The container's IPv6 link-local address, once duplicate address detection is done.
 fn link_local(lab: &Lab, c: &Container) -> Option<String> {
     let out = lab
@@ -123,27 +145,17 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
     // A TCP stream across two hosts.
     let (from, to) = (&containers[0], &containers[5]);
     let target = to.addr.unwrap().to_string();
-    let server = lab
-        .spawn(
-            &to.ns,
-            Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", &target],
-        )
-        .unwrap();
-    let mut last = String::new();
+    iperf(&mut lab, from, to, &target, &target);
+    // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
+    let (t1, t3) = (&nodes[0], &nodes[2]);
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let out = lab
-                .exec(&from.ns, "iperf3", &["-c", &target, "-n", "16M"])
-                .unwrap();
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            out.status.success()
-        }),
-        "iperf3 {} -> {}: {last}",
-        from.name,
-        to.name
+        counter(t1, "tap_tx_frames") > counter(t1, "tap_reads"),
+        "no TAP read carried more than one frame"
     );
-    lab.kill(server).ok();
+    assert!(
+        counter(t3, "tap_delivered") > counter(t3, "tap_writes"),
+        "no TAP write carried more than one frame"
+    );
 
     // IPv6 link-local (neighbour discovery is multicast).
     let ll = containers
@@ -171,6 +183,16 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
             containers[b].name
         );
     }
+
+    // TCP over IPv6 link-local (segmented and coalesced as IPv6).
+    let server_ll = format!("{}%eth0", ll[5]);
+    iperf(
+        &mut lab,
+        &containers[0],
+        &containers[5],
+        &server_ll,
+        &server_ll,
+    );
 
     // t1 learned tc3's MAC behind t2.
     let link = lab
