@@ -212,6 +212,7 @@ fn send_from(ns: &str, from: Ipv4Addr, to: Ipv4Addr, datagram: Vec<u8>) {
 #[test]
 fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
     let mut s = setup("sec-enc", false);
+    assert_eq!(status(&s.nodes[1]).unwrap()["datapath"]["encrypted"], true);
     let captured = capture_markers(&mut s);
     let from_s1: Vec<&Vec<u8>> = captured
         .iter()
@@ -294,6 +295,7 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
 #[test]
 fn the_same_checks_see_everything_in_an_insecure_mesh() {
     let mut s = setup("sec-plain", true);
+    assert_eq!(status(&s.nodes[1]).unwrap()["datapath"]["encrypted"], false);
     let captured = capture_markers(&mut s);
     assert!(
         captured

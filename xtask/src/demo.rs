@@ -67,7 +67,10 @@ pub fn run(args: Args) -> Result<()> {
     println!("   full mesh after {:?}", t0.elapsed());
     let sockets: Vec<_> = daemons.iter().map(|d| d.socket.clone()).collect();
 
-    println!("== underlay traffic: pings between hosts, 10 datagrams to each peer's data port");
+    println!(
+        "== underlay traffic: pings between hosts, 10 stray datagrams to each peer's data port \
+         (meshd drops them: not sealed)"
+    );
     for (a, _) in &nodes {
         for (b, _) in &nodes {
             if a.name == b.name {
@@ -92,18 +95,6 @@ pub fn run(args: Args) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    let show = |what: &str, socket: &std::path::Path| {
-        exec(Command::new(&meshctl).arg("--socket").arg(socket).arg(what))
-    };
-    for ((host, _), socket) in nodes.iter().zip(&sockets) {
-        println!("\n== meshctl peers on {}", host.name);
-        show("peers", socket)?;
-    }
-    println!("\n== meshctl routes on h1");
-    show("routes", &sockets[0])?;
-    println!("\n== meshctl status on h1");
-    show("status", &sockets[0])?;
-
     println!("\n== containers across hosts (through meshd's TAP datapath)");
     for (a_host, a) in &nodes {
         for (b_host, b) in &nodes {
@@ -124,13 +115,26 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let show = |what: &str, socket: &std::path::Path| {
+        exec(Command::new(&meshctl).arg("--socket").arg(socket).arg(what))
+    };
+    // After the container traffic, so the peer tables show it (encrypted, per-link counts).
+    for ((host, _), socket) in nodes.iter().zip(&sockets) {
+        println!("\n== meshctl peers on {}", host.name);
+        show("peers", socket)?;
+    }
+    println!("\n== meshctl routes on h1");
+    show("routes", &sockets[0])?;
+    println!("\n== meshctl status on h1");
+    show("status", &sockets[0])?;
+
     println!(
         "\n   What exists: meshd instances that authenticate each other (password, SPAKE2 over \
          QUIC), gossip the topology and compute routes; the TAP datapath that switches frames \
-         between hosts (learning, flooding along broadcast trees, relaying); the eBPF program \
-         that counts underlay traffic; meshctl; this lab.\n   Not built yet: encryption of \
-         data frames (they cross the underlay in plaintext), MTU handling, and the eBPF \
-         forwarding datapath."
+         between hosts (learning, flooding along broadcast trees, relaying), seals every frame \
+         (ChaCha20-Poly1305, per-link keys), answers oversize packets with ICMP and probes each \
+         link's MTU, and batches TCP (TSO, UDP GSO/GRO); the eBPF program that counts underlay \
+         traffic; meshctl; this lab.\n   Not built yet: the eBPF forwarding datapath."
     );
 
     if args.hold {

@@ -262,6 +262,7 @@ impl Agent {
                     })
                     .collect(),
                 overlay_mtu: self.tap.as_ref().map_or(0, |t| t.mtu),
+                encrypted: self.tap.as_ref().is_some_and(|t| t.encrypted()),
                 tap_counters: self
                     .tap
                     .as_ref()

@@ -28,6 +28,7 @@ pub fn status_json(s: &Status) -> Value {
             "xdp_mode": dp.xdp_mode,
             "data_port": dp.data_port,
             "overlay_mtu": dp.overlay_mtu,
+            "encrypted": dp.encrypted,
             "bridge": dp.bridge,
             "underlay_counters": dp.underlay_counters.iter()
                 .map(|c| (c.name.clone(), Value::from(c.value)))
@@ -72,6 +73,18 @@ pub fn print_status(s: &Status) {
         "datapath     {} (underlay {}, XDP {} mode), data port {}",
         dp.mode, dp.underlay_interface, dp.xdp_mode, dp.data_port
     );
+    if dp.overlay_mtu > 0 {
+        println!(
+            "overlay      MTU {}, bridge {}, data frames {}",
+            dp.overlay_mtu,
+            dp.bridge,
+            if dp.encrypted {
+                "sealed (ChaCha20-Poly1305, per-link keys)"
+            } else {
+                "NOT encrypted (--insecure)"
+            }
+        );
+    }
     if dp.mode == "xdp-observe" {
         println!(
             "             the kernel program classifies and counts underlay traffic; forwarding is not built yet"
