@@ -31,3 +31,13 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The datagrams waiting on `sock`, as text, read until its read timeout passes without one.
+pub fn datagrams(sock: &std::net::UdpSocket) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}

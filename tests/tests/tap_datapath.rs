@@ -6,7 +6,7 @@
 use std::{net::UdpSocket, path::Path, time::Duration};
 
 use mesh_tests::{
-    Container, Lab,
+    Container, Lab, datagrams,
     mesh::{Meshd, full_mesh, meshctl_json, peer, peers, start_mesh, tap_counter as counter},
     netns, wait_until,
 };
@@ -27,16 +27,6 @@ fn udp_in(c: &Container, port: u16) -> UdpSocket {
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     s
-}
-
-/// Datagrams waiting on `sock`, as strings.
-fn drain(sock: &UdpSocket) -> Vec<String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
 }
 
 /// Runs an iperf3 server in `to` bound to `bind`, and a 16 MiB transfer from `from` to
@@ -132,7 +122,7 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
     }
     sender.send_to(b"broadcast", ("10.40.0.255", 7000)).unwrap();
     for (c, s) in containers.iter().zip(&socks).skip(1) {
-        let got = drain(s);
+        let got = datagrams(s);
         assert!(
             got.contains(&format!("unicast to {}", c.name)),
             "{}: {got:?}",

@@ -2,13 +2,21 @@
 //! more gets an error back to its sender, and TCP with default settings (containers at MTU
 //! 1500) finds the path MTU instead of black-holing.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, process::Output, time::Duration};
 
 use mesh_tests::{
-    Lab,
+    Container, Lab,
     mesh::{full_mesh, start_mesh, status, tap_counter},
     wait_until,
 };
+
+/// One ping with DF set and `size` bytes of payload: an IP packet of `size` + 28 bytes (20 of
+/// IPv4 header, 8 of ICMP).
+fn df_ping(lab: &Lab, from: &Container, to: Ipv4Addr, size: u64) -> Output {
+    let (size, to) = (size.to_string(), to.to_string());
+    let args = ["-n", "-c", "1", "-W", "2", "-M", "do", "-s", &size, &to];
+    lab.exec(&from.ns, "ping", &args).unwrap()
+}
 
 #[test]
 fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
@@ -37,26 +45,7 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
         .ping(&c1.ns, c2.addr.unwrap(), 1)
         .unwrap()));
 
-    // ICMP echo: 20 bytes of IP header and 8 of ICMP around the payload.
-    let df_ping = |size: u64| {
-        lab.exec(
-            &c1.ns,
-            "ping",
-            &[
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                &size.to_string(),
-                &target,
-            ],
-        )
-        .unwrap()
-    };
+    let df_ping = |size: u64| df_ping(&lab, &c1, c2.addr.unwrap(), size);
     let fits = df_ping(mtu - 28);
     assert!(
         fits.status.success(),
@@ -135,25 +124,8 @@ fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
     );
     assert_eq!(link_mtu("p3"), Some(mtu), "the path to p3 is not narrow");
 
-    let df_ping = |to: &mesh_tests::Container, size: u64| {
-        lab.exec(
-            &c1.ns,
-            "ping",
-            &[
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                &size.to_string(),
-                &to.addr.unwrap().to_string(),
-            ],
-        )
-        .unwrap()
-    };
+    let df_ping =
+        |to: &mesh_tests::Container, size: u64| df_ping(&lab, &c1, to.addr.unwrap(), size);
     let probed = link_mtu("p2").unwrap();
     assert!(wait_until(Duration::from_secs(5), || df_ping(
         &c2,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use mesh_tests::{
-    Container, Host, Lab,
+    Container, Host, Lab, datagrams,
     mesh::{Meshd, full_mesh, start_mesh, status, tap_counter},
     netns, wait_until,
 };
@@ -67,15 +67,6 @@ fn setup(label: &str, insecure: bool) -> Setup {
     }
 }
 
-fn received(sock: &UdpSocket) -> Vec<String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
-}
-
 /// Captures the data port on s2's underlay while c1 sends marker datagrams to c2; returns the
 /// UDP payloads captured, as (source, destination port, payload).
 fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
@@ -113,7 +104,7 @@ fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
             )
             .unwrap();
     }
-    let got = received(&s.listener);
+    let got = datagrams(&s.listener);
     assert_eq!(got.len(), 10, "c2 should get every marker: {got:?}");
     std::thread::sleep(Duration::from_millis(200));
     s.lab.terminate(dump, Duration::from_secs(3)).unwrap();
@@ -242,7 +233,10 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
         n2,
         "tap_dropped_replay"
     ) == replays + 1));
-    assert!(received(&s.listener).is_empty(), "the replay was delivered");
+    assert!(
+        datagrams(&s.listener).is_empty(),
+        "the replay was delivered"
+    );
 
     // A host without the secret: plain frames, forged seals, strangers, garbage.
     let s1_id = short_id(&s.nodes[0]);
@@ -287,7 +281,7 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
         status(n2).unwrap()["datapath"]["tap_counters"]
     );
     assert!(
-        received(&s.listener).is_empty(),
+        datagrams(&s.listener).is_empty(),
         "an injected frame was delivered"
     );
 }
@@ -307,6 +301,6 @@ fn the_same_checks_see_everything_in_an_insecure_mesh() {
     // plaintext mesh, it is delivered.
     let s1_id = short_id(&s.nodes[0]);
     send_from(&s.h1.ns, s.h1.addr, s.h2.addr, plain_frame(s1_id));
-    let got = received(&s.listener);
+    let got = datagrams(&s.listener);
     assert_eq!(got, vec!["SPOOFED".to_owned()]);
 }
