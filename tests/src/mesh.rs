@@ -154,3 +154,40 @@ pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
         s["datapath"]["tap_counters"][name].as_u64().unwrap_or(0)
     })
 }
+
+/// Transfers `size` (iperf3 syntax, e.g. "16M") over TCP from container `from` to an iperf3
+/// server in `to` bound to `bind`, dialled at `target` (they differ for link-local addresses,
+/// which need a scope). Retries for up to 10 s while the path comes up; the error says what
+/// iperf3 printed last.
+pub fn tcp_transfer(
+    lab: &mut Lab,
+    from: &crate::Container,
+    to: &crate::Container,
+    (bind, target): (&str, &str),
+    size: &str,
+) -> Result<()> {
+    let server = lab.spawn(
+        &to.ns,
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-1", "-B", bind],
+    )?;
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let out = lab.exec(&from.ns, "iperf3", &["-c", target, "-n", size]);
+        match out {
+            Ok(out) => {
+                last = String::from_utf8_lossy(&out.stderr).into_owned();
+                out.status.success()
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        }
+    });
+    lab.kill(server).ok();
+    if !ok {
+        bail!("iperf3 {} -> {}: {last}", from.name, to.name);
+    }
+    Ok(())
+}

@@ -3,11 +3,14 @@
 //! IPv6 link-local), a host pair that cannot talk directly is relayed by a third, and a host
 //! behind a NAT that only dials out is reachable both ways.
 
-use std::{net::UdpSocket, path::Path, time::Duration};
+use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
     Container, Lab, datagrams,
-    mesh::{Meshd, full_mesh, meshctl_json, peer, peers, start_mesh, tap_counter as counter},
+    mesh::{
+        Meshd, full_mesh, meshctl_json, peer, peers, start_mesh, tap_counter as counter,
+        tcp_transfer,
+    },
     netns, wait_until,
 };
 
@@ -27,28 +30,6 @@ fn udp_in(c: &Container, port: u16) -> UdpSocket {
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     s
-}
-
-/// Runs an iperf3 server in `to` bound to `bind`, and a 16 MiB transfer from `from` to
-/// `target`; fails the test if it does not complete.
-fn iperf(lab: &mut Lab, from: &Container, to: &Container, bind: &str, target: &str) {
-    let server = lab
-        .spawn(
-            &to.ns,
-            Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", bind],
-        )
-        .unwrap();
-    let mut last = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        let out = lab
-            .exec(&from.ns, "iperf3", &["-c", target, "-n", "16M"])
-            .unwrap();
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        out.status.success()
-    });
-    lab.kill(server).ok();
-    assert!(ok, "iperf3 {} -> {}: {last}", from.name, to.name);
 }
 
 /// The container's IPv6 link-local address, once duplicate address detection is done.
@@ -135,7 +116,7 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
     // A TCP stream across two hosts.
     let (from, to) = (&containers[0], &containers[5]);
     let target = to.addr.unwrap().to_string();
-    iperf(&mut lab, from, to, &target, &target);
+    tcp_transfer(&mut lab, from, to, (&target, &target), "16M").unwrap();
     // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
     let (t1, t3) = (&nodes[0], &nodes[2]);
     assert!(
@@ -176,13 +157,8 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
 
     // TCP over IPv6 link-local (segmented and coalesced as IPv6).
     let server_ll = format!("{}%eth0", ll[5]);
-    iperf(
-        &mut lab,
-        &containers[0],
-        &containers[5],
-        &server_ll,
-        &server_ll,
-    );
+    let ends = (server_ll.as_str(), server_ll.as_str());
+    tcp_transfer(&mut lab, &containers[0], &containers[5], ends, "16M").unwrap();
 
     // t1 learned tc3's MAC behind t2.
     let link = lab

@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, process::Output, time::Duration};
 
 use mesh_tests::{
     Container, Lab,
-    mesh::{full_mesh, start_mesh, status, tap_counter},
+    mesh::{full_mesh, start_mesh, status, tap_counter, tcp_transfer},
     wait_until,
 };
 
@@ -69,27 +69,7 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
     assert!(tap_counter(&nodes[0], "tap_too_big_answered") >= 1);
 
     // TCP with default settings: the containers think their MTU is 1500.
-    let server = lab
-        .spawn(
-            &c2.ns,
-            std::path::Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", &target],
-        )
-        .unwrap();
-    let mut done = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        let out = lab
-            .exec(&c1.ns, "iperf3", &["-c", &target, "-n", "8M", "-J"])
-            .unwrap();
-        let ok = out.status.success();
-        done = Some(out);
-        ok
-    }));
-    let out = done.unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
-    assert!(sent >= 8 << 20, "sent {sent} of 8 MiB");
-    lab.kill(server).ok();
+    tcp_transfer(&mut lab, &c1, &c2, (&target, &target), "8M").unwrap();
     // The sender's stack learned the overlay MTU from meshd's answer.
     let route = lab.exec(&c1.ns, "ip", &["route", "get", &target]).unwrap();
     let route = String::from_utf8_lossy(&route.stdout);
@@ -148,17 +128,5 @@ fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
     .success()));
     // TCP with default settings across the narrow path.
     let target = c2.addr.unwrap().to_string();
-    let server = lab
-        .spawn(
-            &c2.ns,
-            std::path::Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", &target],
-        )
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || lab
-        .exec(&c1.ns, "iperf3", &["-c", &target, "-n", "4M"])
-        .unwrap()
-        .status
-        .success()));
-    lab.kill(server).ok();
+    tcp_transfer(&mut lab, &c1, &c2, (&target, &target), "4M").unwrap();
 }
