@@ -67,6 +67,7 @@ impl Gossip {
             version: now_ms.max(1),
             links: Vec::new(),
             addresses,
+            short_id: crate::short_id_candidate(me, 0),
         };
         Gossip {
             me,
@@ -95,6 +96,41 @@ impl Gossip {
 
     pub fn neighbours(&self) -> &BTreeSet<PeerId> {
         &self.neighbours
+    }
+
+    /// `peer`'s short id on the data path, as it announced it (its first candidate until its
+    /// entry is known).
+    pub fn short_id(&self, peer: PeerId) -> u32 {
+        self.entries
+            .get(&peer)
+            .map(|e| e.short_id)
+            .filter(|s| *s != 0)
+            .unwrap_or_else(|| crate::short_id_candidate(peer, 0))
+    }
+
+    /// When a peer with a lower id claims our short id, moves ours to the first candidate
+    /// nobody we know uses. The lower id keeps it, so exactly one side moves.
+    fn resolve_short_id(&mut self, now_ms: u64) {
+        let mine = self.entries[&self.me].short_id;
+        let contested = self
+            .entries
+            .iter()
+            .any(|(id, e)| *id < self.me && e.short_id == mine);
+        if !contested {
+            return;
+        }
+        let taken: BTreeSet<u32> = self
+            .entries
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(_, e)| e.short_id)
+            .collect();
+        let me = self.me;
+        let next = (1..)
+            .map(|attempt| crate::short_id_candidate(me, attempt))
+            .find(|c| !taken.contains(c))
+            .expect("an unused 24-bit id exists");
+        self.edit_own(now_ms, |own| own.short_id = next);
     }
 
     /// Routes for the current topology (recomputed only after a change).
@@ -253,6 +289,7 @@ impl Gossip {
                 self.queue_entries(n, changed.clone());
             }
         }
+        self.resolve_short_id(now_ms);
     }
 
     fn receive_digest(&mut self, from: PeerId, digest: Digest) {

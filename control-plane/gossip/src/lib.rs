@@ -16,6 +16,7 @@ pub mod sim;
 use std::fmt;
 
 pub use gossip::{Config, Gossip};
+
 pub use mesh_proto::v1::{GossipMessage, PeerEntry};
 pub use routes::Routes;
 
@@ -26,6 +27,27 @@ pub struct PeerId(pub u64);
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The flood destination on the data path; never a peer's short id.
+pub const SHORT_ID_FLOOD: u32 = 0x00ff_ffff;
+
+/// The `attempt`-th short id candidate of `peer`: its low 24 bits first, then scrambled
+/// variants, skipping 0 and the flood id.
+pub fn short_id_candidate(peer: PeerId, attempt: u32) -> u32 {
+    let mut x = peer.0;
+    if attempt > 0 {
+        // splitmix64: a cheap, well-spread mix of the id and the attempt.
+        x = x.wrapping_add(u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    match (x & 0x00ff_ffff) as u32 {
+        0 => 1,
+        SHORT_ID_FLOOD => SHORT_ID_FLOOD - 1,
+        v => v,
     }
 }
 

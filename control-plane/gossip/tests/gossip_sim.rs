@@ -198,3 +198,31 @@ fn departed_peers_age_out_and_do_not_come_back() {
             .contains_key(&Sim::peer_id(2))
     );
 }
+
+#[test]
+fn two_peers_claiming_one_short_id_end_with_distinct_ones_agreed_by_both() {
+    // Same low 24 bits: the same first short id candidate.
+    let (a_id, b_id) = (PeerId(0x1111_0000_00ab_cdef), PeerId(0x2222_0000_00ab_cdef));
+    let cfg = Config::default();
+    let mut a = Gossip::new(a_id, "a", vec![], 0, cfg.clone());
+    let mut b = Gossip::new(b_id, "b", vec![], 0, cfg);
+    assert_eq!(a.short_id(a_id), b.short_id(b_id));
+    a.link_up(b_id, None, 0);
+    b.link_up(a_id, None, 0);
+    for now in 1..20 {
+        for (_, msg) in a.take_outbox() {
+            b.receive(a_id, msg, now);
+        }
+        for (_, msg) in b.take_outbox() {
+            a.receive(b_id, msg, now);
+        }
+    }
+    // The lower peer id keeps its short id; the other moved, and both know both.
+    assert_eq!(a.short_id(a_id), 0xab_cdef);
+    assert_ne!(b.short_id(b_id), 0xab_cdef);
+    for g in [&a, &b] {
+        assert_eq!(g.short_id(a_id), a.short_id(a_id));
+        assert_eq!(g.short_id(b_id), b.short_id(b_id));
+    }
+    assert!(b.short_id(b_id) != 0 && b.short_id(b_id) != mesh_gossip::SHORT_ID_FLOOD);
+}

@@ -468,12 +468,18 @@ impl Agent {
         self.publish_datapath();
     }
 
+    /// `peer`'s id on the data path, as announced in gossip.
+    fn short(&self, peer: PeerId) -> crate::switch::ShortId {
+        crate::switch::ShortId::from_wire(self.gossip.short_id(peer))
+    }
+
     /// Tells the mesh (through our gossip entry) which links' data paths stopped working, so
     /// data routes go around them, and when they work again.
     fn check_data_paths(&mut self, now: u64) {
         let Some(tap) = self.tap.clone() else { return };
         for (id, link) in &mut self.links {
-            let down = tap.data_path_up(crate::switch::ShortId::of(*id)) == Some(false);
+            let short = crate::switch::ShortId::from_wire(self.gossip.short_id(*id));
+            let down = tap.data_path_up(short) == Some(false);
             if down != link.datapath_down {
                 link.datapath_down = down;
                 if down {
@@ -498,12 +504,13 @@ impl Agent {
         }
         self.published = Some(now);
         let routes = self.gossip.routes().clone();
-        let short = crate::switch::ShortId::of;
-        // Two peers whose short ids collide cannot both be addressed on the data path.
+        let short = |id: PeerId| self.short(id);
+        // Two peers claiming one short id: the higher peer id moves to another as soon as it
+        // hears of the other (gossip), so this lasts one gossip round at most.
         let mut seen: BTreeMap<crate::switch::ShortId, PeerId> = BTreeMap::new();
         for id in routes.hops.keys() {
             if let Some(other) = seen.insert(short(*id), *id) {
-                warn!(a = %other, b = %id, "two peers share a data-path short id; one of them is unreachable on the data path");
+                info!(a = %other, b = %id, "two peers claim one data-path short id; one moves");
             }
         }
         tap.set_table(crate::switch::forward::Table {

@@ -82,7 +82,7 @@ impl Agent {
                 Some(hop) if *hop != id => Some(self.name_of(*hop)),
                 _ => None,
             };
-            let short = ShortId::of(id);
+            let short = self.short(id);
             let tap = self.tap.as_ref();
             let traffic = tap.and_then(|t| t.traffic(short)).unwrap_or_default();
             rows.push(PeerInfo {
@@ -185,7 +185,7 @@ impl Agent {
             .gossip
             .entries()
             .iter()
-            .map(|(id, e)| (ShortId::of(*id), e.name.clone()))
+            .map(|(id, e)| (self.short(*id), e.name.clone()))
             .collect();
         let mut entries: Vec<FdbEntry> = tap
             .fdb_entries()

@@ -10,20 +10,15 @@ pub mod pmtu;
 pub mod seal;
 pub mod wire;
 
-/// A peer's 24-bit id on the data path (the low 24 bits of its peer id). It fits the VXLAN
-/// header, which has room for two of them.
+/// A peer's 24-bit id on the data path, announced in its gossip entry (the low 24 bits of its
+/// peer id unless another peer had them first). It fits the VXLAN header, which has room for
+/// two of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShortId(u32);
 
 impl ShortId {
     /// Destination meaning "flood along the origin's broadcast tree".
     pub const FLOOD: ShortId = ShortId(0x00ff_ffff);
-
-    pub fn of(peer: mesh_gossip::PeerId) -> ShortId {
-        let id = (peer.0 & 0x00ff_ffff) as u32;
-        // 0xffffff is reserved for flooding.
-        ShortId(if id == Self::FLOOD.0 { 0x00ff_fffe } else { id })
-    }
 
     pub fn from_wire(v: u32) -> ShortId {
         ShortId(v & 0x00ff_ffff)

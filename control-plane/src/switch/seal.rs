@@ -159,6 +159,11 @@ impl Sealer {
         self.epoch.number
     }
 
+    /// Our data-path id changed; the keys and counter stay.
+    pub fn set_sender(&mut self, sender: ShortId) {
+        self.sender = sender;
+    }
+
     /// Appends the sealed datagram for `header` and `inner` to `out` (no allocation once
     /// `out` has grown to its working size).
     pub fn seal(&mut self, header: &Header, inner: &[u8], out: &mut Vec<u8>, now_ms: u64) {

@@ -79,6 +79,8 @@ pub struct Neighbours {
     /// that carries the minimum overlay MTU.
     max_datagram: usize,
     min_datagram: usize,
+    /// Our own short id, as last published (it can move: see `Gossip::short_id`).
+    me: Option<ShortId>,
 }
 
 impl Neighbours {
@@ -91,6 +93,7 @@ impl Neighbours {
             encrypted,
             max_datagram: overlay_mtu + overhead,
             min_datagram: min_overlay_mtu + overhead,
+            me: None,
         }
     }
 
@@ -128,6 +131,31 @@ impl Neighbours {
     /// Replaces the neighbour set. A neighbour whose control connection changed gets fresh
     /// keys; the data addresses heartbeats revealed are kept.
     pub fn set(&mut self, specs: HashMap<ShortId, Spec>, me: ShortId, now_ms: u64) {
+        if self.me.is_some_and(|old| old != me) {
+            // Our short id moved: keep the keys and counters (a fresh sealer would reuse
+            // nonces), just sign frames with the new id.
+            for c in self.map.values_mut().filter_map(|n| n.crypto.as_mut()) {
+                c.sealer.set_sender(me);
+            }
+        }
+        self.me = Some(me);
+        // A neighbour whose short id moved keeps its state (keys, replay windows, probes):
+        // same control connection, new key in the map.
+        let moved: Vec<(ShortId, ShortId)> = specs
+            .iter()
+            .filter(|(id, _)| !self.map.contains_key(id))
+            .filter_map(|(id, spec)| {
+                self.map
+                    .iter()
+                    .find(|(old, n)| n.conn_id == spec.conn_id && !specs.contains_key(old))
+                    .map(|(old, _)| (*old, *id))
+            })
+            .collect();
+        for (old, new) in moved {
+            if let Some(n) = self.map.remove(&old) {
+                self.map.insert(new, n);
+            }
+        }
         self.map.retain(|id, _| specs.contains_key(id));
         for (id, spec) in specs {
             let crypto = || {
@@ -316,6 +344,34 @@ mod tests {
         assert_eq!(nb.accept(&mut out, from), Err(Drop::Replay));
         assert_eq!(na.get(b).unwrap().traffic.tx_packets, 1);
         assert_eq!(nb.get(a).unwrap().traffic.rx_packets, 1);
+    }
+
+    #[test]
+    fn a_moved_short_id_keeps_the_keys_and_signs_with_the_new_id() {
+        let (a, a2, b) = (
+            ShortId::from_wire(1),
+            ShortId::from_wire(7),
+            ShortId::from_wire(2),
+        );
+        let mut na = Neighbours::new(true, 1422, 1280);
+        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
+        let mut nb = Neighbours::new(true, 1422, 1280);
+        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        let from = SocketAddr::from(([198, 18, 0, 1], 6784));
+        let mut out = Vec::new();
+        na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
+            .unwrap();
+        nb.accept(&mut out, from).unwrap();
+        // a's id moves to 7; b learns it from gossip (same connection, same keys).
+        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a2, 0);
+        nb.set(HashMap::from([(a2, spec(2, Some(9), false, 1))]), b, 0);
+        let mut out = Vec::new();
+        na.prepare(b, &frame_header(7), &[0u8; 20], &mut out, 0)
+            .unwrap();
+        assert_eq!(seal::sender_of(&out), Ok(a2));
+        // b moved its state for a to the new id: same keys, same counts.
+        assert!(nb.accept(&mut out, from).is_ok());
+        assert_eq!(nb.get(a2).unwrap().traffic.rx_packets, 2);
     }
 
     #[test]
