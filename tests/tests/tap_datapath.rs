@@ -221,9 +221,12 @@ fn a_host_pair_without_a_direct_path_is_relayed_by_a_third() {
     );
 }
 
-#[test]
-fn containers_behind_a_nat_that_only_dials_out_talk_both_ways() {
-    let mut lab = Lab::new("tap-nat").unwrap();
+/// The seed NAT scenario: a home host behind a router that only lets its own flows out, two
+/// cloud hosts. `home_first`: home's meshd starts first (dialling cloud1, which is not up yet)
+/// and its container speaks first; otherwise the clouds start first and a cloud container
+/// speaks first.
+fn nat_scenario(label: &str, home_first: bool) {
+    let mut lab = Lab::new(label).unwrap();
     let cloud1 = lab.add_host("cloud1").unwrap();
     let cloud2 = lab.add_host("cloud2").unwrap();
     let mut router = lab.add_nat_router("nat").unwrap();
@@ -237,18 +240,47 @@ fn containers_behind_a_nat_that_only_dials_out_talk_both_ways() {
     let hc = lab
         .add_container(&home, "hc", Some("10.42.0.3/24"))
         .unwrap();
-    // Home starts first and keeps dialling cloud1 until it is up; cloud2 knows cloud1.
-    let nodes = mesh(&mut lab, &[cloud1.clone(), home.clone(), cloud2.clone()]);
-    assert!(wait_until(Duration::from_secs(8), || full_mesh(&nodes)));
-    // A cloud container starts the conversation with the home one...
+    let pw = lab.password_file("pw", "nat test").unwrap();
+    let pw = pw.to_str().unwrap().to_owned();
+    let c1_addr = cloud1.addr.to_string();
+    let with_cloud1 = ["--password-file", pw.as_str(), c1_addr.as_str()];
+    let alone = ["--password-file", pw.as_str()];
+    // Nodes in the order cloud1, cloud2, home.
+    let nodes = if home_first {
+        let h = lab.start_meshd(&home, &with_cloud1).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let n1 = lab.start_meshd(&cloud1, &alone).unwrap();
+        let n2 = lab.start_meshd(&cloud2, &with_cloud1).unwrap();
+        vec![n1, n2, h]
+    } else {
+        let n1 = lab.start_meshd(&cloud1, &alone).unwrap();
+        let n2 = lab.start_meshd(&cloud2, &with_cloud1).unwrap();
+        let h = lab.start_meshd(&home, &with_cloud1).unwrap();
+        vec![n1, n2, h]
+    };
     assert!(
-        wait_until(Duration::from_secs(8), || ping(&lab, &cc2, &hc)),
-        "cloud2's container cannot reach home's; cloud2 peers: {:#?}",
+        wait_until(Duration::from_secs(10), || full_mesh(&nodes)),
+        "home peers: {:#?}",
         peers(&nodes[2])
     );
-    // ...and the home one with a cloud container it has not talked to yet.
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &hc, &cc1)));
-    assert!(ping(&lab, &cc1, &hc) && ping(&lab, &hc, &cc2));
+    // The first conversation: home's container with cloud2's, or the other way round.
+    let (first_from, first_to) = if home_first { (&hc, &cc2) } else { (&cc2, &hc) };
+    assert!(
+        wait_until(Duration::from_secs(8), || ping(&lab, first_from, first_to)),
+        "{} cannot reach {}; cloud2 peers: {:#?}",
+        first_from.name,
+        first_to.name,
+        peers(&nodes[1])
+    );
+    // Then the rest, both ways.
+    for (a, b) in [(&hc, &cc1), (&cc1, &hc), (&hc, &cc2), (&cc2, &hc)] {
+        assert!(
+            wait_until(Duration::from_secs(5), || ping(&lab, a, b)),
+            "{} cannot reach {}",
+            a.name,
+            b.name
+        );
+    }
     // The clouds send home's data to the router's address, learnt from home's heartbeats.
     let seen = peer(&nodes[0], "home").unwrap();
     assert_eq!(seen["datapath_health"], "up", "{seen}");
@@ -258,6 +290,16 @@ fn containers_behind_a_nat_that_only_dials_out_talk_both_ways() {
         seen["addresses"].to_string().contains(&wan),
         "cloud1 should reach home through {wan}: {seen}"
     );
+}
+
+#[test]
+fn containers_behind_a_nat_talk_both_ways_when_the_clouds_start_first() {
+    nat_scenario("tap-nat-c", false);
+}
+
+#[test]
+fn containers_behind_a_nat_talk_both_ways_when_home_starts_first() {
+    nat_scenario("tap-nat-h", true);
 }
 
 #[test]
