@@ -99,8 +99,13 @@ impl Counters {
             Drop::Auth => &self.dropped_auth,
             Drop::Replay => &self.dropped_replay,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        bump(c);
     }
+}
+
+/// Counts one event.
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// State shared by the agent and the data path thread.

@@ -6,7 +6,7 @@
 
 use std::{ops::Range, sync::Arc, sync::atomic::Ordering, time::Instant};
 
-use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, udp::DataSocket, vnet::Tap};
+use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, udp::DataSocket, vnet::Tap};
 use crate::switch::{
     ShortId,
     forward::{self, Table},
@@ -46,12 +46,9 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 return;
             }
         };
-        shared.counters.tap_reads.fetch_add(1, Ordering::Relaxed);
+        bump(&shared.counters.tap_reads);
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
-            shared
-                .counters
-                .dropped_malformed
-                .fetch_add(1, Ordering::Relaxed);
+            bump(&shared.counters.dropped_malformed);
             continue;
         };
         let table = shared.table.read().expect("table lock").clone();
@@ -61,10 +58,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         });
         if let Err(e) = made {
             tracing::debug!(?e, "unusable frame from the TAP device");
-            shared
-                .counters
-                .dropped_malformed
-                .fetch_add(1, Ordering::Relaxed);
+            bump(&shared.counters.dropped_malformed);
         }
         for r in local.replies.drain(..) {
             if let Err(e) = tap.send(&r).await {
@@ -79,26 +73,15 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
 fn local_frame(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
     if mtu::packet_len(frame) <= shared.mtu as usize {
         forward_local(shared, table, frame, local);
-        return;
-    }
-    let mut oversize = Vec::new();
-    match mtu::handle(frame, shared.mtu as usize, &mut oversize) {
-        mtu::Oversize::Reply => {
-            shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
-            local.replies.push(oversize);
-        }
-        mtu::Oversize::Fragments(parts) => {
-            shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
-            for r in parts {
-                forward_local(shared, table, &oversize[r], local);
-            }
-        }
-        mtu::Oversize::Drop => {
-            shared
-                .counters
-                .dropped_too_big
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    } else {
+        oversize(
+            shared,
+            frame,
+            shared.mtu as usize,
+            true,
+            local,
+            |f, local| forward_local(shared, table, f, local),
+        );
     }
 }
 
@@ -111,40 +94,53 @@ fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local
             local.sends.push((to, h))
         });
     }
+    // A flood may meet several narrow links: one answer is enough.
     let mut answered = false;
-    let sends = std::mem::take(&mut local.sends);
-    for &(to, h) in &sends {
+    for i in 0..local.sends.len() {
+        let (to, h) = local.sends[i];
         let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
         if mtu::packet_len(frame) <= link_mtu {
             queue(shared, &mut local.batcher, frame, to, h);
-            continue;
-        }
-        let mut oversize = Vec::new();
-        match mtu::handle(frame, link_mtu, &mut oversize) {
-            mtu::Oversize::Reply => {
-                // A flood may meet several narrow links: one answer is enough.
-                if !answered {
-                    answered = true;
-                    shared.counters.too_big.fetch_add(1, Ordering::Relaxed);
-                    local.replies.push(oversize);
-                }
-            }
-            mtu::Oversize::Fragments(parts) => {
-                shared.counters.fragmented.fetch_add(1, Ordering::Relaxed);
-                for r in parts {
-                    queue(shared, &mut local.batcher, &oversize[r], to, h);
-                }
-            }
-            mtu::Oversize::Drop => {
-                shared
-                    .counters
-                    .dropped_too_big
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        } else {
+            answered |= oversize(shared, frame, link_mtu, !answered, local, |f, local| {
+                queue(shared, &mut local.batcher, f, to, h)
+            });
         }
     }
-    local.sends = sends;
     local.sends.clear();
+}
+
+/// A frame too big for `mtu`: an ICMP answer for the bridge (when `answer`), fragments handed
+/// to `forward`, or a counted drop (see `mtu::handle`). Returns whether it answered.
+fn oversize(
+    shared: &Shared,
+    frame: &[u8],
+    mtu: usize,
+    answer: bool,
+    local: &mut Local,
+    mut forward: impl FnMut(&[u8], &mut Local),
+) -> bool {
+    let mut out = Vec::new();
+    match mtu::handle(frame, mtu, &mut out) {
+        mtu::Oversize::Reply => {
+            if answer {
+                bump(&shared.counters.too_big);
+                local.replies.push(out);
+            }
+            answer
+        }
+        mtu::Oversize::Fragments(parts) => {
+            bump(&shared.counters.fragmented);
+            for r in parts {
+                forward(&out[r], local);
+            }
+            false
+        }
+        mtu::Oversize::Drop => {
+            bump(&shared.counters.dropped_too_big);
+            false
+        }
+    }
 }
 
 /// Seals (or frames) `inner` for neighbour `to` into the batch for its address.
@@ -152,10 +148,7 @@ fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: H
     let now = shared.now_ms();
     let mut nb = shared.neighbours();
     let Some(addr) = nb.addr(to) else {
-        shared
-            .counters
-            .dropped_no_route
-            .fetch_add(1, Ordering::Relaxed);
+        bump(&shared.counters.dropped_no_route);
         return;
     };
     let len = nb.datagram_len(inner.len());
@@ -165,7 +158,7 @@ fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: H
 /// Sends what was queued: each run of same-size datagrams to one address in one call.
 async fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
     for (addr, seg, buf, count) in batcher.pending() {
-        shared.counters.udp_sends.fetch_add(1, Ordering::Relaxed);
+        bump(&shared.counters.udp_sends);
         match sock.send_segments(buf, seg, addr).await {
             Ok(()) => {
                 shared
@@ -194,7 +187,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 continue;
             }
         };
-        shared.counters.udp_receives.fetch_add(1, Ordering::Relaxed);
+        bump(&shared.counters.udp_receives);
         let table = shared.table.read().expect("table lock").clone();
         let mut at = 0;
         while at < n {
@@ -212,7 +205,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             if header.heartbeat {
                 continue;
             }
-            shared.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.counters.rx_frames);
             let inner = chunk + inner.start..chunk + inner.end;
             let frame = &buf[inner.clone()];
             let decision = {
@@ -226,23 +219,17 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     if deliver {
                         deliveries.push(inner);
                     } else if !sends.is_empty() {
-                        shared.counters.relayed.fetch_add(1, Ordering::Relaxed);
+                        bump(&shared.counters.relayed);
                     }
                 }
                 Err(forward::Dropped::OwnOrigin | forward::Dropped::HopLimit) => {
-                    shared.counters.dropped_loop.fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.counters.dropped_loop);
                 }
                 Err(forward::Dropped::NoRoute) => {
-                    shared
-                        .counters
-                        .dropped_no_route
-                        .fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.counters.dropped_no_route);
                 }
                 Err(forward::Dropped::Malformed) => {
-                    shared
-                        .counters
-                        .dropped_malformed
-                        .fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.counters.dropped_malformed);
                 }
             }
             for (to, h) in sends.drain(..) {
@@ -250,10 +237,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 // path-MTU check normally keeps such frames from being sent at all.
                 let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
                 if mtu::packet_len(frame) > link_mtu {
-                    shared
-                        .counters
-                        .dropped_too_big
-                        .fetch_add(1, Ordering::Relaxed);
+                    bump(&shared.counters.dropped_too_big);
                     continue;
                 }
                 queue(&shared, &mut batcher, frame, to, h);
@@ -262,7 +246,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         // Consecutive segments of one TCP flow go to the bridge as one super-frame.
         for r in deliveries.drain(..) {
             let frame = &buf[r];
-            shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.counters.delivered);
             if coalescer.push(frame) {
                 continue;
             }
@@ -281,7 +265,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
 }
 
 async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) {
-    shared.counters.tap_writes.fetch_add(1, Ordering::Relaxed);
+    bump(&shared.counters.tap_writes);
     let written = if with_header {
         tap.send_with_header(bytes).await
     } else {
