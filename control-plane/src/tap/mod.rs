@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context, Result};
 pub use device::{is_veth, underlay_mtu};
 use neighbours::{Drop, Neighbours};
-pub use neighbours::{HEARTBEAT_TIMEOUT, Spec, Traffic};
+pub use neighbours::{Spec, Traffic};
 
 use crate::switch::{ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4};
 
