@@ -131,15 +131,21 @@ pub fn full_mesh(nodes: &[Meshd]) -> bool {
     })
 }
 
-/// Starts meshd with password `password` on every host in `hosts`, each given the first as its
-/// only peer (gossip finds the rest).
-pub fn start_mesh(lab: &mut Lab, hosts: &[Host], password: &str) -> Result<Vec<Meshd>> {
+/// Starts meshd with password `password` and `extra` arguments on every host in `hosts`, each
+/// given the first as its only peer (gossip finds the rest).
+pub fn start_mesh(
+    lab: &mut Lab,
+    hosts: &[Host],
+    password: &str,
+    extra: &[&str],
+) -> Result<Vec<Meshd>> {
     let pw = lab.password_file("pw", password)?;
     let pw = pw.to_str().context("UTF-8 lab dir")?.to_owned();
     let first = hosts.first().context("no hosts")?.addr.to_string();
     let mut nodes = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let mut args = vec!["--password-file", pw.as_str()];
+        args.extend_from_slice(extra);
         if i > 0 {
             args.push(&first);
         }

@@ -53,6 +53,8 @@ fn meshd_counts_real_underlay_traffic_and_passes_it() {
         "--name",
         "h2",
         "--insecure",
+        // The observe-only program is opt-in.
+        "--observe-underlay",
         // The native hook is what this test is about; `auto` takes the generic one on a veth.
         "--xdp-mode",
         "driver",

@@ -15,7 +15,7 @@ use mesh_tests::{
 };
 
 fn mesh(lab: &mut Lab, hosts: &[mesh_tests::Host]) -> Vec<Meshd> {
-    start_mesh(lab, hosts, "tap test").unwrap()
+    start_mesh(lab, hosts, "tap test", &["--datapath", "tap"]).unwrap()
 }
 
 fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {
@@ -67,9 +67,10 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
         .collect();
     let nodes = mesh(&mut lab, &hosts);
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
-    // On a veth underlay `auto` takes the generic XDP hook: the native one would cost GRO.
+    // Nothing BPF-based that the TAP datapath does not need: no observe-only XDP.
     let status = meshctl_json(&nodes[0], &["status"]).unwrap();
-    assert_eq!(status["datapath"]["xdp_mode"], "skb", "{status}");
+    assert_eq!(status["datapath"]["mode"], "tap", "{status}");
+    assert_eq!(status["datapath"]["xdp_mode"], "", "{status}");
     for a in &containers {
         for b in &containers {
             if a.name != b.name {
@@ -243,8 +244,14 @@ fn nat_scenario(label: &str, home_first: bool) {
     let pw = lab.password_file("pw", "nat test").unwrap();
     let pw = pw.to_str().unwrap().to_owned();
     let c1_addr = cloud1.addr.to_string();
-    let with_cloud1 = ["--password-file", pw.as_str(), c1_addr.as_str()];
-    let alone = ["--password-file", pw.as_str()];
+    let with_cloud1 = [
+        "--password-file",
+        pw.as_str(),
+        "--datapath",
+        "tap",
+        c1_addr.as_str(),
+    ];
+    let alone = ["--password-file", pw.as_str(), "--datapath", "tap"];
     // Nodes in the order cloud1, cloud2, home.
     let nodes = if home_first {
         let h = lab.start_meshd(&home, &with_cloud1).unwrap();

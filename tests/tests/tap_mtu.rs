@@ -25,7 +25,13 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
     let h2 = lab.add_host("m2").unwrap();
     let c1 = lab.add_container(&h1, "mc1", Some("10.41.0.1/24")).unwrap();
     let c2 = lab.add_container(&h2, "mc2", Some("10.41.0.2/24")).unwrap();
-    let nodes = start_mesh(&mut lab, &[h1.clone(), h2.clone()], "mtu test").unwrap();
+    let nodes = start_mesh(
+        &mut lab,
+        &[h1.clone(), h2.clone()],
+        "mtu test",
+        &["--datapath", "tap"],
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     let underlay = lab
         .exec(
@@ -87,7 +93,13 @@ fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
     let c3 = lab.add_container(&h3, "pc3", Some("10.45.0.3/24")).unwrap();
     // p2 sits behind a 1400-byte path; the hosts' own NICs stay at 1500.
     lab.narrow_path(&h2, 1400).unwrap();
-    let nodes = start_mesh(&mut lab, &[h1.clone(), h2.clone(), h3.clone()], "pmtu").unwrap();
+    let nodes = start_mesh(
+        &mut lab,
+        &[h1.clone(), h2.clone(), h3.clone()],
+        "pmtu",
+        &["--datapath", "tap"],
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
         .as_u64()

@@ -37,13 +37,24 @@ fn setup(label: &str, insecure: bool) -> Setup {
     let c1 = lab.add_container(&h1, "sc1", Some("10.43.0.1/24")).unwrap();
     let c2 = lab.add_container(&h2, "sc2", Some("10.43.0.2/24")).unwrap();
     let nodes = if insecure {
-        let n1 = lab.start_meshd(&h1, &["--insecure"]).unwrap();
+        let n1 = lab
+            .start_meshd(&h1, &["--insecure", "--datapath", "tap"])
+            .unwrap();
         let n2 = lab
-            .start_meshd(&h2, &["--insecure", &h1.addr.to_string()])
+            .start_meshd(
+                &h2,
+                &["--insecure", "--datapath", "tap", &h1.addr.to_string()],
+            )
             .unwrap();
         vec![n1, n2]
     } else {
-        start_mesh(&mut lab, &[h1.clone(), h2.clone()], "security test").unwrap()
+        start_mesh(
+            &mut lab,
+            &[h1.clone(), h2.clone()],
+            "security test",
+            &["--datapath", "tap"],
+        )
+        .unwrap()
     };
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     assert!(wait_until(Duration::from_secs(5), || lab

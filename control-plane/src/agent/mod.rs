@@ -25,7 +25,23 @@ use targets::{State, Store, Target};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::{auth::AuthMode, datapath::UnderlayRx};
+use crate::{
+    auth::AuthMode,
+    datapath::{
+        KernelDatapath, UnderlayRx,
+        compile::{LinkView, compile},
+    },
+};
+
+/// Which datapath this node runs, and why (shown by `meshctl status`).
+#[derive(Clone, Debug)]
+pub struct DatapathMode {
+    /// "ebpf" or "tap".
+    pub name: &'static str,
+    /// Why `auto` fell back to the TAP datapath (empty when it did not).
+    pub fallback_reason: String,
+    pub underlay: String,
+}
 
 /// Everything the agent needs to start.
 pub struct Config {
@@ -38,7 +54,11 @@ pub struct Config {
     pub key: PrivateKeyDer<'static>,
     pub initial_targets: Vec<String>,
     pub max_connections: usize,
-    pub datapath: UnderlayRx,
+    /// The opt-in observe-only XDP counter on the underlay.
+    pub observe: Option<UnderlayRx>,
+    /// The kernel datapath (`--datapath ebpf`, or `auto` where it loads).
+    pub kernel: Option<KernelDatapath>,
+    pub mode: DatapathMode,
     /// The TAP datapath, when this node forwards frames.
     pub tap: Option<Arc<crate::tap::Shared>>,
     pub data_port: u16,
@@ -101,7 +121,11 @@ pub struct Agent {
     max_connections: usize,
     events: mpsc::UnboundedSender<Event>,
     next_conn_id: u64,
-    datapath: UnderlayRx,
+    observe: Option<UnderlayRx>,
+    kernel: Option<KernelDatapath>,
+    mode: DatapathMode,
+    /// The last kernel map sync error, so it is logged once, not every tick.
+    kernel_error: Option<String>,
     started: Instant,
     /// When each peer entered the state `meshctl peers` shows.
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
@@ -194,7 +218,10 @@ impl Agent {
             max_connections: cfg.max_connections,
             events: tx,
             next_conn_id: 0,
-            datapath: cfg.datapath,
+            observe: cfg.observe,
+            kernel: cfg.kernel,
+            mode: cfg.mode,
+            kernel_error: None,
             started: Instant::now(),
             state_since: BTreeMap::new(),
             tap: cfg.tap,
@@ -394,6 +421,7 @@ impl Agent {
     fn tick(&mut self) {
         let now = now_ms();
         self.check_data_paths(now);
+        self.sync_kernel();
         self.gossip.tick(now);
         // Discovery and the state bookkeeping walk the whole topology: do them when it changed,
         // and otherwise once a second (dial outcomes change states too).
@@ -488,6 +516,51 @@ impl Agent {
                     info!(peer = %id, name = link.name, "data path up");
                 }
                 self.gossip.set_datapath_down(*id, down, now);
+            }
+        }
+    }
+
+    /// Keeps the kernel's maps equal to the TAP datapath's view (routes, and each neighbour's
+    /// data address, which heartbeats can move, and link MTU, which probing can change). Only
+    /// differences are written, so an unchanged mesh costs a comparison per tick.
+    fn sync_kernel(&mut self) {
+        let (Some(kernel), Some(tap)) = (self.kernel.as_mut(), self.tap.as_ref()) else {
+            return;
+        };
+        let table = tap.table();
+        let Some(me) = table.me else { return };
+        // Sealed links stay in userspace: there is no AEAD in this kernel's BPF.
+        let plaintext = !tap.encrypted();
+        let neighbours = tap.links();
+        let v4: Vec<std::net::Ipv4Addr> = neighbours
+            .iter()
+            .map(|(_, a, _, _)| match a.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+            })
+            .collect();
+        let macs = crate::datapath::neigh::resolve(&self.mode.underlay, &v4);
+        let links: Vec<LinkView> = neighbours
+            .into_iter()
+            .zip(macs)
+            .map(|((peer, addr, mtu, conn_id), mac)| LinkView {
+                peer,
+                link_id: conn_id as u32,
+                addr,
+                mtu,
+                kernel: plaintext,
+                next_hop_mac: mac,
+            })
+            .collect();
+        let result = kernel.sync(me.get(), compile(&table, &links));
+        match result {
+            Ok(()) => self.kernel_error = None,
+            Err(e) => {
+                let e = e.to_string();
+                if self.kernel_error.as_ref() != Some(&e) {
+                    warn!(error = e, "updating the kernel datapath's maps failed");
+                    self.kernel_error = Some(e);
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use std::{
     time::SystemTime,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mesh_gossip::PeerId;
 use mesh_proto::v1::{
     BroadcastRoute, Counter, Datapath, Fdb, FdbEntry, PeerInfo, Peers, Routes, Status, UnicastRoute,
@@ -85,12 +85,20 @@ impl Agent {
             let short = self.short(id);
             let tap = self.tap.as_ref();
             let traffic = tap.and_then(|t| t.traffic(short)).unwrap_or_default();
+            let kernel = link.and_then(|l| {
+                let k = self.kernel.as_ref()?;
+                // Sealed links never take the kernel path.
+                (!tap?.encrypted()).then(|| k.link_stats(l.conn_id as u32).unwrap_or_default())
+            });
+            let k = kernel.unwrap_or_default();
             rows.push(PeerInfo {
-                datapath: if tap.is_some() {
-                    "tap".into()
-                } else {
-                    String::new()
+                datapath: match (tap.is_some(), kernel.is_some()) {
+                    (_, true) => "kernel".into(),
+                    (true, false) => "tap".into(),
+                    (false, false) => String::new(),
                 },
+                kernel_tx_packets: k.tx_packets,
+                kernel_rx_packets: k.rx_packets,
                 encrypted: tap.is_some_and(|t| t.encrypted()),
                 datapath_health: match tap.and_then(|t| t.data_path_up(short)) {
                     Some(true) => "up".into(),
@@ -98,10 +106,10 @@ impl Agent {
                     None => String::new(),
                 },
                 link_mtu: tap.and_then(|t| t.link_mtu(short)).unwrap_or(0),
-                tx_packets: traffic.tx_packets,
-                tx_bytes: traffic.tx_bytes,
-                rx_packets: traffic.rx_packets,
-                rx_bytes: traffic.rx_bytes,
+                tx_packets: traffic.tx_packets + k.tx_packets,
+                tx_bytes: traffic.tx_bytes + k.tx_bytes,
+                rx_packets: traffic.rx_packets + k.rx_packets,
+                rx_bytes: traffic.rx_bytes + k.rx_bytes,
                 name: self.name_of(id),
                 id: id.to_string(),
                 addresses: addresses.into_iter().collect(),
@@ -187,8 +195,18 @@ impl Agent {
             .iter()
             .map(|(id, e)| (self.short(*id), e.name.clone()))
             .collect();
-        let mut entries: Vec<FdbEntry> = tap
-            .fdb_entries()
+        // The kernel's entries (learnt from frames it delivered) and meshd's own, freshest first.
+        let mut all = tap.fdb_entries();
+        if let Some(k) = &self.kernel {
+            all.extend(
+                k.fdb()
+                    .into_iter()
+                    .map(|(mac, peer, age)| (mac, ShortId::from_wire(peer), age)),
+            );
+        }
+        all.sort_by_key(|(mac, _, age)| (*mac, *age));
+        all.dedup_by_key(|(mac, _, _)| *mac);
+        let mut entries: Vec<FdbEntry> = all
             .into_iter()
             .map(|(mac, peer, age_ms)| FdbEntry {
                 mac: mac
@@ -235,32 +253,35 @@ impl Agent {
         for r in self.rows() {
             *by_state.entry(r.state).or_default() += 1;
         }
-        let counters = self.datapath.counters()?;
-        let (iface, mode) = self
-            .datapath
-            .attachment()
-            .context("datapath not attached")?;
+        let underlay_counters = match &self.observe {
+            Some(o) => o.counters()?.iter().collect(),
+            None => Vec::new(),
+        };
+        let kernel_counters = match &self.kernel {
+            Some(k) => k.counters()?,
+            None => Vec::new(),
+        };
+        let counter = |(name, value): (&str, u64)| Counter {
+            name: name.into(),
+            value,
+        };
         Ok(Status {
             name: self.local.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             datapath: Some(Datapath {
-                mode: if self.tap.is_some() {
-                    "tap"
-                } else {
-                    "xdp-observe"
-                }
-                .into(),
-                underlay_interface: iface.into(),
-                xdp_mode: mode.as_str().into(),
-                data_port: self.datapath.data_port().into(),
-                underlay_counters: counters
-                    .iter()
-                    .map(|(name, value)| Counter {
-                        name: name.into(),
-                        value,
-                    })
-                    .collect(),
+                mode: self.mode.name.into(),
+                fallback_reason: self.mode.fallback_reason.clone(),
+                underlay_interface: self.mode.underlay.clone(),
+                xdp_mode: self
+                    .observe
+                    .as_ref()
+                    .and_then(|o| o.attachment())
+                    .map(|(_, m)| m.as_str().into())
+                    .unwrap_or_default(),
+                data_port: self.data_port.into(),
+                underlay_counters: underlay_counters.into_iter().map(counter).collect(),
+                kernel_counters: kernel_counters.into_iter().map(counter).collect(),
                 overlay_mtu: self.tap.as_ref().map_or(0, |t| t.mtu),
                 encrypted: self.tap.as_ref().is_some_and(|t| t.encrypted()),
                 tap_counters: self
@@ -269,10 +290,7 @@ impl Agent {
                     .map(|t| t.counters.snapshot())
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(name, value)| Counter {
-                        name: name.into(),
-                        value,
-                    })
+                    .map(counter)
                     .collect(),
                 bridge: self
                     .tap

@@ -1,8 +1,8 @@
 //! meshd: the mesh agent.
 //!
 //! It joins the mesh over authenticated QUIC control connections (gossiping the topology and
-//! computing routes), attaches mesh's eBPF receive program to the underlay interface, and serves
-//! the local API that `meshctl` talks to.
+//! computing routes), forwards frames (in the kernel through mesh's eBPF programs, or itself
+//! through a TAP device), and serves the local API that `meshctl` talks to.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -11,7 +11,7 @@ use clap::Parser;
 use mesh::{
     agent::{self, Agent, Event},
     auth::{self, AuthMode},
-    datapath::{UnderlayRx, XdpAttachMode},
+    datapath::{self, DatapathChoice, HostConfig, KernelDatapath, UnderlayRx, XdpAttachMode},
     identity::{self, Identity},
     local_api, paths, tap,
 };
@@ -25,9 +25,13 @@ use tokio::sync::oneshot;
     about = "mesh agent: one virtual Ethernet switch across hosts",
     long_about = "mesh agent: one virtual Ethernet switch across hosts.\n\n\
         meshd connects to the given peers (and to every peer it learns about from them) over \
-        authenticated QUIC, keeps the mesh topology and routes, attaches mesh's eBPF datapath \
-        to the underlay interface, and serves the local API that meshctl talks to. Every \
+        authenticated QUIC, keeps the mesh topology and routes, moves the local bridge's frames \
+        to and from the other hosts, and serves the local API that meshctl talks to. Every \
         option can also be set through the environment variable shown next to it.\n\n\
+        Datapath: with --datapath auto (the default) plaintext links are forwarded in the \
+        kernel by mesh's eBPF programs where the kernel and meshd's privileges allow it, \
+        and by meshd through its TAP device otherwise (the reason is logged and shown by \
+        `meshctl status`). Sealed links always go through meshd.\n\n\
         Authentication: a shared password (--password-file or MESH_PASSWORD), or certificates \
         from a mesh CA (--ca-cert, --cert, --key). Without either meshd refuses to start \
         unless --insecure is given."
@@ -80,7 +84,17 @@ struct Args {
     /// Name of meshd's TAP device on that bridge.
     #[arg(long, env = "MESH_TAP", default_value = "meshtap0")]
     tap: String,
-    /// XDP hook: native driver mode, generic skb mode, or auto (driver, else skb).
+    /// Which datapath forwards frames: `ebpf` (the kernel, for plaintext links; refuse to
+    /// start without it), `tap` (meshd itself, no BPF at all: old kernels, no CAP_BPF), or
+    /// `auto` (ebpf where it loads, else tap, saying why).
+    #[arg(long, env = "MESH_DATAPATH", value_enum, default_value_t = DatapathChoice::Auto)]
+    datapath: DatapathChoice,
+    /// Also attach the observe-only XDP counter to the underlay (`meshctl status` shows what
+    /// arrives there by class). Off by default: on a veth it costs the host's own traffic.
+    #[arg(long, env = "MESH_OBSERVE_UNDERLAY")]
+    observe_underlay: bool,
+    /// XDP hook of --observe-underlay: native driver mode, generic skb mode, or auto (driver,
+    /// else skb; skb on a veth).
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
     xdp_mode: XdpAttachMode,
 }
@@ -169,11 +183,16 @@ async fn run(args: Args) -> Result<()> {
         Some(u) => u.clone(),
         None => default_route_interface()?,
     };
-    let mut datapath = UnderlayRx::load(args.data_port).context("loading the eBPF datapath")?;
-    let veth = tap::is_veth(&underlay).await?;
-    let mode = datapath
-        .attach(&underlay, args.xdp_mode, veth)
-        .context("attaching the underlay receive program")?;
+    let observe = if args.observe_underlay {
+        let mut rx =
+            UnderlayRx::load(args.data_port).context("loading the observe-only XDP program")?;
+        let veth = tap::is_veth(&underlay).await?;
+        rx.attach(&underlay, args.xdp_mode, veth)
+            .context("attaching the observe-only XDP program")?;
+        Some(rx)
+    } else {
+        None
+    };
 
     let socket = paths::socket_in(&args.run_dir);
     let listener = local_api::bind(&socket)?;
@@ -187,6 +206,7 @@ async fn run(args: Args) -> Result<()> {
     })
     .context("starting the TAP datapath")?;
     let overlay_mtu = tap.mtu;
+    let (kernel, mode) = choose_datapath(&args, &underlay, &tap)?;
     let auth_name = auth.describe();
     let (agent, rx) = Agent::start(agent::Config {
         id,
@@ -198,7 +218,9 @@ async fn run(args: Args) -> Result<()> {
         key,
         initial_targets: args.peers.clone(),
         max_connections: args.max_connections,
-        datapath,
+        observe,
+        kernel,
+        mode: mode.clone(),
         tap: Some(tap),
         data_port: args.data_port,
     })?;
@@ -208,7 +230,7 @@ async fn run(args: Args) -> Result<()> {
         listen = %agent.listen_addr(),
         auth = auth_name,
         underlay,
-        xdp_mode = mode.as_str(),
+        datapath = mode.name,
         bridge = args.bridge,
         overlay_mtu,
         socket = %socket.display(),
@@ -248,6 +270,49 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("meshd stopped");
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Starts the kernel datapath as `--datapath` asks. `auto` falls back to the TAP datapath (which
+/// is already running) with one log line saying why; `ebpf` refuses to start without it.
+fn choose_datapath(
+    args: &Args,
+    underlay: &str,
+    tap: &tap::Shared,
+) -> Result<(Option<KernelDatapath>, agent::DatapathMode)> {
+    let mode = |name, reason: String| agent::DatapathMode {
+        name,
+        fallback_reason: reason,
+        underlay: underlay.to_owned(),
+    };
+    if args.datapath == DatapathChoice::Tap {
+        return Ok((None, mode("tap", String::new())));
+    }
+    let started = datapath::interface_ipv4(underlay).and_then(|ip| {
+        let mac = datapath::neigh::interface_mac(underlay)
+            .ok_or_else(|| datapath::DatapathError::NoInterface(underlay.to_owned()))?;
+        KernelDatapath::start(HostConfig {
+            underlay: underlay.to_owned(),
+            underlay_ipv4: ip,
+            underlay_mac: mac,
+            bridge_port: tap.tap_name.clone(),
+            data_port: args.data_port,
+            overlay_mtu: tap.mtu,
+        })
+    });
+    match (started, args.datapath) {
+        (Ok(k), _) => Ok((Some(k), mode("ebpf", String::new()))),
+        (Err(e), DatapathChoice::Ebpf) => Err(anyhow::Error::new(e).context(
+            "starting the kernel datapath (--datapath ebpf); --datapath tap runs without BPF",
+        )),
+        (Err(e), _) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(
+                reason,
+                "kernel datapath unavailable; using the TAP datapath"
+            );
+            Ok((None, mode("tap", reason)))
+        }
+    }
 }
 
 fn hostname() -> Result<String> {

@@ -1,36 +1,14 @@
-//! The underlay receive program (XDP): classifies and counts what arrives on the underlay NIC.
+//! The observe-only underlay program (XDP, opt-in with `--observe-underlay`): classifies and
+//! counts what arrives on the underlay NIC, and passes everything.
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use mesh_common::{DatapathConfig, UNDERLAY_COUNTER_SLOTS, UnderlayCounter, names};
 
-use super::EBPF_OBJECT;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    #[error(
-        "loading mesh's eBPF object failed (meshd needs root or CAP_BPF+CAP_NET_ADMIN, and a \
-         kernel with BPF; use the TAP datapath where that is missing): {0}"
-    )]
-    Load(#[source] aya::EbpfError),
-    #[error("mesh's eBPF object has no {0}; the build is inconsistent, rebuild meshd")]
-    Missing(&'static str),
-    #[error("eBPF program: {0}")]
-    Program(#[from] ProgramError),
-    #[error("eBPF map: {0}")]
-    Map(#[from] MapError),
-    #[error(
-        "attaching XDP to interface {interface:?} failed (does it exist in this network namespace?): {source}"
-    )]
-    Attach {
-        interface: String,
-        #[source]
-        source: ProgramError,
-    },
-}
+use super::{DatapathError, EBPF_OBJECT};
 
 /// How to attach the XDP program. `Auto` prefers the driver (native) hook and falls back to the
 /// generic (skb) hook, logging which one it got; on a veth it takes the generic hook, because a

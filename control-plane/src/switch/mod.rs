@@ -18,10 +18,10 @@ pub struct ShortId(u32);
 
 impl ShortId {
     /// Destination meaning "flood along the origin's broadcast tree".
-    pub const FLOOD: ShortId = ShortId(0x00ff_ffff);
+    pub const FLOOD: ShortId = ShortId(mesh_common::wire::FLOOD_ID);
 
     pub fn from_wire(v: u32) -> ShortId {
-        ShortId(v & 0x00ff_ffff)
+        ShortId(v & mesh_common::wire::SHORT_ID_MASK)
     }
 
     pub fn get(self) -> u32 {

@@ -28,7 +28,7 @@ use super::{
 };
 
 /// Set in the flags byte of a sealed frame.
-pub const FLAG_SEALED: u8 = 0x04;
+pub use mesh_common::wire::FLAG_SEALED;
 /// Header bytes of a sealed frame before the ciphertext.
 pub const SEALED_HEADER_LEN: usize = HEADER_LEN + 12;
 pub const TAG_LEN: usize = 16;

@@ -1,6 +1,7 @@
-//! The data frame header: VXLAN (RFC 7348) framing with mesh's fields in the bits VXLAN
-//! reserves, so `tcpdump -T vxlan port 6784` decodes the inner Ethernet frame. See
-//! docs/wire-format.md.
+//! The data frame header as the TAP datapath uses it: typed ids over the one wire definition
+//! in `mesh_common::wire` (which the eBPF programs compile too). VXLAN (RFC 7348) framing with
+//! mesh's fields in the bits VXLAN reserves, so `tcpdump -T vxlan port 6784` decodes the inner
+//! Ethernet frame. See docs/wire-format.md.
 //!
 //! ```text
 //!  0               1               2               3
@@ -13,20 +14,12 @@
 //! | inner Ethernet frame (none in a heartbeat)                    |
 //! ```
 
-use super::ShortId;
+use mesh_common::wire::WireHeader;
+pub use mesh_common::wire::{
+    FLAG_HEARTBEAT, FLAG_I, FLAG_MESH, HEADER_LEN, INITIAL_HOPS, OVERHEAD_IPV4,
+};
 
-pub const HEADER_LEN: usize = 8;
-/// VXLAN's "VNI valid" flag.
-pub const FLAG_I: u8 = 0x08;
-/// The mesh fields are valid (set by every mesh sender).
-pub const FLAG_MESH: u8 = 0x01;
-/// A data-path heartbeat: no inner frame, never relayed.
-pub const FLAG_HEARTBEAT: u8 = 0x02;
-/// Hop limit a frame starts with; a relay decrements it and drops at zero (no loop can live).
-pub const INITIAL_HOPS: u8 = 32;
-/// Bytes a frame gains on the underlay: outer IPv4 (20) + UDP (8) + this header, plus the
-/// inner Ethernet header (14) that the overlay MTU does not count.
-pub const OVERHEAD_IPV4: usize = 20 + 8 + HEADER_LEN + 14;
+use super::ShortId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -45,10 +38,13 @@ pub enum Malformed {
 
 impl Header {
     pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
-        let flags = FLAG_I | FLAG_MESH | if self.heartbeat { FLAG_HEARTBEAT } else { 0 };
-        let d = self.destination.get().to_be_bytes();
-        let o = self.origin.get().to_be_bytes();
-        *out = [flags, d[1], d[2], d[3], o[1], o[2], o[3], self.hops];
+        *out = WireHeader::new(
+            self.origin.get(),
+            self.destination.get(),
+            self.hops,
+            self.heartbeat,
+        )
+        .to_bytes();
     }
 
     /// Parses a received datagram into its header and inner frame.
@@ -67,14 +63,15 @@ impl Header {
 
     /// The header alone (flags other than I, M and H are the caller's business).
     pub fn read(h: &[u8; HEADER_LEN]) -> Result<Header, Malformed> {
-        if h[0] & (FLAG_I | FLAG_MESH) != FLAG_I | FLAG_MESH {
+        let w = WireHeader::from_bytes(h);
+        if !w.is_mesh() {
             return Err(Malformed::NotMesh);
         }
         Ok(Header {
-            destination: ShortId::from_wire(u32::from_be_bytes([0, h[1], h[2], h[3]])),
-            origin: ShortId::from_wire(u32::from_be_bytes([0, h[4], h[5], h[6]])),
-            hops: h[7],
-            heartbeat: h[0] & FLAG_HEARTBEAT != 0,
+            destination: ShortId::from_wire(w.destination()),
+            origin: ShortId::from_wire(w.origin()),
+            hops: w.hops,
+            heartbeat: w.is_heartbeat(),
         })
     }
 }

@@ -160,6 +160,20 @@ impl Shared {
         self.neighbours().get(peer).map(|n| n.traffic)
     }
 
+    /// Every neighbour's link: short id, data address, overlay MTU, control connection id.
+    pub fn links(&self) -> Vec<(ShortId, std::net::SocketAddr, u32, u64)> {
+        self.neighbours()
+            .links()
+            .into_iter()
+            .map(|(id, addr, mtu, conn)| (id, addr, mtu.min(self.mtu as usize) as u32, conn))
+            .collect()
+    }
+
+    /// The forwarding table last published.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().expect("table lock").clone()
+    }
+
     /// The MAC table: (mac, peer, age in ms).
     pub fn fdb_entries(&self) -> Vec<([u8; 6], ShortId, u64)> {
         let now = self.now_ms();

@@ -189,6 +189,19 @@ impl Neighbours {
         }
     }
 
+    /// Every neighbour: its short id, where its data goes, the link's overlay MTU and the
+    /// control connection it belongs to (what the kernel datapath needs to forward to it).
+    pub fn links(&self) -> Vec<(ShortId, SocketAddr, usize, u64)> {
+        let overhead = self.overhead();
+        self.map
+            .iter()
+            .map(|(id, n)| {
+                let mtu = n.path.usable().saturating_sub(overhead);
+                (*id, n.addr, mtu, n.conn_id)
+            })
+            .collect()
+    }
+
     pub fn get(&self, id: ShortId) -> Option<&Neighbour> {
         self.map.get(&id)
     }

@@ -1,10 +1,16 @@
 //! mesh's eBPF programs. One object, several programs; `meshd` loads it with aya.
 //!
-//! Module names follow the packet path (`underlay_rx`: frames arriving on the underlay NIC).
+//! Module names follow the packet path: `bridge_egress` (frames the local bridge sends to the
+//! mesh), `underlay_ingress` (mesh frames arriving on the underlay NIC), `underlay_rx` (the
+//! opt-in observe-only XDP counter).
 #![no_std]
 #![no_main]
 
+mod bridge_egress;
+mod maps;
+mod outer;
 mod packet;
+mod underlay_ingress;
 mod underlay_rx;
 
 #[cfg(not(test))]

@@ -1,12 +1,18 @@
-//! Bounds-checked access to packet bytes. Every header read in this crate goes through
-//! [`ptr_at`], so the verifier always sees a `data + off + len <= data_end` check.
+//! Bounds-checked access to packet bytes, and the header layouts the programs read. Every
+//! direct header read goes through [`ptr_at`], so the verifier always sees a
+//! `data + off + len <= data_end` check; TC programs read through `bpf_skb_load_bytes`
+//! (`TcContext::load`), which also reaches bytes outside the linear part.
 
 use aya_ebpf::programs::XdpContext;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const IPV4_MIN_HDR_LEN: usize = 20;
+pub const IPV6_HDR_LEN: usize = 40;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// Ethernet header, as on the wire.
@@ -19,6 +25,7 @@ pub struct EthHdr {
 
 /// The fixed part of an IPv4 header, as on the wire.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv4Hdr {
     pub version_ihl: u8,
     pub tos: u8,
@@ -34,6 +41,7 @@ pub struct Ipv4Hdr {
 
 /// UDP header, as on the wire.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct UdpHdr {
     pub src_port_be: [u8; 2],
     pub dst_port_be: [u8; 2],
@@ -50,4 +58,20 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
         return None;
     }
     Some((start + off) as *const T)
+}
+
+/// The IPv4 header checksum of `h` (its own checksum field is taken as zero).
+#[inline(always)]
+pub fn ipv4_checksum(h: &[u8; IPV4_MIN_HDR_LEN]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_MIN_HDR_LEN {
+        if i != 10 {
+            sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        }
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
 }

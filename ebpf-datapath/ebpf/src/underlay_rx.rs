@@ -6,13 +6,11 @@
 //! wrong" to "which counter" is in one place.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
 };
-use mesh_common::{DatapathConfig, UNDERLAY_COUNTER_SLOTS, UnderlayCounter};
+use mesh_common::{UNDERLAY_COUNTER_SLOTS, UnderlayCounter};
 
+use crate::maps::DATAPATH_CONFIG;
 use crate::packet::{
     ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV4_MIN_HDR_LEN, Ipv4Hdr, UdpHdr,
     ptr_at,
@@ -21,9 +19,6 @@ use crate::packet::{
 #[map]
 static UNDERLAY_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(UNDERLAY_COUNTER_SLOTS, 0);
-
-#[map]
-static DATAPATH_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn underlay_rx(ctx: XdpContext) -> u32 {

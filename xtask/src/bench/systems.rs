@@ -195,6 +195,8 @@ impl Meshd {
             // Alone on its host, with no peers: authentication has nothing to protect here.
             .args([
                 "--insecure",
+                // What this row measures: the opt-in observe-only XDP counter.
+                "--observe-underlay",
                 "--underlay",
                 underlay,
                 "--name",

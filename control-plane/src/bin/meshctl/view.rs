@@ -24,6 +24,7 @@ pub fn status_json(s: &Status) -> Value {
         "peers_by_state": s.peers_by_state,
         "datapath": {
             "mode": dp.mode,
+            "fallback_reason": dp.fallback_reason,
             "underlay_interface": dp.underlay_interface,
             "xdp_mode": dp.xdp_mode,
             "data_port": dp.data_port,
@@ -34,6 +35,9 @@ pub fn status_json(s: &Status) -> Value {
                 .map(|c| (c.name.clone(), Value::from(c.value)))
                 .collect::<serde_json::Map<_, _>>(),
             "tap_counters": dp.tap_counters.iter()
+                .map(|c| (c.name.clone(), Value::from(c.value)))
+                .collect::<serde_json::Map<_, _>>(),
+            "kernel_counters": dp.kernel_counters.iter()
                 .map(|c| (c.name.clone(), Value::from(c.value)))
                 .collect::<serde_json::Map<_, _>>(),
         },
@@ -69,10 +73,21 @@ pub fn print_status(s: &Status) {
         },
         s.connections
     );
+    let forwarding = match dp.mode.as_str() {
+        "ebpf" => "the kernel forwards plaintext links, meshd the rest",
+        "tap" => "meshd forwards every frame through its TAP device",
+        _ => "",
+    };
     println!(
-        "datapath     {} (underlay {}, XDP {} mode), data port {}",
-        dp.mode, dp.underlay_interface, dp.xdp_mode, dp.data_port
+        "datapath     {} ({forwarding}), underlay {}, data port {}",
+        dp.mode, dp.underlay_interface, dp.data_port
     );
+    if !dp.fallback_reason.is_empty() {
+        println!(
+            "             kernel datapath unavailable: {}",
+            dp.fallback_reason
+        );
+    }
     if dp.overlay_mtu > 0 {
         println!(
             "overlay      MTU {}, bridge {}, data frames {}",
@@ -85,14 +100,17 @@ pub fn print_status(s: &Status) {
             }
         );
     }
-    if dp.mode == "xdp-observe" {
-        println!(
-            "             the kernel program classifies and counts underlay traffic; forwarding is not built yet"
-        );
+    if !dp.kernel_counters.is_empty() {
+        println!("kernel counters");
+        for c in &dp.kernel_counters {
+            println!("  {:<30} {}", c.name, c.value);
+        }
     }
-    println!("underlay counters");
-    for c in &dp.underlay_counters {
-        println!("  {:<16} {}", c.name, c.value);
+    if !dp.underlay_counters.is_empty() {
+        println!("underlay counters (observe-only XDP, {} mode)", dp.xdp_mode);
+        for c in &dp.underlay_counters {
+            println!("  {:<16} {}", c.name, c.value);
+        }
     }
 }
 
@@ -115,6 +133,8 @@ pub fn peers_json(p: &Peers) -> Value {
                     "tx_bytes": r.tx_bytes,
                     "rx_packets": r.rx_packets,
                     "rx_bytes": r.rx_bytes,
+                    "kernel_tx_packets": r.kernel_tx_packets,
+                    "kernel_rx_packets": r.kernel_rx_packets,
                     "link_mtu": if r.link_mtu == 0 { Value::Null } else { Value::from(r.link_mtu) },
                     "rtt_ms": r.rtt_ms,
                     "since": r.since,

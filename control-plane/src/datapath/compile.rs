@@ -1,0 +1,260 @@
+//! The forwarding state the agent computes, compiled into the kernel datapath's map entries,
+//! and the difference between two compilations (only changes are written to the kernel).
+//! Pure: no maps, no clock; `kernel.rs` applies the result.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use mesh_common::maps::{NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED, NeighbourEntry, SenderEntry};
+
+use crate::switch::{ShortId, forward::Table};
+
+/// What the agent knows about one direct neighbour's link, for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkView {
+    pub peer: ShortId,
+    /// Stable for the life of the control connection: the key of its counters.
+    pub link_id: u32,
+    /// Where its data frames go (the address its heartbeats come from, through NAT).
+    pub addr: SocketAddr,
+    /// The overlay MTU on the link.
+    pub mtu: u32,
+    /// Plaintext and both ends forward in the kernel: frames may take the kernel path.
+    pub kernel: bool,
+    /// The MAC of the underlay next hop towards it, when the kernel has resolved it.
+    pub next_hop_mac: Option<[u8; 6]>,
+}
+
+/// The full contents the kernel's maps should have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub routes: BTreeMap<u32, u32>,
+    pub neighbours: BTreeMap<u32, NeighbourEntry>,
+    pub senders: BTreeMap<[u8; 4], SenderEntry>,
+}
+
+/// One write to a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Route(u32, Option<u32>),
+    Neighbour(u32, Option<NeighbourEntry>),
+    Sender([u8; 4], Option<SenderEntry>),
+}
+
+/// Compiles the table and links. Links over IPv6 underlays are left to meshd (the kernel path
+/// speaks IPv4 outer headers). Only plaintext senders are listed: a sealed frame is never
+/// opened in the kernel, so knowing its sender there gains nothing.
+pub fn compile(table: &Table, links: &[LinkView]) -> MapState {
+    let mut s = MapState {
+        routes: table
+            .next_hop
+            .iter()
+            .map(|(d, h)| (d.get(), h.get()))
+            .collect(),
+        ..MapState::default()
+    };
+    for l in links {
+        let SocketAddr::V4(a) = l.addr else { continue };
+        s.neighbours.insert(
+            l.peer.get(),
+            NeighbourEntry {
+                ipv4_be: a.ip().octets(),
+                port_be: a.port().to_be_bytes(),
+                flags: if l.kernel { NEIGHBOUR_KERNEL } else { 0 }
+                    | if l.next_hop_mac.is_some() {
+                        NEIGHBOUR_RESOLVED
+                    } else {
+                        0
+                    },
+                link_id: l.link_id,
+                mtu: l.mtu,
+                next_hop_mac: l.next_hop_mac.unwrap_or_default(),
+                reserved: [0; 2],
+            },
+        );
+        if l.kernel {
+            s.senders.insert(
+                a.ip().octets(),
+                SenderEntry {
+                    short_id: l.peer.get(),
+                    link_id: l.link_id,
+                },
+            );
+        }
+    }
+    s
+}
+
+/// The writes that turn `old` into `new`: removals first, so a key that moves never exists
+/// twice, then additions and updates.
+pub fn diff(old: &MapState, new: &MapState) -> Vec<Change> {
+    let mut out = Vec::new();
+    removed(&old.routes, &new.routes, &mut out, |k| {
+        Change::Route(k, None)
+    });
+    removed(&old.neighbours, &new.neighbours, &mut out, |k| {
+        Change::Neighbour(k, None)
+    });
+    removed(&old.senders, &new.senders, &mut out, |k| {
+        Change::Sender(k, None)
+    });
+    changed(&old.routes, &new.routes, &mut out, |k, v| {
+        Change::Route(k, Some(v))
+    });
+    changed(&old.neighbours, &new.neighbours, &mut out, |k, v| {
+        Change::Neighbour(k, Some(v))
+    });
+    changed(&old.senders, &new.senders, &mut out, |k, v| {
+        Change::Sender(k, Some(v))
+    });
+    out
+}
+
+fn removed<K: Ord + Copy, V>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    out: &mut Vec<Change>,
+    f: impl Fn(K) -> Change,
+) {
+    out.extend(old.keys().filter(|k| !new.contains_key(k)).map(|k| f(*k)));
+}
+
+fn changed<K: Ord + Copy, V: PartialEq + Copy>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    out: &mut Vec<Change>,
+    f: impl Fn(K, V) -> Change,
+) {
+    out.extend(
+        new.iter()
+            .filter(|(k, v)| old.get(k) != Some(v))
+            .map(|(k, v)| f(*k, *v)),
+    );
+}
+
+/// Link ids in `state` (their counters must exist in the kernel).
+pub fn link_ids(state: &MapState) -> BTreeSet<u32> {
+    state.neighbours.values().map(|n| n.link_id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn s(n: u32) -> ShortId {
+        ShortId::from_wire(n)
+    }
+
+    fn link(peer: u32, ip: u8, kernel: bool) -> LinkView {
+        LinkView {
+            peer: s(peer),
+            link_id: peer * 10,
+            addr: SocketAddr::from(([198, 18, 0, ip], 6784)),
+            mtu: 1450,
+            kernel,
+            next_hop_mac: Some([2, 0, 0, 0, 0, ip]),
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            me: Some(s(1)),
+            next_hop: HashMap::from([(s(2), s(2)), (s(3), s(2)), (s(4), s(4))]),
+            children: HashMap::new(),
+        }
+    }
+
+    /// Applies changes to a state, as the kernel maps would.
+    fn apply(mut st: MapState, changes: &[Change]) -> MapState {
+        for c in changes {
+            match c {
+                Change::Route(k, v) => {
+                    st.routes.remove(k);
+                    if let Some(v) = v {
+                        st.routes.insert(*k, *v);
+                    }
+                }
+                Change::Neighbour(k, v) => {
+                    st.neighbours.remove(k);
+                    if let Some(v) = v {
+                        st.neighbours.insert(*k, *v);
+                    }
+                }
+                Change::Sender(k, v) => {
+                    st.senders.remove(k);
+                    if let Some(v) = v {
+                        st.senders.insert(*k, *v);
+                    }
+                }
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn sealed_links_are_neighbours_but_never_kernel_senders() {
+        let st = compile(&table(), &[link(2, 2, true), link(4, 4, false)]);
+        assert_eq!(st.routes.get(&3), Some(&2), "3 is reached through 2");
+        assert_eq!(
+            st.neighbours[&2].flags,
+            NEIGHBOUR_KERNEL | NEIGHBOUR_RESOLVED
+        );
+        assert_eq!(st.neighbours[&2].next_hop_mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            st.neighbours[&4].flags, NEIGHBOUR_RESOLVED,
+            "sealed: frames go to meshd"
+        );
+        assert_eq!(st.neighbours[&2].port_be, 6784u16.to_be_bytes());
+        assert_eq!(st.senders.len(), 1);
+        assert_eq!(st.senders[&[198, 18, 0, 2]].short_id, 2);
+        assert_eq!(link_ids(&st), BTreeSet::from([20, 40]));
+    }
+
+    #[test]
+    fn ipv6_underlay_links_stay_in_userspace() {
+        let mut l = link(2, 2, true);
+        l.addr = "[2001:db8::2]:6784".parse().unwrap();
+        let st = compile(&table(), &[l]);
+        assert!(st.neighbours.is_empty() && st.senders.is_empty());
+    }
+
+    #[test]
+    fn applying_the_diff_of_any_two_states_gives_the_new_one() {
+        let states = [
+            MapState::default(),
+            compile(&table(), &[link(2, 2, true)]),
+            compile(&table(), &[link(2, 2, true), link(4, 4, true)]),
+            compile(&table(), &[link(2, 9, true), link(4, 4, false)]),
+            compile(
+                &table(),
+                &[LinkView {
+                    next_hop_mac: None,
+                    ..link(2, 9, true)
+                }],
+            ),
+            compile(&Table::default(), &[]),
+        ];
+        for a in &states {
+            for b in &states {
+                let changes = diff(a, b);
+                assert_eq!(&apply(a.clone(), &changes), b);
+                if a == b {
+                    assert!(changes.is_empty(), "an unchanged state writes nothing");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_neighbour_whose_address_moved_is_one_update_and_one_sender_swap() {
+        let a = compile(&table(), &[link(2, 2, true)]);
+        let b = compile(&table(), &[link(2, 7, true)]);
+        let changes = diff(&a, &b);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(matches!(changes[0], Change::Sender(ip, None) if ip == [198, 18, 0, 2]));
+    }
+}

@@ -1,0 +1,162 @@
+//! Counter slots of the kernel programs' per-CPU arrays, with the names meshctl shows.
+
+/// What the underlay receive program saw, one slot per class in the `UNDERLAY_COUNTERS` per-CPU
+/// array. Every frame increments `Total` and exactly one other slot.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnderlayCounter {
+    /// Every frame the program ran on.
+    Total = 0,
+    /// Shorter than the headers it claims to carry (Ethernet, IPv4 or UDP cut off).
+    Truncated = 1,
+    /// Ethernet type other than IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp = 2,
+    /// IPv6 frames (not parsed yet: the underlay is IPv4 for now).
+    Ipv6 = 3,
+    /// IPv4 with a header that cannot be right (IHL < 5).
+    MalformedIpv4 = 4,
+    /// IPv4 that is not UDP, or a non-first fragment (no UDP header to read).
+    Ipv4NotUdp = 5,
+    /// UDP to some other port.
+    UdpOtherPort = 6,
+    /// UDP to the mesh data port.
+    DataPort = 7,
+}
+
+impl UnderlayCounter {
+    /// All counters, in slot order.
+    pub const ALL: [UnderlayCounter; UNDERLAY_COUNTER_SLOTS as usize] = [
+        UnderlayCounter::Total,
+        UnderlayCounter::Truncated,
+        UnderlayCounter::NotIp,
+        UnderlayCounter::Ipv6,
+        UnderlayCounter::MalformedIpv4,
+        UnderlayCounter::Ipv4NotUdp,
+        UnderlayCounter::UdpOtherPort,
+        UnderlayCounter::DataPort,
+    ];
+
+    /// Stable snake_case name, used in `meshctl status` and JSON output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            UnderlayCounter::Total => "total",
+            UnderlayCounter::Truncated => "truncated",
+            UnderlayCounter::NotIp => "not_ip",
+            UnderlayCounter::Ipv6 => "ipv6",
+            UnderlayCounter::MalformedIpv4 => "malformed_ipv4",
+            UnderlayCounter::Ipv4NotUdp => "ipv4_not_udp",
+            UnderlayCounter::UdpOtherPort => "udp_other_port",
+            UnderlayCounter::DataPort => "data_port",
+        }
+    }
+}
+
+/// Number of slots in the `UNDERLAY_COUNTERS` map.
+pub const UNDERLAY_COUNTER_SLOTS: u32 = 8;
+
+/// What the forwarding programs (`bridge_egress`, `underlay_ingress`) did with a frame: one
+/// slot each in the `KERNEL_COUNTERS` per-CPU array. A frame counts in exactly one slot. Frames
+/// "to meshd" continue on the userspace path (meshd's TAP device and data socket), which does
+/// everything the kernel leaves to it: sealed links, floods, misses, oversize answers.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCounter {
+    /// Frames (or GSO super-frames) from the bridge encapsulated and sent by the kernel.
+    TxSent = 0,
+    /// Of those, GSO super-frames (the underlay cuts each into several datagrams).
+    TxGso = 1,
+    /// To meshd: broadcast, multicast or unknown destination (flooded by meshd).
+    TxFlood = 2,
+    /// To meshd: the next hop's link is sealed or not kernel-capable.
+    TxUserspaceLink = 3,
+    /// To meshd: bigger than the link's MTU (meshd answers with ICMP).
+    TxTooBig = 4,
+    /// To meshd: no route to the underlay next hop yet (meshd's send resolves it).
+    TxNoNeighbour = 5,
+    /// To meshd: not an Ethernet frame the kernel handles (too short).
+    TxOther = 6,
+    /// Datagrams decapsulated and delivered to the local bridge.
+    RxDelivered = 7,
+    /// Datagrams relayed to another peer without touching the local bridge.
+    RxRelayed = 8,
+    /// To meshd: heartbeats, sealed frames, floods, relays over sealed links.
+    RxToMeshd = 9,
+    /// Dropped: truncated or malformed mesh frame.
+    RxDropMalformed = 10,
+    /// Dropped: flag bits no mesh sets, or not a mesh frame.
+    RxDropBadFlags = 11,
+    /// Dropped: plaintext from an address that is no neighbour.
+    RxDropUnknownSender = 12,
+    /// Dropped: hop limit exhausted, or our own frame came back.
+    RxDropLoop = 13,
+    /// Dropped: addressed to a peer we have no route to.
+    RxDropNoRoute = 14,
+}
+
+impl KernelCounter {
+    pub const ALL: [KernelCounter; KERNEL_COUNTER_SLOTS as usize] = [
+        KernelCounter::TxSent,
+        KernelCounter::TxGso,
+        KernelCounter::TxFlood,
+        KernelCounter::TxUserspaceLink,
+        KernelCounter::TxTooBig,
+        KernelCounter::TxNoNeighbour,
+        KernelCounter::TxOther,
+        KernelCounter::RxDelivered,
+        KernelCounter::RxRelayed,
+        KernelCounter::RxToMeshd,
+        KernelCounter::RxDropMalformed,
+        KernelCounter::RxDropBadFlags,
+        KernelCounter::RxDropUnknownSender,
+        KernelCounter::RxDropLoop,
+        KernelCounter::RxDropNoRoute,
+    ];
+
+    /// Stable snake_case name, used in `meshctl status` and JSON output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelCounter::TxSent => "kernel_tx_sent",
+            KernelCounter::TxGso => "kernel_tx_gso",
+            KernelCounter::TxFlood => "kernel_tx_flood_to_meshd",
+            KernelCounter::TxUserspaceLink => "kernel_tx_userspace_link",
+            KernelCounter::TxTooBig => "kernel_tx_too_big_to_meshd",
+            KernelCounter::TxNoNeighbour => "kernel_tx_no_neighbour",
+            KernelCounter::TxOther => "kernel_tx_other_to_meshd",
+            KernelCounter::RxDelivered => "kernel_rx_delivered",
+            KernelCounter::RxRelayed => "kernel_rx_relayed",
+            KernelCounter::RxToMeshd => "kernel_rx_to_meshd",
+            KernelCounter::RxDropMalformed => "kernel_dropped_malformed",
+            KernelCounter::RxDropBadFlags => "kernel_dropped_bad_flags",
+            KernelCounter::RxDropUnknownSender => "kernel_dropped_unknown_sender",
+            KernelCounter::RxDropLoop => "kernel_dropped_loop",
+            KernelCounter::RxDropNoRoute => "kernel_dropped_no_route",
+        }
+    }
+}
+
+/// Number of slots in the `KERNEL_COUNTERS` map.
+pub const KERNEL_COUNTER_SLOTS: u32 = 15;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_slots_are_dense_and_named_uniquely() {
+        for (i, c) in UnderlayCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "counter {c:?} is not in slot order");
+        }
+        for (i, c) in KernelCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "counter {c:?} is not in slot order");
+        }
+        let names = UnderlayCounter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(KernelCounter::ALL.iter().map(|c| c.name()));
+        for (i, a) in names.clone().enumerate() {
+            for (j, b) in names.clone().enumerate() {
+                assert!(i == j || a != b, "{a} is used twice");
+            }
+        }
+    }
+}

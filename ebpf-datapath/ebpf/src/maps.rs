@@ -1,0 +1,69 @@
+//! The maps the programs share; layouts and names are in `mesh_common`. meshd fills them
+//! (config, neighbours, senders, routes) and reads them (counters, FDB, link stats).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use mesh_common::{
+    DatapathConfig, KERNEL_COUNTER_SLOTS, KernelCounter,
+    maps::{FDB_CAPACITY, FdbEntry, LinkStats, MAX_PEERS, MacKey, NeighbourEntry, SenderEntry},
+};
+
+#[map]
+pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static KERNEL_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(KERNEL_COUNTER_SLOTS, 0);
+
+/// Direct neighbours by short id.
+#[map]
+pub static NEIGHBOURS: HashMap<u32, NeighbourEntry> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Plaintext senders by IPv4 address (network order bytes).
+#[map]
+pub static SENDERS: HashMap<[u8; 4], SenderEntry> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Next hop (short id) towards each peer (short id).
+#[map]
+pub static ROUTES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// MAC → origin peer, learnt from delivered frames; bounded, least recently used evicted.
+#[map]
+pub static FDB: LruHashMap<MacKey, FdbEntry> = LruHashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// Per-link traffic through the kernel, by link id (entries created by meshd).
+#[map]
+pub static LINK_STATS: PerCpuHashMap<u32, LinkStats> =
+    PerCpuHashMap::with_max_entries(MAX_PEERS, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static DatapathConfig> {
+    DATAPATH_CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn count(c: KernelCounter) {
+    if let Some(slot) = KERNEL_COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one packet of `bytes` to a link's sent (`tx`) or received counters.
+#[inline(always)]
+pub fn link_traffic(link_id: u32, bytes: u32, tx: bool) {
+    if let Some(s) = LINK_STATS.get_ptr_mut(link_id) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe {
+            if tx {
+                (*s).tx_packets += 1;
+                (*s).tx_bytes += u64::from(bytes);
+            } else {
+                (*s).rx_packets += 1;
+                (*s).rx_bytes += u64::from(bytes);
+            }
+        }
+    }
+}
