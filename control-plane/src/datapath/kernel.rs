@@ -74,9 +74,10 @@ fn ifindex(name: &str) -> Result<u32, DatapathError> {
 }
 
 impl KernelDatapath {
-    /// Loads the object, writes the host configuration (forwarding stays off until the first
-    /// [`KernelDatapath::sync`] names this node) and attaches both programs.
-    pub fn start(host: HostConfig) -> Result<KernelDatapath, DatapathError> {
+    /// Loads the object and writes the host configuration (forwarding stays off until the
+    /// first [`KernelDatapath::sync`] names this node); nothing is attached, so
+    /// [`KernelDatapath::test_run`] can feed it frames.
+    pub fn load(host: HostConfig) -> Result<KernelDatapath, DatapathError> {
         let ebpf = load_verified()?;
         let mut dp = KernelDatapath {
             ebpf,
@@ -86,6 +87,12 @@ impl KernelDatapath {
             me: None,
         };
         dp.write_config()?;
+        Ok(dp)
+    }
+
+    /// [`KernelDatapath::load`], then attaches both programs.
+    pub fn start(host: HostConfig) -> Result<KernelDatapath, DatapathError> {
+        let mut dp = KernelDatapath::load(host)?;
         for (prog, iface, kind) in [
             (
                 names::BRIDGE_EGRESS_PROGRAM,
@@ -225,6 +232,18 @@ impl KernelDatapath {
             rx_packets: a.rx_packets + s.rx_packets,
             rx_bytes: a.rx_bytes + s.rx_bytes,
         }))
+    }
+
+    /// Puts `mac` behind `peer` in the kernel FDB, as if just learnt.
+    pub fn fdb_insert(&mut self, mac: [u8; 6], peer: u32) -> Result<(), DatapathError> {
+        let mut map: HashMap<&mut MapData, MacKey, FdbEntry> = self.map_mut(names::FDB_MAP)?;
+        let entry = FdbEntry {
+            peer,
+            reserved: 0,
+            seen_ns: monotonic_ns(),
+        };
+        map.insert(MacKey::new(mac), entry, 0)?;
+        Ok(())
     }
 
     /// The kernel FDB: (MAC, peer short id, age in ms).

@@ -1,0 +1,390 @@
+//! The kernel datapath's programs, fed crafted frames through the kernel (BPF_PROG_TEST_RUN):
+//! for each case the action, the counter that moved, and the exact bytes that come out.
+//! Needs root (loads BPF). The programs are loaded but not attached; `lo` stands in for both
+//! interfaces.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use mesh::{
+    datapath::{
+        HostConfig, KernelDatapath,
+        compile::{LinkView, compile},
+    },
+    switch::{ShortId, forward::Table},
+};
+use mesh_common::{
+    DEFAULT_DATA_PORT, KernelCounter as K,
+    names::{BRIDGE_EGRESS_PROGRAM as EGRESS, UNDERLAY_INGRESS_PROGRAM as INGRESS},
+    wire::{FLOOD_ID, INITIAL_HOPS, WireHeader},
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const ME: u32 = 0x000001;
+const NEAR: u32 = 0x000002; // a kernel (plaintext) neighbour
+const FAR: u32 = 0x000003; // reached through NEAR
+const SEALED: u32 = 0x000004; // a neighbour whose link is not kernel-capable
+const UNRESOLVED: u32 = 0x000005; // a neighbour whose underlay MAC is not known yet
+const MY_IP: [u8; 4] = [198, 18, 0, 1];
+const NEAR_IP: [u8; 4] = [198, 18, 0, 2];
+const UNDERLAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const NEAR_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+const NEAR_PORT: u16 = 40123; // as seen through a NAT
+const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const REMOTE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x33];
+const MTU: u32 = 1450;
+
+fn s(n: u32) -> ShortId {
+    ShortId::from_wire(n)
+}
+
+fn datapath() -> KernelDatapath {
+    let mut dp = KernelDatapath::load(HostConfig {
+        underlay: "lo".into(),
+        underlay_ipv4: MY_IP.into(),
+        underlay_mac: UNDERLAY_MAC,
+        bridge_port: "lo".into(),
+        data_port: DEFAULT_DATA_PORT,
+        overlay_mtu: MTU,
+    })
+    .expect("loading the kernel datapath (needs root)");
+    let table = Table {
+        me: Some(s(ME)),
+        next_hop: HashMap::from([
+            (s(NEAR), s(NEAR)),
+            (s(FAR), s(NEAR)),
+            (s(SEALED), s(SEALED)),
+            (s(UNRESOLVED), s(UNRESOLVED)),
+        ]),
+        children: HashMap::new(),
+    };
+    let link = |peer: u32, ip: [u8; 4], port: u16, kernel: bool, mac: Option<[u8; 6]>| LinkView {
+        peer: s(peer),
+        link_id: peer * 100,
+        addr: SocketAddr::from((ip, port)),
+        mtu: MTU,
+        kernel,
+        next_hop_mac: mac,
+    };
+    let links = [
+        link(NEAR, NEAR_IP, NEAR_PORT, true, Some(NEAR_MAC)),
+        link(
+            SEALED,
+            [198, 18, 0, 4],
+            6784,
+            false,
+            Some([2, 0xaa, 0, 0, 0, 4]),
+        ),
+        link(UNRESOLVED, [198, 18, 0, 5], 6784, true, None),
+    ];
+    dp.sync(ME, compile(&table, &links)).unwrap();
+    dp
+}
+
+fn counters(dp: &KernelDatapath) -> HashMap<&'static str, u64> {
+    dp.counters().unwrap().into_iter().collect()
+}
+
+/// Runs `frame` through `program`; asserts the action and that exactly `counter` moved (by
+/// one), or nothing did. Returns the bytes that came out.
+fn run(
+    dp: &KernelDatapath,
+    program: &'static str,
+    frame: &[u8],
+    action: u32,
+    counter: Option<K>,
+) -> Vec<u8> {
+    let before = counters(dp);
+    let (rc, out) = dp.test_run(program, frame).unwrap();
+    assert_eq!(rc, action, "{program}: action");
+    let after = counters(dp);
+    for k in K::ALL {
+        let moved = after[k.name()] - before[k.name()];
+        let want = u64::from(Some(k) == counter);
+        assert_eq!(
+            moved,
+            want,
+            "{program}: counter {} (expected {counter:?})",
+            k.name()
+        );
+    }
+    out
+}
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f
+}
+
+/// An inner IPv4/UDP frame from a local container with `payload_len` bytes of payload.
+fn inner_ipv4(dst: [u8; 6], payload_len: usize) -> Vec<u8> {
+    let mut f = ethernet(dst, LOCAL_MAC, 0x0800);
+    let total = (20 + 8 + payload_len) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 40, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 40, 0, 3]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0x1b, 0x58]);
+    f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..payload_len).map(|i| i as u8));
+    f
+}
+
+fn ipv4_checksum_ok(h: &[u8]) -> bool {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Checks the outer headers of an encapsulated frame and returns (mesh header, inner frame).
+fn outer(out: &[u8], src: [u8; 4], dst: [u8; 4], dport: u16) -> (WireHeader, Vec<u8>) {
+    assert_eq!(
+        &out[0..6],
+        &NEAR_MAC,
+        "outer destination MAC: the next hop's"
+    );
+    assert_eq!(
+        &out[6..12],
+        &UNDERLAY_MAC,
+        "outer source MAC: the underlay's"
+    );
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        out.len() - 14,
+        "IPv4 total length"
+    );
+    assert_eq!(ip[6] & 0x40, 0x40, "DF");
+    assert_eq!(ip[9], 17);
+    assert_eq!(&ip[12..16], &src);
+    assert_eq!(&ip[16..20], &dst);
+    assert!(ipv4_checksum_ok(ip), "IPv4 header checksum");
+    let udp = &out[34..42];
+    assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), DEFAULT_DATA_PORT);
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), dport);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+        out.len() - 34,
+        "UDP length"
+    );
+    assert_eq!(&udp[6..8], &[0, 0], "UDP checksum 0");
+    let h = WireHeader::from_bytes(out[42..50].try_into().unwrap());
+    (h, out[50..].to_vec())
+}
+
+/// A datagram as a neighbour sends it: outer headers from `src` to us, mesh header, inner.
+fn from_underlay(
+    src: [u8; 4],
+    flags_hops: (u8, u8),
+    origin: u32,
+    dest: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut f = ethernet(UNDERLAY_MAC, NEAR_MAC, 0x0800);
+    let udp_len = (8 + 8 + inner.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(udp_len + 20).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&MY_IP);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&DEFAULT_DATA_PORT.to_be_bytes());
+    f.extend_from_slice(&DEFAULT_DATA_PORT.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    let mut h = WireHeader::new(origin, dest, flags_hops.1, false);
+    h.flags = flags_hops.0;
+    f.extend_from_slice(&h.to_bytes());
+    f.extend_from_slice(inner);
+    f
+}
+
+const PLAIN: u8 = 0x09;
+
+#[test]
+fn a_frame_for_a_known_mac_is_encapsulated_for_its_next_hop() {
+    let mut dp = datapath();
+    dp.fdb_insert(REMOTE_MAC, FAR).unwrap();
+    let frame = inner_ipv4(REMOTE_MAC, 100);
+    let out = run(&dp, EGRESS, &frame, TC_ACT_REDIRECT, Some(K::TxSent));
+    let (h, inner) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
+    assert_eq!(
+        h,
+        WireHeader::new(ME, FAR, INITIAL_HOPS, false),
+        "origin us, for FAR"
+    );
+    assert_eq!(inner, frame, "the inner frame is carried unchanged");
+}
+
+#[test]
+fn arp_ipv6_and_vlan_tagged_frames_are_encapsulated_too() {
+    let mut dp = datapath();
+    dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
+    let mut arp = ethernet(REMOTE_MAC, LOCAL_MAC, 0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    arp.extend_from_slice(&[0u8; 20]);
+    let mut ipv6 = ethernet(REMOTE_MAC, LOCAL_MAC, 0x86dd);
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    ipv6.extend_from_slice(&[0xfe; 32]);
+    ipv6.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
+    let mut vlan = ethernet(REMOTE_MAC, LOCAL_MAC, 0x8100);
+    vlan.extend_from_slice(&[0x00, 0x2a, 0x08, 0x00]);
+    vlan.extend_from_slice(&inner_ipv4(REMOTE_MAC, 40)[14..]);
+    for frame in [arp, ipv6, vlan] {
+        let out = run(&dp, EGRESS, &frame, TC_ACT_REDIRECT, Some(K::TxSent));
+        let (h, inner) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
+        assert_eq!(h.destination(), NEAR);
+        assert_eq!(inner, frame);
+    }
+}
+
+#[test]
+fn frames_the_kernel_does_not_send_go_on_to_meshd_unchanged() {
+    let mut dp = datapath();
+    dp.fdb_insert([2, 0, 0, 0, 0, 4], SEALED).unwrap();
+    dp.fdb_insert([2, 0, 0, 0, 0, 5], UNRESOLVED).unwrap();
+    dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
+    let cases = [
+        (inner_ipv4([0xff; 6], 20), K::TxFlood),
+        (inner_ipv4([0x01, 0, 0x5e, 0, 0, 1], 20), K::TxFlood),
+        (inner_ipv4([2, 0, 0, 0, 0, 0x99], 20), K::TxFlood),
+        (inner_ipv4([2, 0, 0, 0, 0, 4], 20), K::TxUserspaceLink),
+        (inner_ipv4([2, 0, 0, 0, 0, 5], 20), K::TxNoNeighbour),
+        // One byte over the overlay MTU: meshd answers it with ICMP.
+        (inner_ipv4(REMOTE_MAC, MTU as usize - 28 + 1), K::TxTooBig),
+    ];
+    for (frame, counter) in cases {
+        let out = run(&dp, EGRESS, &frame, TC_ACT_OK, Some(counter));
+        assert_eq!(out, frame, "{counter:?}: passed on untouched");
+    }
+    // Exactly the overlay MTU still fits.
+    run(
+        &dp,
+        EGRESS,
+        &inner_ipv4(REMOTE_MAC, MTU as usize - 28),
+        TC_ACT_REDIRECT,
+        Some(K::TxSent),
+    );
+}
+
+#[test]
+fn a_frame_for_this_node_is_decapsulated_and_its_source_learnt() {
+    let dp = datapath();
+    let inner = inner_ipv4(LOCAL_MAC, 64);
+    let mut inner = inner;
+    inner[6..12].copy_from_slice(&REMOTE_MAC);
+    let dgram = from_underlay(NEAR_IP, (PLAIN, 31), FAR, ME, &inner);
+    let out = run(&dp, INGRESS, &dgram, TC_ACT_REDIRECT, Some(K::RxDelivered));
+    assert_eq!(out, inner, "exactly the inner frame reaches the bridge");
+    assert!(
+        dp.fdb()
+            .iter()
+            .any(|(m, p, _)| *m == REMOTE_MAC && *p == FAR),
+        "the source MAC is learnt behind the origin: {:?}",
+        dp.fdb()
+    );
+}
+
+#[test]
+fn a_frame_for_another_peer_is_relayed_with_one_hop_less() {
+    let dp = datapath();
+    let inner = inner_ipv4(REMOTE_MAC, 64);
+    let dgram = from_underlay(NEAR_IP, (PLAIN, 9), 0x0000_0042, FAR, &inner);
+    let out = run(&dp, INGRESS, &dgram, TC_ACT_REDIRECT, Some(K::RxRelayed));
+    let (h, carried) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
+    assert_eq!(h, WireHeader::new(0x42, FAR, 8, false));
+    assert_eq!(carried, inner);
+    // The last hop allowed: dropped, never sent on.
+    let tired = from_underlay(NEAR_IP, (PLAIN, 1), 0x42, FAR, &inner);
+    run(&dp, INGRESS, &tired, TC_ACT_SHOT, Some(K::RxDropLoop));
+    let spent = from_underlay(NEAR_IP, (PLAIN, 0), 0x42, ME, &inner);
+    run(&dp, INGRESS, &spent, TC_ACT_SHOT, Some(K::RxDropLoop));
+    let own = from_underlay(NEAR_IP, (PLAIN, 5), ME, FAR, &inner);
+    run(&dp, INGRESS, &own, TC_ACT_SHOT, Some(K::RxDropLoop));
+    let lost = from_underlay(NEAR_IP, (PLAIN, 5), 0x42, 0x77, &inner);
+    run(&dp, INGRESS, &lost, TC_ACT_SHOT, Some(K::RxDropNoRoute));
+    // Towards a sealed link: meshd relays it (and seals it).
+    let sealed = from_underlay(NEAR_IP, (PLAIN, 5), 0x42, SEALED, &inner);
+    assert_eq!(
+        run(&dp, INGRESS, &sealed, TC_ACT_OK, Some(K::RxToMeshd)),
+        sealed
+    );
+}
+
+#[test]
+fn malformed_foreign_and_userspace_frames_are_dropped_or_passed_and_counted() {
+    let dp = datapath();
+    let inner = inner_ipv4(LOCAL_MAC, 32);
+    // Truncated: UDP to the data port without a whole mesh header.
+    let mut short = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &inner);
+    short.truncate(14 + 20 + 8 + 5);
+    run(&dp, INGRESS, &short, TC_ACT_SHOT, Some(K::RxDropMalformed));
+    // A mesh header without its inner Ethernet header.
+    let mut headless = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &inner);
+    headless.truncate(14 + 20 + 8 + 8 + 6);
+    run(
+        &dp,
+        INGRESS,
+        &headless,
+        TC_ACT_SHOT,
+        Some(K::RxDropMalformed),
+    );
+    // Flag bits no mesh sets.
+    let odd = from_underlay(NEAR_IP, (PLAIN | 0x80, 5), NEAR, ME, &inner);
+    run(&dp, INGRESS, &odd, TC_ACT_SHOT, Some(K::RxDropBadFlags));
+    // Another network's VXLAN (no mesh flag) on our port.
+    let vxlan = from_underlay(NEAR_IP, (0x08, 0), NEAR, ME, &inner);
+    run(&dp, INGRESS, &vxlan, TC_ACT_SHOT, Some(K::RxDropBadFlags));
+    // Heartbeats, sealed frames, floods and unknown senders go to meshd untouched.
+    let hb = from_underlay(NEAR_IP, (PLAIN | 0x02, 1), NEAR, ME, &[0, 0]);
+    let sealed = from_underlay(NEAR_IP, (PLAIN | 0x04, 5), NEAR, ME, &inner);
+    let flood = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, FLOOD_ID, &inner);
+    let stranger = from_underlay([198, 18, 0, 66], (PLAIN, 5), NEAR, ME, &inner);
+    for d in [hb, sealed, flood, stranger] {
+        assert_eq!(run(&dp, INGRESS, &d, TC_ACT_OK, Some(K::RxToMeshd)), d);
+    }
+    // Not the data port: passed, nothing counted.
+    let mut other = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &inner);
+    other[36..38].copy_from_slice(&53u16.to_be_bytes());
+    assert_eq!(run(&dp, INGRESS, &other, TC_ACT_OK, None), other);
+    let arp = ethernet([0xff; 6], NEAR_MAC, 0x0806);
+    let mut arp = arp;
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(run(&dp, INGRESS, &arp, TC_ACT_OK, None), arp);
+}
+
+#[test]
+fn nothing_is_forwarded_before_meshd_names_this_node() {
+    let dp = KernelDatapath::load(HostConfig {
+        underlay: "lo".into(),
+        underlay_ipv4: MY_IP.into(),
+        underlay_mac: UNDERLAY_MAC,
+        bridge_port: "lo".into(),
+        data_port: DEFAULT_DATA_PORT,
+        overlay_mtu: MTU,
+    })
+    .unwrap();
+    let frame = inner_ipv4(REMOTE_MAC, 10);
+    assert_eq!(run(&dp, EGRESS, &frame, TC_ACT_OK, Some(K::TxOther)), frame);
+    let dgram = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &frame);
+    assert_eq!(run(&dp, INGRESS, &dgram, TC_ACT_OK, None), dgram);
+}
