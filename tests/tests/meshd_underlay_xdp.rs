@@ -53,8 +53,11 @@ fn meshd_counts_real_underlay_traffic_and_passes_it() {
         "--name",
         "h2",
         "--insecure",
-        // The observe-only program is opt-in.
+        // The observe-only program is opt-in. In TAP mode every data-port datagram reaches
+        // meshd's socket (the kernel datapath would drop malformed ones itself).
         "--observe-underlay",
+        "--datapath",
+        "tap",
         // The native hook is what this test is about; `auto` takes the generic one on a veth.
         "--xdp-mode",
         "driver",
