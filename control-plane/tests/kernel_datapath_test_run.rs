@@ -66,6 +66,7 @@ fn datapath() -> KernelDatapath {
         addr: SocketAddr::from((ip, port)),
         mtu: MTU,
         kernel,
+        gso: kernel,
         next_hop_mac: mac,
     };
     let links = [

@@ -33,6 +33,8 @@ pub struct Local {
     pub name: String,
     pub listen_port: u16,
     pub auth: AuthMode,
+    /// This node runs the kernel datapath (told to peers in the hello).
+    pub kernel_datapath: bool,
 }
 
 /// A refusal that should be reported as an authentication problem (not retried quietly).
@@ -105,6 +107,7 @@ pub async fn handshake(
         name: local.name.clone(),
         auth: local.auth.kind() as i32,
         listen_port: local.listen_port.into(),
+        kernel_datapath: local.kernel_datapath,
     };
     wire::write(&mut send, &frame(peer_frame::Kind::Hello(hello))).await?;
     let theirs = match wire::read(&mut recv).await?.kind {

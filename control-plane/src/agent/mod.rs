@@ -107,6 +107,8 @@ struct Link {
     i_dialed: bool,
     /// Its data path stopped (as last told to gossip).
     datapath_down: bool,
+    /// It runs the kernel datapath (from its hello): GSO super-frames may go to it whole.
+    peer_kernel: bool,
 }
 
 pub struct Agent {
@@ -207,6 +209,7 @@ impl Agent {
                 name: cfg.name,
                 listen_port: listen.port(),
                 auth: cfg.auth,
+                kernel_datapath: cfg.kernel.is_some(),
             }),
             listen,
             endpoint,
@@ -405,6 +408,7 @@ impl Agent {
                 data_secret: est.data_secret.map(crate::switch::seal::LinkSecret),
                 i_dialed: est.i_dialed,
                 datapath_down: false,
+                peer_kernel: est.hello.kernel_datapath,
             },
         );
         self.gossip
@@ -532,6 +536,12 @@ impl Agent {
         // Sealed links stay in userspace: there is no AEAD in this kernel's BPF.
         let plaintext = !tap.encrypted();
         let neighbours = tap.links();
+        let kernel_peers: std::collections::BTreeSet<u64> = self
+            .links
+            .values()
+            .filter(|l| l.peer_kernel)
+            .map(|l| l.conn_id)
+            .collect();
         let v4: Vec<std::net::Ipv4Addr> = neighbours
             .iter()
             .map(|(_, a, _, _)| match a.ip() {
@@ -549,6 +559,7 @@ impl Agent {
                 addr,
                 mtu,
                 kernel: plaintext,
+                gso: kernel_peers.contains(&conn_id),
                 next_hop_mac: mac,
             })
             .collect();

@@ -91,6 +91,9 @@ pub enum KernelCounter {
     RxDropLoop = 13,
     /// Dropped: addressed to a peer we have no route to.
     RxDropNoRoute = 14,
+    /// To meshd: a GSO super-frame whose path cannot take it whole (a TAP-mode next hop, or
+    /// a relayed destination); meshd cuts it into datagrams.
+    TxGsoToMeshd = 15,
 }
 
 impl KernelCounter {
@@ -110,6 +113,7 @@ impl KernelCounter {
         KernelCounter::RxDropUnknownSender,
         KernelCounter::RxDropLoop,
         KernelCounter::RxDropNoRoute,
+        KernelCounter::TxGsoToMeshd,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -130,12 +134,13 @@ impl KernelCounter {
             KernelCounter::RxDropUnknownSender => "kernel_dropped_unknown_sender",
             KernelCounter::RxDropLoop => "kernel_dropped_loop",
             KernelCounter::RxDropNoRoute => "kernel_dropped_no_route",
+            KernelCounter::TxGsoToMeshd => "kernel_tx_gso_to_meshd",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 15;
+pub const KERNEL_COUNTER_SLOTS: u32 = 16;
 
 #[cfg(test)]
 mod tests {

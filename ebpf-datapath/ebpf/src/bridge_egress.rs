@@ -13,7 +13,9 @@ use aya_ebpf::{
 };
 use mesh_common::{
     KernelCounter,
-    maps::{CONFIG_FORWARD, FDB_MAX_AGE_NS, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED},
+    maps::{
+        CONFIG_FORWARD, FDB_MAX_AGE_NS, MacKey, NEIGHBOUR_GSO, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
+    },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, HEADER_LEN, INITIAL_HOPS, WireHeader},
 };
 
@@ -76,6 +78,11 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
         return Err(KernelCounter::TxUserspaceLink);
     }
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    // A super-frame stays whole only to a kernel-datapath neighbour that is its destination:
+    // a TAP-mode receiver, or a relay whose next link may lead to one, could not take it.
+    if gso_size != 0 && (n.flags & NEIGHBOUR_GSO == 0 || hop != peer) {
+        return Err(KernelCounter::TxGsoToMeshd);
+    }
     if packet_len(ctx, &eth, gso_size) > n.mtu {
         return Err(KernelCounter::TxTooBig);
     }

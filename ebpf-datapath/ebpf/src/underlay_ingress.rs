@@ -20,7 +20,8 @@ use aya_ebpf::{
 use mesh_common::{
     KernelCounter,
     maps::{
-        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
+        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, MacKey, NEIGHBOUR_GSO, NEIGHBOUR_KERNEL,
+        NEIGHBOUR_RESOLVED,
     },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, FLOOD_ID, HEADER_LEN, OUTER_IPV4_LEN, WireHeader},
 };
@@ -28,7 +29,7 @@ use mesh_common::{
 use crate::{
     maps::{FDB, NEIGHBOURS, ROUTES, SENDERS, config, count, link_traffic},
     outer::{self, OUTER_LEN},
-    packet::{ETH_P_IPV4, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
+    packet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
 };
 
 /// What to do with a frame, decided in one place.
@@ -116,6 +117,12 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     let Ok(inner_eth) = ctx.load::<[u8; ETH_LEN]>(INNER_OFF) else {
         return Verdict::Drop(KernelCounter::RxDropMalformed);
     };
+    // SAFETY: reading a field of the context the kernel gave us.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 && !one_inner_packet(ctx, &inner_eth) {
+        // A batch of datagrams (UDP GSO from a sender's meshd, kept whole by a veth): meshd's
+        // socket takes it apart. Only a tunnel super-frame holds one inner packet.
+        return Verdict::ToMeshd;
+    }
     let origin = h.origin();
     if origin == cfg.me || h.hops == 0 {
         return Verdict::Drop(KernelCounter::RxDropLoop);
@@ -130,6 +137,23 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
         return deliver(ctx, cfg.bridge_port_ifindex, &inner_eth, sender.link_id);
     }
     relay(ctx, cfg, h, &udp, sender.link_id)
+}
+
+/// Whether the datagram carries exactly one inner IP packet (its length field covers the rest
+/// of the frame), as a GSO super-frame from a kernel sender does.
+#[inline(always)]
+fn one_inner_packet(ctx: &TcContext, inner_eth: &[u8; ETH_LEN]) -> bool {
+    let ip_off = INNER_OFF + ETH_LEN;
+    let rest = ctx.len().saturating_sub(ip_off as u32);
+    match u16::from_be_bytes([inner_eth[12], inner_eth[13]]) {
+        ETH_P_IPV4 => ctx
+            .load::<[u8; 2]>(ip_off + 2)
+            .is_ok_and(|l| u32::from(u16::from_be_bytes(l)) == rest),
+        ETH_P_IPV6 => ctx
+            .load::<[u8; 2]>(ip_off + 4)
+            .is_ok_and(|l| u32::from(u16::from_be_bytes(l)) + 40 == rest),
+        _ => false,
+    }
 }
 
 /// Remembers that the inner frame's source MAC lives behind `origin`.
@@ -213,6 +237,10 @@ fn relay(
     // A relay cannot answer the original sender about an MTU: too big for the next link
     // goes to meshd, which counts it.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if gso && n.flags & NEIGHBOUR_GSO == 0 {
+        // Senders keep super-frames whole only to their destination; this one cannot go on.
+        return Verdict::ToMeshd;
+    }
     let inner_ip_len = ctx.len().saturating_sub((INNER_OFF + ETH_LEN) as u32);
     if !gso && inner_ip_len > n.mtu {
         return Verdict::ToMeshd;
