@@ -66,7 +66,6 @@ fn datapath() -> KernelDatapath {
         addr: SocketAddr::from((ip, port)),
         mtu: MTU,
         kernel,
-        gso: kernel,
         next_hop_mac: mac,
     };
     let links = [
@@ -222,16 +221,16 @@ fn from_underlay(
 const PLAIN: u8 = 0x09;
 
 #[test]
-fn a_frame_for_a_known_mac_is_encapsulated_for_its_next_hop() {
+fn a_frame_for_a_known_mac_is_encapsulated_for_its_peer() {
     let mut dp = datapath();
-    dp.fdb_insert(REMOTE_MAC, FAR).unwrap();
+    dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
     let frame = inner_ipv4(REMOTE_MAC, 100);
     let out = run(&dp, EGRESS, &frame, TC_ACT_REDIRECT, Some(K::TxSent));
     let (h, inner) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
     assert_eq!(
         h,
-        WireHeader::new(ME, FAR, INITIAL_HOPS, false),
-        "origin us, for FAR"
+        WireHeader::new(ME, NEAR, INITIAL_HOPS, false),
+        "origin us, for NEAR"
     );
     assert_eq!(inner, frame, "the inner frame is carried unchanged");
 }
@@ -263,6 +262,7 @@ fn frames_the_kernel_does_not_send_go_on_to_meshd_unchanged() {
     let mut dp = datapath();
     dp.fdb_insert([2, 0, 0, 0, 0, 4], SEALED).unwrap();
     dp.fdb_insert([2, 0, 0, 0, 0, 5], UNRESOLVED).unwrap();
+    dp.fdb_insert([2, 0, 0, 0, 0, 3], FAR).unwrap();
     dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
     let cases = [
         (inner_ipv4([0xff; 6], 20), K::TxFlood),
@@ -270,6 +270,8 @@ fn frames_the_kernel_does_not_send_go_on_to_meshd_unchanged() {
         (inner_ipv4([2, 0, 0, 0, 0, 0x99], 20), K::TxFlood),
         (inner_ipv4([2, 0, 0, 0, 0, 4], 20), K::TxUserspaceLink),
         (inner_ipv4([2, 0, 0, 0, 0, 5], 20), K::TxNoNeighbour),
+        // Reached through a relay: meshd sends it (complete checksums, no GSO).
+        (inner_ipv4([2, 0, 0, 0, 0, 3], 20), K::TxUserspaceLink),
         // One byte over the overlay MTU: meshd answers it with ICMP.
         (inner_ipv4(REMOTE_MAC, MTU as usize - 28 + 1), K::TxTooBig),
     ];

@@ -107,7 +107,8 @@ struct Link {
     i_dialed: bool,
     /// Its data path stopped (as last told to gossip).
     datapath_down: bool,
-    /// It runs the kernel datapath (from its hello): GSO super-frames may go to it whole.
+    /// It runs the kernel datapath (from its hello): plaintext frames to it may take the
+    /// kernel path.
     peer_kernel: bool,
 }
 
@@ -533,7 +534,8 @@ impl Agent {
         };
         let table = tap.table();
         let Some(me) = table.me else { return };
-        // Sealed links stay in userspace: there is no AEAD in this kernel's BPF.
+        // Sealed links stay in userspace: there is no AEAD in this kernel's BPF. Links to a
+        // TAP-mode peer too (see NEIGHBOUR_KERNEL).
         let plaintext = !tap.encrypted();
         let neighbours = tap.links();
         let kernel_peers: std::collections::BTreeSet<u64> = self
@@ -558,8 +560,7 @@ impl Agent {
                 link_id: conn_id as u32,
                 addr,
                 mtu,
-                kernel: plaintext,
-                gso: kernel_peers.contains(&conn_id),
+                kernel: plaintext && kernel_peers.contains(&conn_id),
                 next_hop_mac: mac,
             })
             .collect();

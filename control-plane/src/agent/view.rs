@@ -87,8 +87,9 @@ impl Agent {
             let traffic = tap.and_then(|t| t.traffic(short)).unwrap_or_default();
             let kernel = link.and_then(|l| {
                 let k = self.kernel.as_ref()?;
-                // Sealed links never take the kernel path.
-                (!tap?.encrypted()).then(|| k.link_stats(l.conn_id as u32).unwrap_or_default())
+                // Sealed links and links to TAP-mode peers never take the kernel path.
+                (!tap?.encrypted() && l.peer_kernel)
+                    .then(|| k.link_stats(l.conn_id as u32).unwrap_or_default())
             });
             let k = kernel.unwrap_or_default();
             rows.push(PeerInfo {

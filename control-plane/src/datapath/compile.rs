@@ -7,9 +7,7 @@ use std::{
     net::SocketAddr,
 };
 
-use mesh_common::maps::{
-    NEIGHBOUR_GSO, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED, NeighbourEntry, SenderEntry,
-};
+use mesh_common::maps::{NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED, NeighbourEntry, SenderEntry};
 
 use crate::switch::{ShortId, forward::Table};
 
@@ -23,11 +21,9 @@ pub struct LinkView {
     pub addr: SocketAddr,
     /// The overlay MTU on the link.
     pub mtu: u32,
-    /// Plaintext: frames may take the kernel path.
+    /// Plaintext, and the neighbour runs the kernel datapath too: frames may take the kernel
+    /// path (see `NEIGHBOUR_KERNEL`).
     pub kernel: bool,
-    /// The neighbour runs the kernel datapath, which takes GSO super-frames whole (a TAP-mode
-    /// neighbour's socket would see one giant datagram).
-    pub gso: bool,
     /// The MAC of the underlay next hop towards it, when the kernel has resolved it.
     pub next_hop_mac: Option<[u8; 6]>,
 }
@@ -72,8 +68,7 @@ pub fn compile(table: &Table, links: &[LinkView]) -> MapState {
                         NEIGHBOUR_RESOLVED
                     } else {
                         0
-                    }
-                    | if l.gso { NEIGHBOUR_GSO } else { 0 },
+                    },
                 link_id: l.link_id,
                 mtu: l.mtu,
                 next_hop_mac: l.next_hop_mac.unwrap_or_default(),
@@ -162,7 +157,6 @@ mod tests {
             addr: SocketAddr::from(([198, 18, 0, ip], 6784)),
             mtu: 1450,
             kernel,
-            gso: kernel,
             next_hop_mac: Some([2, 0, 0, 0, 0, ip]),
         }
     }
@@ -208,7 +202,7 @@ mod tests {
         assert_eq!(st.routes.get(&3), Some(&2), "3 is reached through 2");
         assert_eq!(
             st.neighbours[&2].flags,
-            NEIGHBOUR_KERNEL | NEIGHBOUR_RESOLVED | NEIGHBOUR_GSO
+            NEIGHBOUR_KERNEL | NEIGHBOUR_RESOLVED
         );
         assert_eq!(st.neighbours[&2].next_hop_mac, [2, 0, 0, 0, 0, 2]);
         assert_eq!(

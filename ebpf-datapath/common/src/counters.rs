@@ -67,7 +67,8 @@ pub enum KernelCounter {
     TxGso = 1,
     /// To meshd: broadcast, multicast or unknown destination (flooded by meshd).
     TxFlood = 2,
-    /// To meshd: the next hop's link is sealed or not kernel-capable.
+    /// To meshd: the destination is no direct kernel-datapath neighbour over a plaintext link
+    /// (sealed, TAP-mode, or reached through a relay).
     TxUserspaceLink = 3,
     /// To meshd: bigger than the link's MTU (meshd answers with ICMP).
     TxTooBig = 4,
@@ -91,9 +92,6 @@ pub enum KernelCounter {
     RxDropLoop = 13,
     /// Dropped: addressed to a peer we have no route to.
     RxDropNoRoute = 14,
-    /// To meshd: a GSO super-frame whose path cannot take it whole (a TAP-mode next hop, or
-    /// a relayed destination); meshd cuts it into datagrams.
-    TxGsoToMeshd = 15,
 }
 
 impl KernelCounter {
@@ -113,7 +111,6 @@ impl KernelCounter {
         KernelCounter::RxDropUnknownSender,
         KernelCounter::RxDropLoop,
         KernelCounter::RxDropNoRoute,
-        KernelCounter::TxGsoToMeshd,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -134,13 +131,12 @@ impl KernelCounter {
             KernelCounter::RxDropUnknownSender => "kernel_dropped_unknown_sender",
             KernelCounter::RxDropLoop => "kernel_dropped_loop",
             KernelCounter::RxDropNoRoute => "kernel_dropped_no_route",
-            KernelCounter::TxGsoToMeshd => "kernel_tx_gso_to_meshd",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 16;
+pub const KERNEL_COUNTER_SLOTS: u32 = 15;
 
 #[cfg(test)]
 mod tests {

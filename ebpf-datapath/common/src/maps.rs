@@ -56,14 +56,12 @@ pub struct NeighbourEntry {
 /// whose own send makes the kernel resolve it.
 pub const NEIGHBOUR_RESOLVED: u16 = 2;
 
-/// The neighbour runs the kernel datapath, which decapsulates GSO super-frames whole. Without
-/// it a super-frame for it goes to meshd, which cuts it into datagrams (a TAP-mode receiver's
-/// socket would take a super-frame as one giant datagram).
-pub const NEIGHBOUR_GSO: u16 = 4;
-
 /// Frames to this neighbour may leave through the kernel: the link is plaintext (an
-/// `--insecure` mesh or a trusted subnet) and both ends speak the kernel datapath. Without it
-/// frames for it go to meshd, which seals them.
+/// `--insecure` mesh or a trusted subnet) and the neighbour runs the kernel datapath too.
+/// Without it frames for it go to meshd, which seals them or sends them as complete datagrams.
+/// (Frames the kernel sends may carry offloaded checksums that only a receiving kernel
+/// datapath keeps valid, and GSO super-frames that only it takes whole: a meshd reading them
+/// from its socket would get unfinished checksums and giant datagrams.)
 pub const NEIGHBOUR_KERNEL: u16 = 1;
 
 /// Who a plaintext datagram came from, key: the sender's IPv4 address (`SENDERS` hash map).

@@ -13,9 +13,7 @@ use aya_ebpf::{
 };
 use mesh_common::{
     KernelCounter,
-    maps::{
-        CONFIG_FORWARD, FDB_MAX_AGE_NS, MacKey, NEIGHBOUR_GSO, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
-    },
+    maps::{CONFIG_FORWARD, FDB_MAX_AGE_NS, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED},
     wire::{ENCAP_IPV4_LEN, ETH_LEN, HEADER_LEN, INITIAL_HOPS, WireHeader},
 };
 
@@ -74,15 +72,12 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
     // SAFETY: as above.
     let hop = *unsafe { ROUTES.get(peer) }.ok_or(KernelCounter::TxUserspaceLink)?;
     let n = *unsafe { NEIGHBOURS.get(hop) }.ok_or(KernelCounter::TxUserspaceLink)?;
-    if n.flags & NEIGHBOUR_KERNEL == 0 {
+    // Only straight to the destination: a relay might pass the frame to a meshd (a sealed or
+    // TAP-mode next link), which could not take its offloaded checksum or GSO.
+    if n.flags & NEIGHBOUR_KERNEL == 0 || hop != peer {
         return Err(KernelCounter::TxUserspaceLink);
     }
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    // A super-frame stays whole only to a kernel-datapath neighbour that is its destination:
-    // a TAP-mode receiver, or a relay whose next link may lead to one, could not take it.
-    if gso_size != 0 && (n.flags & NEIGHBOUR_GSO == 0 || hop != peer) {
-        return Err(KernelCounter::TxGsoToMeshd);
-    }
     if packet_len(ctx, &eth, gso_size) > n.mtu {
         return Err(KernelCounter::TxTooBig);
     }

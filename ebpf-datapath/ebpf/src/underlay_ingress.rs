@@ -20,8 +20,7 @@ use aya_ebpf::{
 use mesh_common::{
     KernelCounter,
     maps::{
-        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, MacKey, NEIGHBOUR_GSO, NEIGHBOUR_KERNEL,
-        NEIGHBOUR_RESOLVED,
+        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
     },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, FLOOD_ID, HEADER_LEN, OUTER_IPV4_LEN, WireHeader},
 };
@@ -237,8 +236,8 @@ fn relay(
     // A relay cannot answer the original sender about an MTU: too big for the next link
     // goes to meshd, which counts it.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    if gso && n.flags & NEIGHBOUR_GSO == 0 {
-        // Senders keep super-frames whole only to their destination; this one cannot go on.
+    if gso {
+        // Kernel senders keep super-frames whole only to their destination: not for a relay.
         return Verdict::ToMeshd;
     }
     let inner_ip_len = ctx.len().saturating_sub((INNER_OFF + ETH_LEN) as u32);
