@@ -31,6 +31,17 @@ impl Lab {
     /// Starts meshd on `host` (own state and run dirs under the lab dir, underlay `u0`,
     /// name = host name) with `args` appended, and waits until its API answers.
     pub fn start_meshd(&mut self, host: &Host, args: &[&str]) -> Result<Meshd> {
+        self.start_meshd_via(host, &[], args)
+    }
+
+    /// [`Lab::start_meshd`], with meshd started through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv` dropping capabilities) when it is not empty.
+    pub fn start_meshd_via(
+        &mut self,
+        host: &Host,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Result<Meshd> {
         let meshd = bins::path("meshd")?;
         let state_dir = self.dir().join(format!("{}-state", host.name));
         let run_dir = self.dir().join(format!("{}-run", host.name));
@@ -45,8 +56,19 @@ impl Lab {
             run_dir.display().to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        let proc = self.spawn(&host.ns, &meshd, &refs)?;
+        let proc = match wrapper.split_first() {
+            None => {
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                self.spawn(&host.ns, &meshd, &refs)?
+            }
+            Some((program, wrapper_args)) => {
+                let meshd = meshd.display().to_string();
+                let mut refs: Vec<&str> = wrapper_args.to_vec();
+                refs.push(&meshd);
+                refs.extend(all.iter().map(String::as_str));
+                self.spawn(&host.ns, Path::new(program), &refs)?
+            }
+        };
         let node = Meshd {
             proc,
             host: host.clone(),

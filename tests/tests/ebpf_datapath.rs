@@ -6,8 +6,8 @@
 use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
-    Container, Lab, datagrams,
-    mesh::{Meshd, full_mesh, meshctl_json, peers, status, tcp_transfer},
+    Container, Host, Lab, bins, datagrams,
+    mesh::{Meshd, full_mesh, meshctl_json, peer, peers, status, tap_counter, tcp_transfer},
     netns, wait_until,
 };
 
@@ -143,4 +143,219 @@ fn six_containers_on_three_kernel_hosts_talk_like_one_switch() {
         fdb.as_array().unwrap().iter().any(|e| e["peer"] == "k3"),
         "k1's fdb should hold k3's containers: {fdb}"
     );
+}
+
+/// The BPF objects a meshd holds open (programs, maps, links), from its file descriptors:
+/// `anon_inode:bpf-prog`, `bpf-map`, `bpf_link`.
+fn bpf_fds(lab: &Lab, node: &Meshd) -> Vec<String> {
+    let pid = lab.pid(node.proc).expect("meshd runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with("anon_inode:bpf"))
+        .collect()
+}
+
+/// Every container pings every other one.
+fn all_ping(lab: &Lab, containers: &[&Container]) {
+    for a in containers {
+        for b in containers {
+            if a.name != b.name {
+                assert!(
+                    wait_until(Duration::from_secs(8), || ping(lab, a, b)),
+                    "{} cannot reach {}",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn meshd_without_bpf_runs_the_tap_datapath_and_carries_traffic_with_kernel_hosts() {
+    let mut lab = Lab::new("ebpf-fallback").unwrap();
+    let k1 = lab.add_host("f1").unwrap();
+    let p2 = lab.add_host("f2").unwrap();
+    let p3 = lab.add_host("f3").unwrap();
+    let c: Vec<Container> = [&k1, &p2, &p3]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let addr = format!("10.41.0.{}/24", i + 1);
+            lab.add_container(h, &format!("fc{}", i + 1), Some(&addr))
+                .unwrap()
+        })
+        .collect();
+    let first = k1.addr.to_string();
+    let n1 = lab
+        .start_meshd(&k1, &["--insecure", "--datapath", "ebpf"])
+        .unwrap();
+    // Only CAP_NET_ADMIN and CAP_NET_RAW: no CAP_BPF, no CAP_SYS_ADMIN.
+    let setpriv = [
+        "/usr/bin/setpriv",
+        "--bounding-set",
+        "-all,+net_admin,+net_raw",
+    ];
+    let n2 = lab
+        .start_meshd_via(&p2, &setpriv, &["--insecure", &first])
+        .unwrap();
+    // bpf(2) fails ENOSYS, as on a kernel without BPF.
+    let without = bins::path("without-bpf").unwrap().display().to_string();
+    let n3 = lab
+        .start_meshd_via(&p3, &[&without], &["--insecure", &first])
+        .unwrap();
+    let nodes = [n1, n2, n3];
+    assert!(wait_until(Duration::from_secs(8), || full_mesh(&nodes)));
+
+    for (node, why) in [(&nodes[1], "os error 1"), (&nodes[2], "os error 38")] {
+        let st = status(node).unwrap();
+        assert_eq!(st["datapath"]["mode"], "tap", "{st}");
+        let reason = st["datapath"]["fallback_reason"].as_str().unwrap();
+        assert!(
+            reason.contains("loading mesh's eBPF object failed") && reason.contains(why),
+            "{}: the reason should say what failed ({why}): {reason}",
+            node.host.name
+        );
+        assert!(
+            lab.log(node.proc)
+                .contains("kernel datapath unavailable; using the TAP datapath"),
+            "{}: one log line says why",
+            node.host.name
+        );
+        let held = bpf_fds(&lab, node);
+        assert!(
+            held.is_empty(),
+            "{}: nothing BPF-based may be loaded in TAP mode: {held:?}",
+            node.host.name
+        );
+    }
+    let held = bpf_fds(&lab, &nodes[0]);
+    assert!(
+        held.iter().filter(|l| l.contains("bpf_link")).count() == 2
+            && held.iter().any(|l| l.contains("bpf-prog")),
+        "the kernel host holds its two programs and their links: {held:?}"
+    );
+
+    all_ping(&lab, &c.iter().collect::<Vec<_>>());
+    for (from, to) in [(&c[0], &c[1]), (&c[2], &c[0])] {
+        let target = to.addr.unwrap().to_string();
+        tcp_transfer(&mut lab, from, to, (&target, &target), "8M").unwrap();
+    }
+    // The kernel host's links to them are userspace links.
+    for name in ["f2", "f3"] {
+        let p = peer(&nodes[0], name).unwrap();
+        assert_eq!(p["datapath"], "tap", "{p}");
+        let bytes = p["tx_bytes"].as_u64().unwrap() + p["rx_bytes"].as_u64().unwrap();
+        assert!(bytes > 4 << 20, "the transfer crossed this link: {p}");
+    }
+}
+
+/// `node`'s relayed frames, by the kernel or by meshd.
+fn relayed(node: &Meshd) -> u64 {
+    kcounter(node, "kernel_rx_relayed") + tap_counter(node, "tap_relayed")
+}
+
+/// Blocks the data port between `a` and `b` and waits until `node` (on `a`) routes to `b`'s
+/// name through `via`.
+fn block_data_path(lab: &mut Lab, node: &Meshd, (a, b): (&Host, &Host), via: &str) {
+    lab.drop_udp_port_between(a, b, 6784).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(8), || peer(node, &b.name)
+            .is_some_and(|p| p["via"] == via)),
+        "{} should reach {} through {via}: {:#?}",
+        a.name,
+        b.name,
+        peers(node)
+    );
+}
+
+#[test]
+fn kernel_and_tap_hosts_share_one_mesh_and_relay_for_each_other() {
+    let mut lab = Lab::new("ebpf-mixed").unwrap();
+    let hosts: Vec<Host> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| lab.add_host(n).unwrap())
+        .collect();
+    let c: Vec<Container> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let addr = format!("10.45.0.{}/24", i + 1);
+            lab.add_container(h, &format!("mc{}", i + 1), Some(&addr))
+                .unwrap()
+        })
+        .collect();
+    let first = hosts[0].addr.to_string();
+    let nodes: Vec<Meshd> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let datapath = if i == 2 { "tap" } else { "ebpf" };
+            let mut args = vec!["--insecure", "--datapath", datapath];
+            if i > 0 {
+                args.push(&first);
+            }
+            lab.start_meshd(h, &args).unwrap()
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(8), || full_mesh(&nodes)));
+    all_ping(&lab, &c.iter().collect::<Vec<_>>());
+    let kinds = |n: &Meshd, other: &str| peer(n, other).unwrap()["datapath"].clone();
+    assert_eq!(kinds(&nodes[0], "m2"), "kernel");
+    assert_eq!(kinds(&nodes[0], "m3"), "tap");
+    assert_eq!(kinds(&nodes[2], "m1"), "tap");
+
+    // A broadcast from either kind of host reaches every other container exactly once.
+    let socks: Vec<UdpSocket> = c.iter().map(|c| udp_in(c, 7001)).collect();
+    for (i, from) in [0usize, 2].into_iter().map(|i| (i, &c[i])) {
+        let s = netns::run_in(&from.ns, || {
+            let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            s.set_broadcast(true).unwrap();
+            s
+        })
+        .unwrap();
+        s.send_to(
+            format!("from {}", from.name).as_bytes(),
+            ("10.45.0.255", 7001),
+        )
+        .unwrap();
+        for (j, sock) in socks.iter().enumerate() {
+            // The sender's own socket hears its broadcast locally: not the mesh's doing.
+            let got = datagrams(sock);
+            if j != i {
+                assert_eq!(got, vec![format!("from {}", from.name)], "{}", c[j].name);
+            }
+        }
+    }
+    // TCP both ways across the kinds, and between the kernel hosts.
+    for (a, b) in [(0, 2), (2, 0), (0, 1)] {
+        let target = c[b].addr.unwrap().to_string();
+        tcp_transfer(&mut lab, &c[a], &c[b], (&target, &target), "8M").unwrap();
+    }
+    assert!(kcounter(&nodes[0], "kernel_tx_sent") > 0);
+
+    // Relayed through the kernel host m2 when m1 and m3 cannot exchange data frames.
+    let before = relayed(&nodes[1]);
+    block_data_path(&mut lab, &nodes[0], (&hosts[0], &hosts[2]), "m2");
+    assert!(wait_until(Duration::from_secs(8), || ping(
+        &lab, &c[0], &c[2]
+    ) && ping(
+        &lab, &c[2], &c[0]
+    )));
+    assert!(relayed(&nodes[1]) > before, "m2 relayed");
+    lab.allow_between(&hosts[0], &hosts[2]).unwrap();
+
+    // Relayed through the TAP host m3 when the two kernel hosts cannot.
+    let before = tap_counter(&nodes[2], "tap_relayed");
+    block_data_path(&mut lab, &nodes[0], (&hosts[0], &hosts[1]), "m3");
+    assert!(wait_until(Duration::from_secs(8), || ping(
+        &lab, &c[0], &c[1]
+    ) && ping(
+        &lab, &c[1], &c[0]
+    )));
+    let target = c[1].addr.unwrap().to_string();
+    tcp_transfer(&mut lab, &c[0], &c[1], (&target, &target), "4M").unwrap();
+    assert!(tap_counter(&nodes[2], "tap_relayed") > before, "m3 relayed");
 }

@@ -305,7 +305,8 @@ fn choose_datapath(
             "starting the kernel datapath (--datapath ebpf); --datapath tap runs without BPF",
         )),
         (Err(e), _) => {
-            let reason = format!("{e:#}");
+            // The whole chain: the cause (EPERM, ENOSYS, ...) is at its end.
+            let reason = format!("{:#}", anyhow::Error::new(e));
             tracing::warn!(
                 reason,
                 "kernel datapath unavailable; using the TAP datapath"
