@@ -176,6 +176,66 @@ pub fn start_mesh(
     Ok(nodes)
 }
 
+/// How a test's meshd instances forward frames: the datapath scenarios run in each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every host in TAP mode with a password: meshd seals every frame.
+    TapSealed,
+    /// Every host on the kernel datapath, plaintext (`--insecure`).
+    Kernel,
+    /// Plaintext; the last host of the list runs the TAP datapath, the others the kernel one.
+    Mixed,
+}
+
+impl Mode {
+    /// meshd's arguments (authentication and datapath) for host `i` of `n`; `password_file`
+    /// is used when the mode seals.
+    pub fn args(self, i: usize, n: usize, password_file: &str) -> Vec<String> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Mode::TapSealed => v(&["--password-file", password_file, "--datapath", "tap"]),
+            Mode::Kernel => v(&["--insecure", "--datapath", "ebpf"]),
+            Mode::Mixed if i + 1 == n => v(&["--insecure", "--datapath", "tap"]),
+            Mode::Mixed => v(&["--insecure", "--datapath", "ebpf"]),
+        }
+    }
+
+    /// Data frames are sealed (28 bytes of overhead more).
+    pub fn sealed(self) -> bool {
+        self == Mode::TapSealed
+    }
+}
+
+/// Starts meshd on every host in `hosts` as `mode` says, each given the first host as its only
+/// peer (gossip finds the rest).
+pub fn start_mesh_in(lab: &mut Lab, hosts: &[Host], mode: Mode) -> Result<Vec<Meshd>> {
+    let pw = lab.password_file("pw", "mesh test")?;
+    let pw = pw.to_str().context("UTF-8 lab dir")?.to_owned();
+    let first = hosts.first().context("no hosts")?.addr.to_string();
+    let mut nodes = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let mut args = mode.args(i, hosts.len(), &pw);
+        if i > 0 {
+            args.push(first.clone());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(lab.start_meshd(h, &refs)?);
+    }
+    Ok(nodes)
+}
+
+/// A kernel data-path counter from `meshctl status` (0 when absent).
+pub fn kernel_counter(node: &Meshd, name: &str) -> u64 {
+    status(node).map_or(0, |s| {
+        s["datapath"]["kernel_counters"][name].as_u64().unwrap_or(0)
+    })
+}
+
+/// Frames `node` relayed for other peers, by the kernel or by meshd.
+pub fn relayed(node: &Meshd) -> u64 {
+    kernel_counter(node, "kernel_rx_relayed") + tap_counter(node, "tap_relayed")
+}
+
 /// A TAP data-path counter from `meshctl status` (0 when absent).
 pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
     status(node).map_or(0, |s| {

@@ -7,16 +7,12 @@ use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
     Container, Host, Lab, bins, datagrams,
-    mesh::{Meshd, full_mesh, meshctl_json, peer, peers, status, tap_counter, tcp_transfer},
+    mesh::{
+        Meshd, full_mesh, kernel_counter as kcounter, meshctl_json, peer, peers, relayed, status,
+        tap_counter, tcp_transfer,
+    },
     netns, wait_until,
 };
-
-/// A kernel datapath counter from `meshctl status` (0 when absent).
-fn kcounter(node: &Meshd, name: &str) -> u64 {
-    status(node).map_or(0, |s| {
-        s["datapath"]["kernel_counters"][name].as_u64().unwrap_or(0)
-    })
-}
 
 /// Starts an `--insecure` meshd with `--datapath ebpf` on every host, each told the first.
 fn mesh(lab: &mut Lab, hosts: &[mesh_tests::Host]) -> Vec<Meshd> {
@@ -250,11 +246,6 @@ fn meshd_without_bpf_runs_the_tap_datapath_and_carries_traffic_with_kernel_hosts
         let bytes = p["tx_bytes"].as_u64().unwrap() + p["rx_bytes"].as_u64().unwrap();
         assert!(bytes > 4 << 20, "the transfer crossed this link: {p}");
     }
-}
-
-/// `node`'s relayed frames, by the kernel or by meshd.
-fn relayed(node: &Meshd) -> u64 {
-    kcounter(node, "kernel_rx_relayed") + tap_counter(node, "tap_relayed")
 }
 
 /// Blocks the data port between `a` and `b` and waits until `node` (on `a`) routes to `b`'s

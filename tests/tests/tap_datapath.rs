@@ -1,15 +1,17 @@
-//! The TAP datapath with real meshd processes (password mode, so every frame is sealed):
-//! containers on different hosts talk as if on one switch (ICMP, UDP unicast and broadcast, TCP,
-//! IPv6 link-local), a host pair that cannot talk directly is relayed by a third, and a host
-//! behind a NAT that only dials out is reachable both ways.
+//! The datapath scenarios with real meshd processes: containers on different hosts talk as if
+//! on one switch (ICMP, UDP unicast and broadcast, TCP, IPv6 link-local; the TAP datapath,
+//! password mode, so every frame is sealed), a host pair that cannot talk directly is relayed
+//! by a third, a host behind a NAT that only dials out is reachable both ways, and a link whose
+//! data path is blocked is routed around. Each of the last three runs in every [`Mode`]: sealed
+//! TAP hosts, plaintext kernel-datapath hosts, and a mixed mesh (the last host on TAP).
 
 use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
     Container, Lab, datagrams,
     mesh::{
-        Meshd, full_mesh, meshctl_json, peer, peers, start_mesh, tap_counter as counter,
-        tcp_transfer,
+        Meshd, Mode, full_mesh, meshctl_json, peer, peers, relayed, start_mesh, start_mesh_in,
+        tap_counter as counter, tcp_transfer,
     },
     netns, wait_until,
 };
@@ -192,9 +194,8 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
     }
 }
 
-#[test]
-fn a_host_pair_without_a_direct_path_is_relayed_by_a_third() {
-    let mut lab = Lab::new("tap-relay").unwrap();
+fn relay_scenario(label: &str, mode: Mode) {
+    let mut lab = Lab::new(label).unwrap();
     let h1 = lab.add_host("r1").unwrap();
     let h2 = lab.add_host("r2").unwrap();
     let h3 = lab.add_host("r3").unwrap();
@@ -203,30 +204,45 @@ fn a_host_pair_without_a_direct_path_is_relayed_by_a_third() {
     let c2 = lab.add_container(&h2, "rc2", Some("10.40.0.2/24")).unwrap();
     let c3 = lab.add_container(&h3, "rc3", Some("10.40.0.3/24")).unwrap();
     // r2 first: the others know only it.
-    let nodes = mesh(&mut lab, &[h2.clone(), h1.clone(), h3.clone()]);
-    let relayed = |lab: &Lab| ping(lab, &c1, &c3) && ping(lab, &c3, &c1);
+    let nodes = start_mesh_in(&mut lab, &[h2.clone(), h1.clone(), h3.clone()], mode).unwrap();
+    let talk = |lab: &Lab| ping(lab, &c1, &c3) && ping(lab, &c3, &c1);
     assert!(
-        wait_until(Duration::from_secs(8), || relayed(&lab)),
+        wait_until(Duration::from_secs(8), || talk(&lab)),
         "rc1 and rc3 should talk through r2; r1 peers: {:#?}",
         peers(&nodes[1])
     );
     assert!(ping(&lab, &c1, &c2));
-    assert!(
-        counter(&nodes[0], "tap_relayed") > 0,
-        "r2 relayed the unicast frames"
-    );
-    assert_eq!(
-        counter(&nodes[0], "tap_dropped_loop"),
-        0,
-        "no frame came back to its origin or ran out of hops"
-    );
+    assert!(relayed(&nodes[0]) > 0, "r2 relayed the unicast frames");
+    for n in &nodes {
+        let loops = counter(n, "tap_dropped_loop")
+            + mesh_tests::mesh::kernel_counter(n, "kernel_dropped_loop");
+        assert_eq!(
+            loops, 0,
+            "no frame came back to its origin or ran out of hops"
+        );
+    }
+}
+
+#[test]
+fn a_host_pair_without_a_direct_path_is_relayed_by_a_third() {
+    relay_scenario("tap-relay", Mode::TapSealed);
+}
+
+#[test]
+fn a_host_pair_without_a_direct_path_is_relayed_by_a_third_kernel() {
+    relay_scenario("k-relay", Mode::Kernel);
+}
+
+#[test]
+fn a_host_pair_without_a_direct_path_is_relayed_by_a_third_mixed() {
+    relay_scenario("mx-relay", Mode::Mixed);
 }
 
 /// The seed NAT scenario: a home host behind a router that only lets its own flows out, two
 /// cloud hosts. `home_first`: home's meshd starts first (dialling cloud1, which is not up yet)
 /// and its container speaks first; otherwise the clouds start first and a cloud container
-/// speaks first.
-fn nat_scenario(label: &str, home_first: bool) {
+/// speaks first. In the mixed mode home (the Pi) is the TAP host.
+fn nat_scenario(label: &str, home_first: bool, mode: Mode) {
     let mut lab = Lab::new(label).unwrap();
     let cloud1 = lab.add_host("cloud1").unwrap();
     let cloud2 = lab.add_host("cloud2").unwrap();
@@ -244,25 +260,30 @@ fn nat_scenario(label: &str, home_first: bool) {
     let pw = lab.password_file("pw", "nat test").unwrap();
     let pw = pw.to_str().unwrap().to_owned();
     let c1_addr = cloud1.addr.to_string();
-    let with_cloud1 = [
-        "--password-file",
-        pw.as_str(),
-        "--datapath",
-        "tap",
-        c1_addr.as_str(),
-    ];
-    let alone = ["--password-file", pw.as_str(), "--datapath", "tap"];
+    // Host i of (cloud1, cloud2, home); all but cloud1 are told cloud1.
+    let args = |i: usize| {
+        let mut a = mode.args(i, 3, &pw);
+        if i > 0 {
+            a.push(c1_addr.clone());
+        }
+        a
+    };
+    let start = |lab: &mut Lab, h: &mesh_tests::Host, i: usize| {
+        let a = args(i);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        lab.start_meshd(h, &refs).unwrap()
+    };
     // Nodes in the order cloud1, cloud2, home.
     let nodes = if home_first {
-        let h = lab.start_meshd(&home, &with_cloud1).unwrap();
+        let h = start(&mut lab, &home, 2);
         std::thread::sleep(Duration::from_secs(1));
-        let n1 = lab.start_meshd(&cloud1, &alone).unwrap();
-        let n2 = lab.start_meshd(&cloud2, &with_cloud1).unwrap();
+        let n1 = start(&mut lab, &cloud1, 0);
+        let n2 = start(&mut lab, &cloud2, 1);
         vec![n1, n2, h]
     } else {
-        let n1 = lab.start_meshd(&cloud1, &alone).unwrap();
-        let n2 = lab.start_meshd(&cloud2, &with_cloud1).unwrap();
-        let h = lab.start_meshd(&home, &with_cloud1).unwrap();
+        let n1 = start(&mut lab, &cloud1, 0);
+        let n2 = start(&mut lab, &cloud2, 1);
+        let h = start(&mut lab, &home, 2);
         vec![n1, n2, h]
     };
     assert!(
@@ -291,6 +312,17 @@ fn nat_scenario(label: &str, home_first: bool) {
     // The clouds send home's data to the router's address, learnt from home's heartbeats.
     let seen = peer(&nodes[0], "home").unwrap();
     assert_eq!(seen["datapath_health"], "up", "{seen}");
+    // Home's frames took the kernel path through the NAT, both ways, when both ends run it.
+    let kind = if mode == Mode::Kernel {
+        "kernel"
+    } else {
+        "tap"
+    };
+    assert_eq!(seen["datapath"], kind, "{seen}");
+    if mode == Mode::Kernel {
+        assert!(seen["kernel_tx_packets"].as_u64().unwrap() > 0, "{seen}");
+        assert!(seen["kernel_rx_packets"].as_u64().unwrap() > 0, "{seen}");
+    }
     assert!(seen["rx_packets"].as_u64().unwrap() > 0);
     let wan = router.wan_addr.to_string();
     assert!(
@@ -301,17 +333,36 @@ fn nat_scenario(label: &str, home_first: bool) {
 
 #[test]
 fn containers_behind_a_nat_talk_both_ways_when_the_clouds_start_first() {
-    nat_scenario("tap-nat-c", false);
+    nat_scenario("tap-nat-c", false, Mode::TapSealed);
 }
 
 #[test]
 fn containers_behind_a_nat_talk_both_ways_when_home_starts_first() {
-    nat_scenario("tap-nat-h", true);
+    nat_scenario("tap-nat-h", true, Mode::TapSealed);
 }
 
 #[test]
-fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_stays_up() {
-    let mut lab = Lab::new("tap-health").unwrap();
+fn containers_behind_a_nat_talk_both_ways_when_the_clouds_start_first_kernel() {
+    nat_scenario("k-nat-c", false, Mode::Kernel);
+}
+
+#[test]
+fn containers_behind_a_nat_talk_both_ways_when_home_starts_first_kernel() {
+    nat_scenario("k-nat-h", true, Mode::Kernel);
+}
+
+#[test]
+fn containers_behind_a_nat_talk_both_ways_when_the_clouds_start_first_mixed() {
+    nat_scenario("mx-nat-c", false, Mode::Mixed);
+}
+
+#[test]
+fn containers_behind_a_nat_talk_both_ways_when_home_starts_first_mixed() {
+    nat_scenario("mx-nat-h", true, Mode::Mixed);
+}
+
+fn health_scenario(label: &str, mode: Mode) {
+    let mut lab = Lab::new(label).unwrap();
     let hosts: Vec<_> = (1..=3)
         .map(|i| lab.add_host(&format!("x{i}")).unwrap())
         .collect();
@@ -321,7 +372,7 @@ fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_sta
     let c3 = lab
         .add_container(&hosts[2], "xc3", Some("10.44.0.3/24"))
         .unwrap();
-    let nodes = mesh(&mut lab, &hosts);
+    let nodes = start_mesh_in(&mut lab, &hosts, mode).unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)));
     // A firewall between x1 and x3 that lets QUIC through but not the data port.
@@ -338,10 +389,10 @@ fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_sta
         "x1 peers: {:#?}",
         peers(&nodes[0])
     );
-    let relayed = counter(&nodes[1], "tap_relayed");
+    let before = relayed(&nodes[1]);
     assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)
         && ping(&lab, &c3, &c1)));
-    assert!(counter(&nodes[1], "tap_relayed") > relayed, "x2 relayed");
+    assert!(relayed(&nodes[1]) > before, "x2 relayed");
     // Open again: the direct data path comes back.
     lab.allow_between(&hosts[0], &hosts[2]).unwrap();
     assert!(
@@ -353,4 +404,19 @@ fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_sta
         peers(&nodes[0])
     );
     assert!(ping(&lab, &c1, &c3));
+}
+
+#[test]
+fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_stays_up() {
+    health_scenario("tap-health", Mode::TapSealed);
+}
+
+#[test]
+fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_stays_up_kernel() {
+    health_scenario("k-health", Mode::Kernel);
+}
+
+#[test]
+fn a_link_whose_data_path_is_blocked_is_relayed_while_its_control_connection_stays_up_mixed() {
+    health_scenario("mx-health", Mode::Mixed);
 }

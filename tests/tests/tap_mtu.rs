@@ -1,12 +1,13 @@
-//! The overlay MTU on a 1500-byte underlay, encrypted: a packet that fills it crosses, one byte
-//! more gets an error back to its sender, and TCP with default settings (containers at MTU
-//! 1500) finds the path MTU instead of black-holing.
+//! The overlay MTU on a 1500-byte underlay: a packet that fills it crosses, one byte more gets
+//! an error back to its sender, and TCP with default settings (containers at MTU 1500) finds
+//! the path MTU instead of black-holing; a narrower path is probed and answered at the source.
+//! Each in every [`Mode`] (sealed TAP, plaintext kernel, mixed).
 
 use std::{net::Ipv4Addr, process::Output, time::Duration};
 
 use mesh_tests::{
     Container, Lab,
-    mesh::{full_mesh, start_mesh, status, tap_counter, tcp_transfer},
+    mesh::{Mode, full_mesh, start_mesh_in, status, tap_counter, tcp_transfer},
     wait_until,
 };
 
@@ -18,20 +19,13 @@ fn df_ping(lab: &Lab, from: &Container, to: Ipv4Addr, size: u64) -> Output {
     lab.exec(&from.ns, "ping", &args).unwrap()
 }
 
-#[test]
-fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
-    let mut lab = Lab::new("tap-mtu").unwrap();
+fn mtu_scenario(label: &str, mode: Mode) {
+    let mut lab = Lab::new(label).unwrap();
     let h1 = lab.add_host("m1").unwrap();
     let h2 = lab.add_host("m2").unwrap();
     let c1 = lab.add_container(&h1, "mc1", Some("10.41.0.1/24")).unwrap();
     let c2 = lab.add_container(&h2, "mc2", Some("10.41.0.2/24")).unwrap();
-    let nodes = start_mesh(
-        &mut lab,
-        &[h1.clone(), h2.clone()],
-        "mtu test",
-        &["--datapath", "tap"],
-    )
-    .unwrap();
+    let nodes = start_mesh_in(&mut lab, &[h1.clone(), h2.clone()], mode).unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     let underlay = lab
         .exec(
@@ -45,7 +39,8 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
     let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
         .as_u64()
         .unwrap();
-    assert!(mtu >= 1400, "encrypted overlay MTU {mtu} is below 1400");
+    assert!(mtu >= 1400, "overlay MTU {mtu} is below 1400");
+    assert_eq!(mtu, if mode.sealed() { 1422 } else { 1450 });
     let target = c2.addr.unwrap().to_string();
     assert!(wait_until(Duration::from_secs(5), || lab
         .ping(&c1.ns, c2.addr.unwrap(), 1)
@@ -83,8 +78,22 @@ fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
 }
 
 #[test]
-fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
-    let mut lab = Lab::new("tap-pmtu").unwrap();
+fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost() {
+    mtu_scenario("tap-mtu", Mode::TapSealed);
+}
+
+#[test]
+fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost_kernel() {
+    mtu_scenario("k-mtu", Mode::Kernel);
+}
+
+#[test]
+fn packets_fill_the_overlay_mtu_and_bigger_ones_are_answered_not_lost_mixed() {
+    mtu_scenario("mx-mtu", Mode::Mixed);
+}
+
+fn pmtu_scenario(label: &str, mode: Mode) {
+    let mut lab = Lab::new(label).unwrap();
     let h1 = lab.add_host("p1").unwrap();
     let h2 = lab.add_host("p2").unwrap();
     let h3 = lab.add_host("p3").unwrap();
@@ -93,19 +102,14 @@ fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
     let c3 = lab.add_container(&h3, "pc3", Some("10.45.0.3/24")).unwrap();
     // p2 sits behind a 1400-byte path; the hosts' own NICs stay at 1500.
     lab.narrow_path(&h2, 1400).unwrap();
-    let nodes = start_mesh(
-        &mut lab,
-        &[h1.clone(), h2.clone(), h3.clone()],
-        "pmtu",
-        &["--datapath", "tap"],
-    )
-    .unwrap();
+    let nodes = start_mesh_in(&mut lab, &[h1.clone(), h2.clone(), h3.clone()], mode).unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
     let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
         .as_u64()
         .unwrap();
-    // 1400 less outer IPv4+UDP (28), mesh header (8), seal (28) and inner Ethernet (14).
-    let narrow = 1400 - 28 - 8 - 28 - 14;
+    // 1400 less outer IPv4+UDP (28), mesh header (8), seal (28 when sealing) and inner
+    // Ethernet (14).
+    let narrow = 1400 - 28 - 8 - if mode.sealed() { 28 } else { 0 } - 14;
     let link_mtu =
         |name: &str| mesh_tests::mesh::peer(&nodes[0], name).and_then(|p| p["link_mtu"].as_u64());
     assert!(
@@ -141,4 +145,19 @@ fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
     // TCP with default settings across the narrow path.
     let target = c2.addr.unwrap().to_string();
     tcp_transfer(&mut lab, &c1, &c2, (&target, &target), "4M").unwrap();
+}
+
+#[test]
+fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source() {
+    pmtu_scenario("tap-pmtu", Mode::TapSealed);
+}
+
+#[test]
+fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source_kernel() {
+    pmtu_scenario("k-pmtu", Mode::Kernel);
+}
+
+#[test]
+fn a_narrow_underlay_path_is_probed_and_its_mtu_answered_at_the_source_mixed() {
+    pmtu_scenario("mx-pmtu", Mode::Mixed);
 }
