@@ -10,15 +10,11 @@ use std::{net::UdpSocket, time::Duration};
 use mesh_tests::{
     Container, Lab, datagrams,
     mesh::{
-        Meshd, Mode, full_mesh, meshctl_json, peer, peers, relayed, start_mesh, start_mesh_in,
-        tap_counter as counter, tcp_transfer,
+        Meshd, Mode, full_mesh, kernel_counter, meshctl_json, peer, peers, relayed, start_mesh_in,
+        status, tap_counter as counter, tcp_transfer,
     },
     netns, wait_until,
 };
-
-fn mesh(lab: &mut Lab, hosts: &[mesh_tests::Host]) -> Vec<Meshd> {
-    start_mesh(lab, hosts, "tap test", &["--datapath", "tap"]).unwrap()
-}
 
 fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {
     lab.ping(&from.ns, to.addr.unwrap(), 2).unwrap()
@@ -51,9 +47,11 @@ fn link_local(lab: &Lab, c: &Container) -> Option<String> {
     Some(addr.to_owned())
 }
 
-#[test]
-fn six_containers_on_three_hosts_talk_like_one_switch() {
-    let mut lab = Lab::new("tap-basic").unwrap();
+/// 3 hosts × 2 containers: every pair pings, UDP unicast reaches each container and one
+/// broadcast each exactly once, TCP crosses hosts over IPv4 and IPv6 link-local; then what the
+/// mode promises about how frames travelled.
+fn basic_scenario(label: &str, mode: Mode) {
+    let mut lab = Lab::new(label).unwrap();
     let hosts: Vec<_> = (1..=3)
         .map(|i| lab.add_host(&format!("t{i}")).unwrap())
         .collect();
@@ -67,12 +65,17 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
             .unwrap()
         })
         .collect();
-    let nodes = mesh(&mut lab, &hosts);
+    let nodes = start_mesh_in(&mut lab, &hosts, mode).unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
-    // Nothing BPF-based that the TAP datapath does not need: no observe-only XDP.
-    let status = meshctl_json(&nodes[0], &["status"]).unwrap();
-    assert_eq!(status["datapath"]["mode"], "tap", "{status}");
-    assert_eq!(status["datapath"]["xdp_mode"], "", "{status}");
+    // Nothing BPF-based that the datapath does not need: no observe-only XDP.
+    let st = status(&nodes[0]).unwrap();
+    let datapath = if mode == Mode::TapSealed {
+        "tap"
+    } else {
+        "ebpf"
+    };
+    assert_eq!(st["datapath"]["mode"], datapath, "{st}");
+    assert_eq!(st["datapath"]["xdp_mode"], "", "{st}");
     for a in &containers {
         for b in &containers {
             if a.name != b.name {
@@ -86,9 +89,6 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
             }
         }
     }
-    // ARP requests are broadcasts: they crossed, or nothing above would work; every host
-    // delivered frames from peers.
-    assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
 
     // UDP, unicast to each container and one broadcast that reaches all of them.
     let socks: Vec<UdpSocket> = containers.iter().map(|c| udp_in(c, 7000)).collect();
@@ -117,19 +117,10 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
     }
 
     // A TCP stream across two hosts.
+    let gso_before = kernel_counter(&nodes[0], "kernel_tx_gso");
     let (from, to) = (&containers[0], &containers[5]);
     let target = to.addr.unwrap().to_string();
     tcp_transfer(&mut lab, from, to, (&target, &target), "16M").unwrap();
-    // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
-    let (t1, t3) = (&nodes[0], &nodes[2]);
-    assert!(
-        counter(t1, "tap_tx_frames") > counter(t1, "tap_reads"),
-        "no TAP read carried more than one frame"
-    );
-    assert!(
-        counter(t3, "tap_delivered") > counter(t3, "tap_writes"),
-        "no TAP write carried more than one frame"
-    );
 
     // IPv6 link-local (neighbour discovery is multicast).
     let ll = containers
@@ -157,8 +148,7 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
             containers[b].name
         );
     }
-
-    // TCP over IPv6 link-local (segmented and coalesced as IPv6).
+    // TCP over IPv6 link-local (segmented and coalesced, or encapsulated whole, as IPv6).
     let server_ll = format!("{}%eth0", ll[5]);
     let ends = (server_ll.as_str(), server_ll.as_str());
     tcp_transfer(&mut lab, &containers[0], &containers[5], ends, "16M").unwrap();
@@ -182,16 +172,75 @@ fn six_containers_on_three_hosts_talk_like_one_switch() {
             .any(|e| e["mac"] == mac.as_str() && e["peer"] == "t2"),
         "t1's fdb should hold {mac} behind t2: {fdb}"
     );
-    // Every link is encrypted and its data path up; traffic was counted on it.
-    for n in &nodes {
+
+    let (t1, t3) = (&nodes[0], &nodes[2]);
+    match mode {
+        Mode::TapSealed => {
+            // ARP requests are broadcasts: every host delivered frames from peers.
+            assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
+            // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
+            assert!(
+                counter(t1, "tap_tx_frames") > counter(t1, "tap_reads"),
+                "no TAP read carried more than one frame"
+            );
+            assert!(
+                counter(t3, "tap_delivered") > counter(t3, "tap_writes"),
+                "no TAP write carried more than one frame"
+            );
+        }
+        Mode::Kernel => {
+            // Unicast took the kernel path both ways on every host; the TCP stream left t1 as
+            // GSO super-frames, encapsulated whole.
+            for n in &nodes {
+                let st = status(n).unwrap();
+                assert!(kernel_counter(n, "kernel_tx_sent") > 0, "{st}");
+                assert!(kernel_counter(n, "kernel_rx_delivered") > 0, "{st}");
+            }
+            assert!(
+                kernel_counter(t1, "kernel_tx_gso") > gso_before,
+                "no GSO super-frame was encapsulated whole: {}",
+                status(t1).unwrap()
+            );
+        }
+        Mode::Mixed => {}
+    }
+    // Every link says how its frames travel, whether they are sealed, that its data path is
+    // up, and counts traffic.
+    for (i, n) in nodes.iter().enumerate() {
         for p in peers(n).unwrap() {
-            assert_eq!(p["datapath"], "tap", "{p}");
-            assert_eq!(p["encrypted"], true, "{p}");
+            let both_kernel = i != 2 && p["name"] != "t3";
+            let kind = match mode {
+                Mode::TapSealed => "tap",
+                Mode::Kernel => "kernel",
+                Mode::Mixed if both_kernel => "kernel",
+                Mode::Mixed => "tap",
+            };
+            assert_eq!(p["datapath"], kind, "{p}");
+            assert_eq!(p["encrypted"], mode.sealed(), "{p}");
             assert_eq!(p["datapath_health"], "up", "{p}");
             assert!(p["tx_packets"].as_u64().unwrap() > 0, "{p}");
             assert!(p["rx_bytes"].as_u64().unwrap() > 0, "{p}");
+            if kind == "kernel" {
+                assert!(p["kernel_tx_packets"].as_u64().unwrap() > 0, "{p}");
+                assert!(p["kernel_rx_packets"].as_u64().unwrap() > 0, "{p}");
+            }
         }
     }
+}
+
+#[test]
+fn six_containers_on_three_hosts_talk_like_one_switch() {
+    basic_scenario("tap-basic", Mode::TapSealed);
+}
+
+#[test]
+fn six_containers_on_three_hosts_talk_like_one_switch_kernel() {
+    basic_scenario("k-basic", Mode::Kernel);
+}
+
+#[test]
+fn six_containers_on_three_hosts_talk_like_one_switch_mixed() {
+    basic_scenario("mx-basic", Mode::Mixed);
 }
 
 fn relay_scenario(label: &str, mode: Mode) {
