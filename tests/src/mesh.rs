@@ -181,6 +181,8 @@ pub fn start_mesh(
 pub enum Mode {
     /// Every host in TAP mode with a password: meshd seals every frame.
     TapSealed,
+    /// Every host in TAP mode, plaintext (`--insecure`).
+    TapPlain,
     /// Every host on the kernel datapath, plaintext (`--insecure`).
     Kernel,
     /// Plaintext; the last host of the list runs the TAP datapath, the others the kernel one.
@@ -194,6 +196,7 @@ impl Mode {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self {
             Mode::TapSealed => v(&["--password-file", password_file, "--datapath", "tap"]),
+            Mode::TapPlain => v(&["--insecure", "--datapath", "tap"]),
             Mode::Kernel => v(&["--insecure", "--datapath", "ebpf"]),
             Mode::Mixed if i + 1 == n => v(&["--insecure", "--datapath", "tap"]),
             Mode::Mixed => v(&["--insecure", "--datapath", "ebpf"]),

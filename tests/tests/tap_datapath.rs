@@ -175,7 +175,7 @@ fn basic_scenario(label: &str, mode: Mode) {
 
     let (t1, t3) = (&nodes[0], &nodes[2]);
     match mode {
-        Mode::TapSealed => {
+        Mode::TapSealed | Mode::TapPlain => {
             // ARP requests are broadcasts: every host delivered frames from peers.
             assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
             // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
@@ -210,7 +210,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         for p in peers(n).unwrap() {
             let both_kernel = i != 2 && p["name"] != "t3";
             let kind = match mode {
-                Mode::TapSealed => "tap",
+                Mode::TapSealed | Mode::TapPlain => "tap",
                 Mode::Kernel => "kernel",
                 Mode::Mixed if both_kernel => "kernel",
                 Mode::Mixed => "tap",

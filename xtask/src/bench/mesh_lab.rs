@@ -1,12 +1,12 @@
 //! mesh's own modes, on the bench's shape: two hosts on the lab underlay, one container each
-//! (10.40.0.1-2/24), meshd on both hosts (password mode, or `--insecure` for the plaintext
-//! row: without authentication data frames are not sealed). The containers' MTU is set to the
-//! overlay MTU meshd reports, as the reference labs do for theirs.
+//! (10.40.0.1-2/24), meshd on both hosts in one of the test harness's modes (TAP sealed or
+//! plaintext, kernel, mixed). The containers' MTU is set to the overlay MTU meshd reports, as
+//! the reference labs do for theirs.
 
 use anyhow::{Context, Result};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, full_mesh, meshctl_json, tap_counter},
+    mesh::{Meshd, Mode, full_mesh, kernel_counter, meshctl_json, start_mesh_in, tap_counter},
     wait_until,
 };
 
@@ -18,23 +18,15 @@ pub struct MeshLab {
 }
 
 impl MeshLab {
-    pub fn up(encrypted: bool) -> Result<MeshLab> {
-        let mut lab = Lab::new("bench-tap")?;
+    /// Two hosts in `mode` (the mixed mode puts the server's host on TAP): traffic goes from
+    /// h1's container to h2's.
+    pub fn up(mode: Mode) -> Result<MeshLab> {
+        let mut lab = Lab::new("bench-mesh")?;
         let h1 = lab.add_host("h1")?;
         let h2 = lab.add_host("h2")?;
         let c1 = lab.add_container(&h1, "c1", Some("10.40.0.1/24"))?;
         let c2 = lab.add_container(&h2, "c2", Some("10.40.0.2/24"))?;
-        let pw = lab.password_file("bench", "bench password")?;
-        let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
-        let auth: Vec<&str> = if encrypted {
-            vec!["--password-file", &pw]
-        } else {
-            vec!["--insecure"]
-        };
-        let n1 = lab.start_meshd(&h1, &auth)?;
-        let h1_addr = h1.addr.to_string();
-        let n2 = lab.start_meshd(&h2, &[auth.as_slice(), &[h1_addr.as_str()]].concat())?;
-        let nodes = vec![n1, n2];
+        let nodes = start_mesh_in(&mut lab, &[h1, h2], mode)?;
         if !wait_until(std::time::Duration::from_secs(10), || full_mesh(&nodes)) {
             anyhow::bail!("the two bench meshd did not connect");
         }
@@ -66,6 +58,17 @@ impl MeshLab {
     /// meshd's counters: a diagnosis aid printed with the results.
     pub fn print_batching(&self) {
         for n in &self.nodes {
+            let k = |name: &str| kernel_counter(n, name);
+            if k("kernel_tx_sent") + k("kernel_rx_delivered") > 0 {
+                println!(
+                    "bench:   {}: kernel sent {} ({} GSO super-frames), delivered {}, {} frames to meshd",
+                    n.host.name,
+                    k("kernel_tx_sent"),
+                    k("kernel_tx_gso"),
+                    k("kernel_rx_delivered"),
+                    k("kernel_rx_to_meshd")
+                );
+            }
             let c = |name: &str| tap_counter(n, name) as f64;
             let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             println!(

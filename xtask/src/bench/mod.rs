@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use measure::{OverlayProcs, Path as TrafficPath};
+use mesh_tests::mesh::Mode;
 use report::{ControlPlane, Footprint, Machine, Report, Simulation, Status, SystemResult};
 use systems::{Meshd, RefLab, System};
 
@@ -98,6 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         System::Underlay,
         System::KernelVxlan,
         System::UnderlayMeshXdp,
+        System::UnderlayMeshd,
     ]
     .into_iter()
     .any(wanted)
@@ -109,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
                     System::Underlay,
                     System::KernelVxlan,
                     System::UnderlayMeshXdp,
+                    System::UnderlayMeshd,
                 ] {
                     if wanted(s) {
                         results.push(failed(s, &e));
@@ -142,11 +145,27 @@ pub fn run(args: Args) -> Result<()> {
                         &plan,
                     ));
                 }
-                if wanted(System::UnderlayMeshXdp) {
-                    let (r, f) =
-                        measure_underlay_with_meshd(&lab, &underlay, &release, &work, &plan);
+                if wanted(System::UnderlayMeshd) {
+                    let (r, f) = measure_underlay_with_meshd(
+                        System::UnderlayMeshd,
+                        (&lab, &underlay),
+                        &release,
+                        &work,
+                        &plan,
+                    );
                     results.push(r);
                     footprint = f;
+                }
+                if wanted(System::UnderlayMeshXdp) {
+                    let (r, f) = measure_underlay_with_meshd(
+                        System::UnderlayMeshXdp,
+                        (&lab, &underlay),
+                        &release,
+                        &work,
+                        &plan,
+                    );
+                    results.push(r);
+                    footprint = footprint.or(f);
                 }
             }
         }
@@ -174,12 +193,17 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    for (system, encrypted) in [(System::MeshTap, false), (System::MeshTapEncrypted, true)] {
+    for (system, mode) in [
+        (System::MeshEbpf, Mode::Kernel),
+        (System::MeshTap, Mode::TapPlain),
+        (System::MeshTapEncrypted, Mode::TapSealed),
+        (System::MeshMixed, Mode::Mixed),
+    ] {
         if !wanted(system) {
             continue;
         }
         println!("bench: {}", system.description());
-        match mesh_lab::MeshLab::up(encrypted) {
+        match mesh_lab::MeshLab::up(mode) {
             Err(e) => results.push(failed(system, &e)),
             Ok(m) => {
                 let path = TrafficPath {
@@ -345,18 +369,28 @@ fn measure(
 
 /// The underlay again, with meshd's XDP program attached on both hosts; also meshd's footprint.
 /// Checks that the program really saw the traffic, so the row cannot silently measure nothing.
+/// Host-to-host traffic with meshd running on both hosts: its default datapath
+/// (`UnderlayMeshd`, the kernel programs on the underlay) or the opt-in observe-only XDP
+/// counter (`UnderlayMeshXdp`, on the TAP datapath). Checks that what it claims to measure was
+/// there: the kernel datapath running, or the XDP program counting frames.
 fn measure_underlay_with_meshd(
-    lab: &RefLab,
-    underlay: &TrafficPath,
+    system: System,
+    (lab, underlay): (&RefLab, &TrafficPath),
     release: &Path,
     work: &Path,
     plan: &Plan,
 ) -> (SystemResult, Option<Footprint>) {
-    let system = System::UnderlayMeshXdp;
+    let xdp = system == System::UnderlayMeshXdp;
+    let extra: &[&str] = if xdp {
+        &["--observe-underlay", "--datapath", "tap"]
+    } else {
+        &[]
+    };
     let started = (|| -> Result<(Meshd, Meshd)> {
         let meshd = release.join("meshd");
-        let h1 = Meshd::start(&meshd, &lab.ns("h1"), "u1", &work.join("run-h1"))?;
-        let h2 = Meshd::start(&meshd, &lab.ns("h2"), "u2", &work.join("run-h2"))?;
+        let run = |h: &str| work.join(format!("run-{}-{h}", system.name()));
+        let h1 = Meshd::start(&meshd, &lab.ns("h1"), "u1", &run("h1"), extra)?;
+        let h2 = Meshd::start(&meshd, &lab.ns("h2"), "u2", &run("h2"), extra)?;
         Ok((h1, h2))
     })();
     let (h1, h2) = match started {
@@ -372,13 +406,22 @@ fn measure_underlay_with_meshd(
         &OverlayProcs(vec![h1.pid(), h2.pid()]),
         plan,
     );
-    let after = data_frames_seen(release, &h2.socket);
-    match (before, after) {
-        (Ok(b), Ok(a)) if a > b => {}
-        (Ok(_), Ok(_)) => {
-            r.status = Status::Failed("meshd's XDP program counted no frames during the run".into())
+    if xdp {
+        let after = data_frames_seen(release, &h2.socket);
+        match (before, after) {
+            (Ok(b), Ok(a)) if a > b => {}
+            (Ok(_), Ok(_)) => {
+                r.status =
+                    Status::Failed("meshd's XDP program counted no frames during the run".into())
+            }
+            (Err(e), _) | (_, Err(e)) => r.status = Status::Failed(format!("{e:#}")),
         }
-        (Err(e), _) | (_, Err(e)) => r.status = Status::Failed(format!("{e:#}")),
+    } else {
+        match datapath_mode(release, &h2.socket) {
+            Ok(m) if m == "ebpf" => {}
+            Ok(m) => r.status = Status::Failed(format!("meshd ran the {m} datapath, not ebpf")),
+            Err(e) => r.status = Status::Failed(format!("{e:#}")),
+        }
     }
     let under_load = r
         .tcp_1_stream
@@ -386,7 +429,11 @@ fn measure_underlay_with_meshd(
         .and_then(|t| t.peak_rss_kib)
         .map_or(0, |both| both / 2);
     let footprint = Footprint {
-        meshd_datapath: "tap (no traffic) + xdp-observe".into(),
+        meshd_datapath: if xdp {
+            "tap (no traffic) + xdp-observe".into()
+        } else {
+            "ebpf (host traffic only)".into()
+        },
         meshd_rss_idle_kib: idle,
         meshd_rss_under_load_kib: under_load,
         meshd_stripped_bytes: 0,
@@ -395,16 +442,28 @@ fn measure_underlay_with_meshd(
     (r, Some(footprint))
 }
 
-/// The `total` underlay counter of the meshd behind `socket`.
-fn data_frames_seen(release: &Path, socket: &Path) -> Result<u64> {
+/// `meshctl status --json` of the meshd behind `socket`.
+fn meshd_status(release: &Path, socket: &Path) -> Result<serde_json::Value> {
     let out = Command::new(release.join("meshctl"))
         .arg("--socket")
         .arg(socket)
         .args(["status", "--json"])
         .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("meshctl status: {}", String::from_utf8_lossy(&out.stderr)))?;
-    v["datapath"]["underlay_counters"]["total"]
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("meshctl status: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The datapath the meshd behind `socket` runs.
+fn datapath_mode(release: &Path, socket: &Path) -> Result<String> {
+    meshd_status(release, socket)?["datapath"]["mode"]
+        .as_str()
+        .map(str::to_owned)
+        .context("meshctl status without a datapath mode")
+}
+
+/// The `total` underlay counter of the meshd behind `socket`.
+fn data_frames_seen(release: &Path, socket: &Path) -> Result<u64> {
+    meshd_status(release, socket)?["datapath"]["underlay_counters"]["total"]
         .as_u64()
         .context("meshctl status without a total counter")
 }

@@ -18,6 +18,7 @@ use mesh_tests::wait_until;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
     Underlay,
+    UnderlayMeshd,
     UnderlayMeshXdp,
     KernelVxlan,
     Boringtun,
@@ -29,8 +30,9 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 9] = [
+    pub const ALL: [System; 10] = [
         System::Underlay,
+        System::UnderlayMeshd,
         System::UnderlayMeshXdp,
         System::KernelVxlan,
         System::Boringtun,
@@ -45,6 +47,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Underlay => "underlay",
+            System::UnderlayMeshd => "underlay+meshd",
             System::UnderlayMeshXdp => "underlay+mesh-xdp",
             System::KernelVxlan => "kernel-vxlan",
             System::Boringtun => "boringtun",
@@ -59,29 +62,27 @@ impl System {
     pub fn description(self) -> &'static str {
         match self {
             System::Underlay => "raw veth underlay, host to host (no overlay)",
+            System::UnderlayMeshd => {
+                "raw underlay, host to host, with meshd running on both hosts (default datapath: kernel)"
+            }
             System::UnderlayMeshXdp => {
                 "raw underlay with meshd's XDP receive program attached on both hosts (observe only)"
             }
             System::KernelVxlan => "Linux bridge + kernel VXLAN (Docker overlay / Flannel vxlan)",
             System::Boringtun => "boringtun userspace WireGuard, default threads",
             System::BoringtunT1 => "boringtun userspace WireGuard, --threads 1",
-            System::MeshEbpf => "mesh eBPF datapath, plaintext",
+            System::MeshEbpf => "mesh kernel (eBPF) datapath, plaintext (--insecure)",
             System::MeshTap => "mesh TAP datapath, plaintext (--insecure)",
             System::MeshTapEncrypted => {
                 "mesh TAP datapath, encrypted (password, ChaCha20-Poly1305)"
             }
-            System::MeshMixed => "mesh eBPF host to TAP host",
+            System::MeshMixed => "mesh kernel-datapath host to TAP host, plaintext",
         }
     }
 
     /// Why a mode cannot be measured yet, if so.
     pub fn not_built(self) -> Option<&'static str> {
-        match self {
-            System::MeshEbpf | System::MeshMixed => {
-                Some("not built yet (eBPF forwarding datapath)")
-            }
-            _ => None,
-        }
+        None
     }
 
     pub fn by_name(name: &str) -> Option<System> {
@@ -185,7 +186,14 @@ pub struct Meshd {
 }
 
 impl Meshd {
-    pub fn start(meshd: &Path, ns: &str, underlay: &str, run_dir: &Path) -> Result<Meshd> {
+    /// Starts meshd alone in `ns` with `extra` arguments.
+    pub fn start(
+        meshd: &Path,
+        ns: &str,
+        underlay: &str,
+        run_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Meshd> {
         std::fs::create_dir_all(run_dir)?;
         let log_path = run_dir.join("meshd.log");
         let log = std::fs::File::create(&log_path)?;
@@ -193,16 +201,9 @@ impl Meshd {
             .args(["netns", "exec", ns])
             .arg(meshd)
             // Alone on its host, with no peers: authentication has nothing to protect here.
-            .args([
-                "--insecure",
-                // What this row measures: the opt-in observe-only XDP counter.
-                "--observe-underlay",
-                "--underlay",
-                underlay,
-                "--name",
-                ns,
-                "--run-dir",
-            ])
+            .arg("--insecure")
+            .args(extra)
+            .args(["--underlay", underlay, "--name", ns, "--run-dir"])
             .arg(run_dir)
             .arg("--state-dir")
             .arg(run_dir.join("state"))
