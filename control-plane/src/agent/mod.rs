@@ -129,6 +129,8 @@ pub struct Agent {
     mode: DatapathMode,
     /// The last kernel map sync error, so it is logged once, not every tick.
     kernel_error: Option<String>,
+    /// What the kernel maps were last synced from (the published topology) and when.
+    kernel_synced: Option<(Option<(u64, Vec<u64>)>, Instant)>,
     started: Instant,
     /// When each peer entered the state `meshctl peers` shows.
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
@@ -226,6 +228,7 @@ impl Agent {
             kernel: cfg.kernel,
             mode: cfg.mode,
             kernel_error: None,
+            kernel_synced: None,
             started: Instant::now(),
             state_since: BTreeMap::new(),
             tap: cfg.tap,
@@ -529,6 +532,18 @@ impl Agent {
     /// data address, which heartbeats can move, and link MTU, which probing can change). Only
     /// differences are written, so an unchanged mesh costs a comparison per tick.
     fn sync_kernel(&mut self) {
+        // At once after a topology change; otherwise once a second, for what heartbeats and
+        // probes change (a neighbour's address behind NAT, a link's MTU, an ARP entry).
+        let due = match &self.kernel_synced {
+            None => true,
+            Some((topology, at)) => {
+                *topology != self.published || at.elapsed() >= Duration::from_secs(1)
+            }
+        };
+        if !due {
+            return;
+        }
+        self.kernel_synced = Some((self.published.clone(), Instant::now()));
         let (Some(kernel), Some(tap)) = (self.kernel.as_mut(), self.tap.as_ref()) else {
             return;
         };
