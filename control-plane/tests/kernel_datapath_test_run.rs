@@ -48,6 +48,7 @@ fn datapath() -> KernelDatapath {
         bridge_port: "lo".into(),
         data_port: DEFAULT_DATA_PORT,
         overlay_mtu: MTU,
+        pin_dir: None,
     })
     .expect("loading the kernel datapath (needs root)");
     let table = Table {
@@ -384,6 +385,7 @@ fn nothing_is_forwarded_before_meshd_names_this_node() {
         bridge_port: "lo".into(),
         data_port: DEFAULT_DATA_PORT,
         overlay_mtu: MTU,
+        pin_dir: None,
     })
     .unwrap();
     let frame = inner_ipv4(REMOTE_MAC, 10);

@@ -88,6 +88,8 @@ pub struct Lab {
     id: String,
     record: Record,
     dir: PathBuf,
+    /// Where this lab's meshd instances pin their kernel datapath (one directory each).
+    bpf_dir: PathBuf,
     switch_ns: String,
     namespaces: Vec<String>,
     next_underlay_host: u8,
@@ -114,6 +116,9 @@ impl Lab {
             LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let record = Record::create(&id)?;
+        registry::mount_bpffs()?;
+        let bpf_dir = Path::new(registry::BPF_DIR).join(&id);
+        record.bpf_dir(&bpf_dir)?;
         let dir = std::env::temp_dir()
             .join("mesh-lab")
             .join(format!("{id}-{label}"));
@@ -123,6 +128,7 @@ impl Lab {
             id,
             record,
             dir,
+            bpf_dir,
             switch_ns: switch_ns.clone(),
             namespaces: Vec::new(),
             next_underlay_host: 1,
@@ -149,6 +155,11 @@ impl Lab {
     /// dropped, so a failed test can be looked at.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory meshd on `host` pins its kernel datapath in (`--bpf-dir`).
+    pub fn bpf_dir_of(&self, host: &str) -> PathBuf {
+        self.bpf_dir.join(host)
     }
 
     /// Every namespace this lab created so far.
@@ -582,10 +593,12 @@ impl Drop for Lab {
             let _ = self.terminate(ProcId(i), std::time::Duration::from_secs(2));
         }
         for ns in self.namespaces.iter().rev() {
+            registry::end_processes_in(ns);
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("lab {}: {e:#}", self.id);
             }
         }
+        let _ = std::fs::remove_dir_all(&self.bpf_dir);
         self.record.remove();
     }
 }

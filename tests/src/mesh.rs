@@ -54,6 +54,8 @@ impl Lab {
             state_dir.display().to_string(),
             "--run-dir".into(),
             run_dir.display().to_string(),
+            "--bpf-dir".into(),
+            self.bpf_dir_of(&host.name).display().to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
         let proc = match wrapper.split_first() {

@@ -3,8 +3,10 @@
 //! by the next run.
 //!
 //! One file per lab, `<REGISTRY_DIR>/<lab id>.rec`, one line per resource:
-//! `owner <pid> <start>`, `netns <name>`, `proc <pid> <start>`. `<start>` is the process start
-//! time from /proc/<pid>/stat, so a recycled PID is never mistaken for ours.
+//! `owner <pid> <start>`, `netns <name>`, `proc <pid> <start>`, `bpf <dir>`. `<start>` is the
+//! process start time from /proc/<pid>/stat, so a recycled PID is never mistaken for ours.
+//! Processes the lab did not start itself but that live in its namespaces (meshd's TAP keeper)
+//! are the lab's too: they are ended before the namespaces go.
 
 use std::{
     fs::{self, OpenOptions},
@@ -15,6 +17,37 @@ use std::{
 use anyhow::{Context, Result};
 
 pub const REGISTRY_DIR: &str = "/run/mesh-lab";
+
+/// A bpffs for the labs' meshd pins (`--bpf-dir`). `ip netns exec` remounts /sys, so the
+/// host's /sys/fs/bpf is not visible to the processes a lab starts; this one is.
+pub const BPF_DIR: &str = "/run/mesh-lab/bpf";
+
+/// Mounts a bpffs at [`BPF_DIR`] unless one is there.
+pub fn mount_bpffs() -> Result<()> {
+    fs::create_dir_all(BPF_DIR).with_context(|| format!("creating {BPF_DIR}"))?;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    // SAFETY: statfs into a zeroed struct; NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let path = c"/run/mesh-lab/bpf";
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting a bpffs at {BPF_DIR}"));
+    }
+    Ok(())
+}
 
 /// Start time (clock ticks since boot) of process `pid`, or `None` if it does not exist.
 pub fn start_time(pid: u32) -> Option<u64> {
@@ -54,6 +87,10 @@ impl Record {
         self.append(&format!("netns {name}"))
     }
 
+    pub fn bpf_dir(&self, dir: &std::path::Path) -> Result<()> {
+        self.append(&format!("bpf {}", dir.display()))
+    }
+
     pub fn process(&self, pid: u32) -> Result<()> {
         match start_time(pid) {
             Some(start) => self.append(&format!("proc {pid} {start}")),
@@ -83,6 +120,7 @@ pub struct Leftovers {
     pub owner: Option<(u32, u64)>,
     pub netns: Vec<String>,
     pub procs: Vec<(u32, u64)>,
+    pub bpf_dirs: Vec<String>,
 }
 
 /// Parses a record file; unknown or broken lines are skipped (a crash may cut the last line).
@@ -95,6 +133,7 @@ pub fn parse(text: &str) -> Leftovers {
             Some(&"owner") => l.owner = pid_start(&f),
             Some(&"proc") => l.procs.extend(pid_start(&f)),
             Some(&"netns") if f.len() == 2 => l.netns.push(f[1].to_owned()),
+            Some(&"bpf") if f.len() == 2 => l.bpf_dirs.push(f[1].to_owned()),
             _ => {}
         }
     }
@@ -131,7 +170,8 @@ pub fn reap_stale() -> Vec<String> {
     reaped
 }
 
-/// Kills the recorded processes that are still the same processes, then deletes the namespaces.
+/// Kills the recorded processes that are still the same processes, then every other process
+/// left in the lab's namespaces, deletes the namespaces, and removes the pin directories.
 pub fn release(left: &Leftovers) {
     for &(pid, start) in &left.procs {
         if same_process(pid, start) {
@@ -145,7 +185,36 @@ pub fn release(left: &Leftovers) {
         });
     }
     for ns in &left.netns {
+        end_processes_in(ns);
         let _ = crate::sh::ip(&["netns", "del", ns]);
+    }
+    for dir in &left.bpf_dirs {
+        // Unlinking the pins detaches the programs and frees the maps.
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Ends every process in namespace `ns` (one of a lab's own): what the lab's processes started
+/// there, such as meshd's TAP keeper, which outlives meshd on purpose.
+pub fn end_processes_in(ns: &str) {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+    else {
+        return;
+    };
+    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for &pid in &pids {
+        // SAFETY: kill(2) on a process inside a namespace this lab created.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for &pid in &pids {
+        crate::wait_until(std::time::Duration::from_secs(2), || {
+            start_time(pid as u32).is_none() || is_zombie(pid as u32)
+        });
     }
 }
 
@@ -165,8 +234,11 @@ mod tests {
 
     #[test]
     fn parses_records_and_skips_a_torn_last_line() {
-        let l = parse("owner 10 99\nnetns ml10-1-h1\nproc 11 100\nnetns ml10-1-h2\nproc 1");
+        let l = parse(
+            "owner 10 99\nnetns ml10-1-h1\nproc 11 100\nbpf /run/mesh-lab/bpf/ml10-1\nnetns ml10-1-h2\nproc 1",
+        );
         assert_eq!(l.owner, Some((10, 99)));
+        assert_eq!(l.bpf_dirs, vec!["/run/mesh-lab/bpf/ml10-1"]);
         assert_eq!(l.netns, vec!["ml10-1-h1", "ml10-1-h2"]);
         assert_eq!(l.procs, vec![(11, 100)]);
     }

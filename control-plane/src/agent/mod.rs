@@ -248,12 +248,13 @@ impl Agent {
         self.listen
     }
 
-    /// Runs until `shutdown` resolves.
+    /// Runs until `shutdown` resolves; hands back the kernel datapath, for the caller to
+    /// remove or leave in place.
     pub async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> Option<KernelDatapath> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         loop {
@@ -269,6 +270,7 @@ impl Agent {
         self.endpoint
             .close(close::SHUTDOWN.into(), b"meshd shutting down");
         let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
+        self.kernel.take()
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {

@@ -93,6 +93,19 @@ struct Args {
     /// arrives there by class). Off by default: on a veth it costs the host's own traffic.
     #[arg(long, env = "MESH_OBSERVE_UNDERLAY")]
     observe_underlay: bool,
+    /// Where the kernel datapath pins its maps and program links (on bpffs), so forwarding
+    /// goes on while meshd is down and a restarted meshd takes over without a gap. Default:
+    /// /sys/fs/bpf/mesh/<a hash of the state dir>, one per instance.
+    #[arg(long, env = "MESH_BPF_DIR", value_name = "DIR")]
+    bpf_dir: Option<PathBuf>,
+    /// Remove what this instance (the same --state-dir, --run-dir and --bpf-dir) left in the
+    /// kernel: pinned programs and maps, the TAP keeper and with it the TAP device; then exit.
+    /// For a meshd that crashed and will not be restarted; a clean stop does this itself.
+    #[arg(long)]
+    cleanup: bool,
+    /// Internal: hold TAP device NAME up while meshd restarts (see tap/keeper.rs).
+    #[arg(long = "keep-tap", value_name = "NAME", hide = true)]
+    keep_tap: Option<String>,
     /// XDP hook of --observe-underlay: native driver mode, generic skb mode, or auto (driver,
     /// else skb; skb on a veth).
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
@@ -101,6 +114,12 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(tap) = &args.keep_tap {
+        return tap::keeper::run(tap);
+    }
+    if args.cleanup {
+        return cleanup(&args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -266,7 +285,14 @@ async fn run(args: Args) -> Result<()> {
             _ = term.recv() => {}
         }
     };
-    agent.run(rx, shutdown).await;
+    let kernel = agent.run(rx, shutdown).await;
+    // A clean stop leaves nothing behind: no pinned program or map, no keeper, no TAP device.
+    if let Some(k) = kernel {
+        if let Err(e) = k.remove() {
+            tracing::warn!(error = %e, "removing the kernel datapath's pins");
+        }
+        tap::keeper::stop(&args.run_dir);
+    }
     tracing::info!("meshd stopped");
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -287,10 +313,12 @@ fn choose_datapath(
     if args.datapath == DatapathChoice::Tap {
         return Ok((None, mode("tap", String::new())));
     }
+    let pin_dir = pin_dir(args);
     let started = datapath::interface_ipv4(underlay).and_then(|ip| {
         let mac = datapath::neigh::interface_mac(underlay)
             .ok_or_else(|| datapath::DatapathError::NoInterface(underlay.to_owned()))?;
         KernelDatapath::start(HostConfig {
+            pin_dir: pin_dir.clone(),
             underlay: underlay.to_owned(),
             underlay_ipv4: ip,
             underlay_mac: mac,
@@ -300,7 +328,18 @@ fn choose_datapath(
         })
     });
     match (started, args.datapath) {
-        (Ok(k), _) => Ok((Some(k), mode("ebpf", String::new()))),
+        (Ok(k), _) => {
+            if k.adopted() {
+                tracing::info!("adopted the kernel datapath of an earlier run; forwarding went on");
+            }
+            // The TAP device must outlive this process for the pinned programs to go on.
+            if pin_dir.is_some()
+                && let Err(e) = tap::keeper::ensure(&tap.tap_name, &args.run_dir)
+            {
+                tracing::warn!(error = %e, "no TAP keeper: forwarding stops while meshd is down");
+            }
+            Ok((Some(k), mode("ebpf", String::new())))
+        }
         (Err(e), DatapathChoice::Ebpf) => Err(anyhow::Error::new(e).context(
             "starting the kernel datapath (--datapath ebpf); --datapath tap runs without BPF",
         )),
@@ -314,6 +353,47 @@ fn choose_datapath(
             Ok((None, mode("tap", reason)))
         }
     }
+}
+
+/// The pin directory: `--bpf-dir`, else one under /sys/fs/bpf/mesh named after the state dir.
+/// `None` (with a warning) where that is not on a bpffs.
+fn pin_dir(args: &Args) -> Option<PathBuf> {
+    let dir = args.bpf_dir.clone().unwrap_or_else(|| {
+        use sha2::Digest;
+        let state = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
+        let hash = sha2::Sha256::digest(state.as_os_str().as_encoded_bytes());
+        let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        PathBuf::from("/sys/fs/bpf/mesh").join(hex)
+    });
+    if !datapath::on_bpffs(&dir) {
+        // `ip netns exec` remounts /sys, hiding the host's bpffs: pass --bpf-dir there.
+        tracing::warn!(
+            dir = %dir.display(),
+            "not on a bpffs (mount -t bpf bpf /sys/fs/bpf, or pass --bpf-dir): the kernel \
+             datapath is not pinned and stops with meshd"
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+/// `meshd --cleanup`: removes what a crashed instance left in the kernel.
+fn cleanup(args: &Args) -> Result<()> {
+    let socket = paths::socket_in(&args.run_dir);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "a meshd is running on {} (stop it: a clean stop removes everything itself)",
+            socket.display()
+        );
+    }
+    if let Some(dir) = pin_dir(args) {
+        datapath::kernel::remove_pins(&dir)
+            .with_context(|| format!("removing the pins in {}", dir.display()))?;
+        println!("removed the kernel datapath pinned in {}", dir.display());
+    }
+    tap::keeper::stop(&args.run_dir);
+    println!("stopped the TAP keeper (the TAP device goes with it)");
+    Ok(())
 }
 
 fn hostname() -> Result<String> {

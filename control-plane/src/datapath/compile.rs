@@ -135,6 +135,56 @@ fn changed<K: Ord + Copy, V: PartialEq + Copy>(
     );
 }
 
+/// A key of one of the maps, for [`retain_removed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Route(u32),
+    Neighbour(u32),
+    Sender([u8; 4]),
+}
+
+/// Since when (ms) each key the kernel holds has been missing from what the agent wants.
+pub type Missing = BTreeMap<Key, u64>;
+
+/// `wanted`, plus the entries of `kernel` it dropped less than `keep_ms` ago (`missing` tracks
+/// since when). So a neighbour whose meshd restarts, and whose control connection therefore
+/// drops for a moment, keeps its routes in the kernel; a real departure is removed a little
+/// later.
+pub fn retain_removed(
+    kernel: &MapState,
+    mut wanted: MapState,
+    missing: &mut Missing,
+    now_ms: u64,
+    keep_ms: u64,
+) -> MapState {
+    let still = |key: Key, missing: &mut Missing| {
+        let since = *missing.entry(key).or_insert(now_ms);
+        now_ms.saturating_sub(since) < keep_ms
+    };
+    let mut seen = Missing::new();
+    for (k, v) in &kernel.routes {
+        if !wanted.routes.contains_key(k) && still(Key::Route(*k), missing) {
+            wanted.routes.insert(*k, *v);
+            seen.insert(Key::Route(*k), missing[&Key::Route(*k)]);
+        }
+    }
+    for (k, v) in &kernel.neighbours {
+        if !wanted.neighbours.contains_key(k) && still(Key::Neighbour(*k), missing) {
+            wanted.neighbours.insert(*k, *v);
+            seen.insert(Key::Neighbour(*k), missing[&Key::Neighbour(*k)]);
+        }
+    }
+    for (k, v) in &kernel.senders {
+        if !wanted.senders.contains_key(k) && still(Key::Sender(*k), missing) {
+            wanted.senders.insert(*k, *v);
+            seen.insert(Key::Sender(*k), missing[&Key::Sender(*k)]);
+        }
+    }
+    // Forget keys that are wanted again, or gone for good.
+    *missing = seen;
+    wanted
+}
+
 /// Link ids in `state` (their counters must exist in the kernel).
 pub fn link_ids(state: &MapState) -> BTreeSet<u32> {
     state.neighbours.values().map(|n| n.link_id).collect()
@@ -248,6 +298,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dropped_entries_stay_for_a_while_and_then_go() {
+        let full = compile(&table(), &[link(2, 2, true), link(4, 4, true)]);
+        let without_4 = compile(
+            &Table {
+                next_hop: HashMap::from([(s(2), s(2)), (s(3), s(2))]),
+                ..table()
+            },
+            &[link(2, 2, true)],
+        );
+        let mut missing = Missing::new();
+        let mut kernel = full.clone();
+        // Peer 4 drops out at t=0: kept until 5 s later.
+        for t in [0, 1000, 4999] {
+            let target = retain_removed(&kernel, without_4.clone(), &mut missing, t, 5000);
+            assert_eq!(target, full, "at {t} ms");
+            kernel = target;
+        }
+        let target = retain_removed(&kernel, without_4.clone(), &mut missing, 5000, 5000);
+        assert_eq!(target, without_4, "gone after 5 s");
+        assert!(missing.is_empty());
+        // Back before the deadline: nothing was removed, and the clock starts afresh next time.
+        let mut missing = Missing::new();
+        let kept = retain_removed(&full, without_4.clone(), &mut missing, 0, 5000);
+        let back = retain_removed(&kept, full.clone(), &mut missing, 3000, 5000);
+        assert_eq!(back, full);
+        assert!(missing.is_empty(), "{missing:?}");
     }
 
     #[test]

@@ -2,12 +2,20 @@
 //! meshd's bridge port (TC egress) and `underlay_ingress` to the underlay NIC (TC ingress),
 //! and keeps the maps equal to what the agent computed (writing only differences).
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, TcAttachType, tc},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+    },
     util::KernelVersion,
 };
 use mesh_common::{
@@ -18,7 +26,7 @@ use mesh_common::{
 
 use super::{
     DatapathError, EBPF_OBJECT,
-    compile::{Change, MapState, diff, link_ids},
+    compile::{Change, MapState, Missing, diff, link_ids, retain_removed},
 };
 
 /// Everything the kernel needs to know about this host.
@@ -30,21 +38,73 @@ pub struct HostConfig {
     pub bridge_port: String,
     pub data_port: u16,
     pub overlay_mtu: u32,
+    /// Where maps and links are pinned (a directory on bpffs, one per meshd instance), so the
+    /// programs keep forwarding while meshd is down and a restarted meshd adopts them. `None`:
+    /// nothing pinned, everything goes with the process.
+    pub pin_dir: Option<PathBuf>,
 }
 
-/// Owns the loaded object; the programs stay attached while it lives.
+/// The maps pinned in the pin directory: all the forwarding state.
+const PINNED_MAPS: [&str; 7] = [
+    names::DATAPATH_CONFIG_MAP,
+    names::KERNEL_COUNTERS_MAP,
+    names::NEIGHBOURS_MAP,
+    names::SENDERS_MAP,
+    names::ROUTES_MAP,
+    names::FDB_MAP,
+    names::LINK_STATS_MAP,
+];
+
+/// The attachments: program, which interface of the host, direction, pin name of its link.
+const ATTACHMENTS: [(&str, bool, TcAttachType, &str); 2] = [
+    (
+        names::BRIDGE_EGRESS_PROGRAM,
+        false,
+        TcAttachType::Egress,
+        "link_bridge_egress",
+    ),
+    (
+        names::UNDERLAY_INGRESS_PROGRAM,
+        true,
+        TcAttachType::Ingress,
+        "link_underlay_ingress",
+    ),
+];
+
+/// Owns the loaded object; the programs stay attached while it lives (and, pinned, after).
 pub struct KernelDatapath {
     ebpf: Ebpf,
     host: HostConfig,
     state: MapState,
     links: std::collections::BTreeSet<u32>,
     me: Option<u32>,
+    /// Since when entries still in the kernel have been dropped by the agent (see [`RETAIN`]).
+    missing: Missing,
+    /// The clock for `missing`.
+    started: Instant,
+    /// Whether this run adopted the state of an earlier one.
+    adopted: bool,
 }
 
+/// How long a route, neighbour or sender the agent dropped stays in the kernel. A neighbour
+/// whose meshd restarts drops its control connection for a moment; its kernel keeps
+/// forwarding, and so should ours towards it. A real departure costs a few seconds of frames
+/// sent into the void, which is what they would have met anyway.
+pub const RETAIN: Duration = Duration::from_secs(5);
+
 /// The loaded object with both forwarding programs verified, nothing attached: what the
-/// `auto` probe tries, and the first step of [`KernelDatapath::start`].
-pub fn load_verified() -> Result<Ebpf, DatapathError> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+/// `auto` probe tries, and the first step of [`KernelDatapath::start`]. With `pin_dir`, the
+/// forwarding maps are taken from the pins there (an earlier meshd's) or created and pinned.
+pub fn load_verified(pin_dir: Option<&Path>) -> Result<Ebpf, DatapathError> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(d) => PINNED_MAPS.iter().map(|m| (*m, d.join(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
     for name in [
         names::BRIDGE_EGRESS_PROGRAM,
         names::UNDERLAY_INGRESS_PROGRAM,
@@ -73,50 +133,146 @@ fn ifindex(name: &str) -> Result<u32, DatapathError> {
     }
 }
 
+/// Removes what a meshd pinned in `dir`: the links (which detaches the programs) and the maps.
+/// Nothing there is not an error.
+pub fn remove_pins(dir: &Path) -> Result<(), DatapathError> {
+    let pin_err = |e: std::io::Error| DatapathError::Pins(dir.to_owned(), e);
+    for (_, _, _, pin) in ATTACHMENTS {
+        let path = dir.join(pin);
+        if path.exists() {
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => {
+                    link.unpin().map_err(pin_err)?;
+                }
+                Err(_) => std::fs::remove_file(&path).map_err(pin_err)?,
+            }
+        }
+    }
+    for m in PINNED_MAPS {
+        match std::fs::remove_file(dir.join(m)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_err(e)),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(pin_err(e)),
+        _ => Ok(()),
+    }
+}
+
 impl KernelDatapath {
     /// Loads the object and writes the host configuration (forwarding stays off until the
     /// first [`KernelDatapath::sync`] names this node); nothing is attached, so
-    /// [`KernelDatapath::test_run`] can feed it frames.
+    /// [`KernelDatapath::test_run`] can feed it frames. With a pin directory holding an
+    /// earlier meshd's state for the same interfaces, that state is adopted as it is: the
+    /// programs keep forwarding with it until the first sync.
     pub fn load(host: HostConfig) -> Result<KernelDatapath, DatapathError> {
-        let ebpf = load_verified()?;
+        if let Some(dir) = &host.pin_dir {
+            let cfg = dir.join(names::DATAPATH_CONFIG_MAP);
+            if cfg.exists() && !same_host(&cfg, &host) {
+                // Other interfaces (a recreated bridge port, another underlay): the old links
+                // point at nothing; start afresh.
+                tracing::info!(dir = %dir.display(), "pinned datapath state is for other interfaces; replacing it");
+                remove_pins(dir)?;
+            }
+            std::fs::create_dir_all(dir).map_err(|e| DatapathError::Pins(dir.clone(), e))?;
+        }
+        let ebpf = load_verified(host.pin_dir.as_deref())?;
         let mut dp = KernelDatapath {
             ebpf,
             host,
             state: MapState::default(),
             links: Default::default(),
             me: None,
+            missing: Missing::new(),
+            started: Instant::now(),
+            adopted: false,
         };
-        dp.write_config()?;
+        let old: DatapathConfig = {
+            let map: Array<&MapData, DatapathConfig> = dp.map(names::DATAPATH_CONFIG_MAP)?;
+            map.get(&0, 0)?
+        };
+        if old.flags & CONFIG_FORWARD != 0 {
+            dp.adopt(old.me)?;
+        } else {
+            dp.write_config()?;
+        }
         Ok(dp)
     }
 
-    /// [`KernelDatapath::load`], then attaches both programs.
+    /// Takes over an earlier meshd's maps: what they hold becomes the state differences are
+    /// computed against, so stale entries are removed by the first sync, not left behind.
+    fn adopt(&mut self, me: u32) -> Result<(), DatapathError> {
+        self.me = Some(me);
+        self.adopted = true;
+        let routes: HashMap<&MapData, u32, u32> = self.map(names::ROUTES_MAP)?;
+        self.state.routes = routes.iter().filter_map(Result::ok).collect();
+        let neighbours: HashMap<&MapData, u32, NeighbourEntry> = self.map(names::NEIGHBOURS_MAP)?;
+        self.state.neighbours = neighbours.iter().filter_map(Result::ok).collect();
+        let senders: HashMap<&MapData, [u8; 4], SenderEntry> = self.map(names::SENDERS_MAP)?;
+        self.state.senders = senders.iter().filter_map(Result::ok).collect();
+        let stats: PerCpuHashMap<&MapData, u32, LinkStats> = self.map(names::LINK_STATS_MAP)?;
+        self.links = stats.keys().filter_map(Result::ok).collect();
+        Ok(())
+    }
+
+    /// Whether this run took over an earlier meshd's pinned state.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// [`KernelDatapath::load`], then attaches both programs: to links an earlier meshd
+    /// pinned, atomically replacing its programs (no frame goes unhandled), else afresh, and
+    /// then pins them.
     pub fn start(host: HostConfig) -> Result<KernelDatapath, DatapathError> {
         let mut dp = KernelDatapath::load(host)?;
-        for (prog, iface, kind) in [
-            (
-                names::BRIDGE_EGRESS_PROGRAM,
-                dp.host.bridge_port.clone(),
-                TcAttachType::Egress,
-            ),
-            (
-                names::UNDERLAY_INGRESS_PROGRAM,
-                dp.host.underlay.clone(),
-                TcAttachType::Ingress,
-            ),
-        ] {
+        for (prog, on_underlay, kind, pin) in ATTACHMENTS {
+            let iface = if on_underlay {
+                dp.host.underlay.clone()
+            } else {
+                dp.host.bridge_port.clone()
+            };
+            let pin = dp.host.pin_dir.as_ref().map(|d| d.join(pin));
+            let attach_err = |source| DatapathError::AttachTc {
+                interface: iface.clone(),
+                source,
+            };
+            let program = classifier(&mut dp.ebpf, prog)?;
+            let earlier = pin.as_ref().filter(|p| p.exists()).and_then(|p| {
+                let link = FdLink::from(PinnedLink::from_pin(p).ok()?);
+                SchedClassifierLink::try_from(link).ok()
+            });
+            if let Some(link) = earlier {
+                // Replaced in place: the pin keeps pointing at the link, now running ours.
+                program.attach_to_link(link).map_err(attach_err)?;
+                continue;
+            }
             if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
                 // Before TCX, TC programs hang off a clsact qdisc (it may exist already).
                 let _ = tc::qdisc_add_clsact(&iface);
             }
-            classifier(&mut dp.ebpf, prog)?
-                .attach(&iface, kind)
-                .map_err(|source| DatapathError::AttachTc {
-                    interface: iface.clone(),
-                    source,
-                })?;
+            let id = program.attach(&iface, kind).map_err(attach_err)?;
+            if let Some(pin) = pin {
+                let link: FdLink = program.take_link(id)?.try_into().map_err(
+                    |e: aya::programs::links::LinkError| {
+                        DatapathError::Pins(pin.clone(), std::io::Error::other(e))
+                    },
+                )?;
+                link.pin(&pin)
+                    .map_err(|e| DatapathError::Pins(pin.clone(), std::io::Error::other(e)))?;
+            }
         }
         Ok(dp)
+    }
+
+    /// Detaches the programs and removes every pin: a clean stop leaves nothing behind.
+    pub fn remove(self) -> Result<(), DatapathError> {
+        let dir = self.host.pin_dir.clone();
+        drop(self);
+        match dir {
+            Some(d) => remove_pins(&d),
+            None => Ok(()),
+        }
     }
 
     pub fn host(&self) -> &HostConfig {
@@ -163,8 +319,12 @@ impl KernelDatapath {
             .try_into()?)
     }
 
-    /// Makes the maps hold `new` (this node being `me`), writing only what changed.
+    /// Makes the maps hold `new` (this node being `me`), writing only what changed; what the
+    /// agent dropped stays [`RETAIN`] longer.
     pub fn sync(&mut self, me: u32, new: MapState) -> Result<(), DatapathError> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let keep = RETAIN.as_millis() as u64;
+        let new = retain_removed(&self.state, new, &mut self.missing, now, keep);
         let changes = diff(&self.state, &new);
         let wanted = link_ids(&new);
         // Counters first: a neighbour entry never points at a missing one.
@@ -307,4 +467,22 @@ fn monotonic_ns() -> u64 {
     // SAFETY: a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether the pinned configuration at `path` was written for this host's interfaces and
+/// address (then its links and entries are still right).
+fn same_host(path: &Path, host: &HostConfig) -> bool {
+    let Ok(data) = aya::maps::MapData::from_pin(path) else {
+        return false;
+    };
+    let Ok(map) = Array::<_, DatapathConfig>::try_from(aya::maps::Map::Array(data)) else {
+        return false;
+    };
+    let Ok(old) = map.get(&0, 0) else {
+        return false;
+    };
+    Some(old.underlay_ifindex) == ifindex(&host.underlay).ok()
+        && Some(old.bridge_port_ifindex) == ifindex(&host.bridge_port).ok()
+        && old.underlay_ipv4_be == host.underlay_ipv4.octets()
+        && old.data_port_host == host.data_port
 }

@@ -50,6 +50,8 @@ pub enum DatapathError {
     NoInterface(String),
     #[error("no IPv4 address on the underlay interface {0:?}; the kernel datapath sends from one")]
     NoUnderlayAddress(String),
+    #[error("pinning the kernel datapath in {0:?} (is bpffs mounted at /sys/fs/bpf?): {1}")]
+    Pins(std::path::PathBuf, #[source] std::io::Error),
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
 }
@@ -64,6 +66,22 @@ pub enum DatapathChoice {
     Ebpf,
     /// meshd moves every frame itself through its TAP device; no BPF at all.
     Tap,
+}
+
+/// Whether `dir` (or, while it does not exist yet, its nearest existing ancestor) is on a
+/// bpffs, where pins can live.
+pub fn on_bpffs(dir: &std::path::Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Some(existing) = dir.ancestors().find(|a| a.exists()) else {
+        return false;
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// The first IPv4 address of `interface`.

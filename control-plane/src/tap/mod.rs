@@ -9,6 +9,7 @@
 
 mod batch;
 mod device;
+pub mod keeper;
 pub mod neighbours;
 mod pump;
 mod udp;

@@ -19,40 +19,51 @@ pub struct Tap {
 /// A zero virtio-net header: a frame that needs nothing from the kernel.
 const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
+/// Attaches a queue of TAP device `name` in this network namespace, creating the device if it
+/// does not exist. Multi-queue, so that a second process (the keeper, `keeper.rs`) can hold
+/// the device up while meshd restarts; with a virtio-net header, as every queue of the device
+/// must agree on it.
+pub fn attach_queue(name: &str) -> Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        bail!(
+            "TAP name {name:?} must be 1 to {} bytes",
+            libc::IFNAMSIZ - 1
+        );
+    }
+    // SAFETY: open(2) with a NUL-terminated path.
+    let raw = unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error())
+            .context("opening /dev/net/tun (is the tun module loaded?)");
+    }
+    // SAFETY: a fresh descriptor, owned from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as i16;
+    // SAFETY: TUNSETIFF takes an ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("creating TAP device {name}"));
+    }
+    Ok(fd)
+}
+
 impl Tap {
     /// Creates (or attaches to) TAP device `name` in this network namespace.
     pub fn open(name: &str) -> Result<Tap> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            bail!(
-                "TAP name {name:?} must be 1 to {} bytes",
-                libc::IFNAMSIZ - 1
-            );
-        }
-        // SAFETY: open(2) with a NUL-terminated path.
-        let raw = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error())
-                .context("opening /dev/net/tun (is the tun module loaded?)");
-        }
-        // SAFETY: a fresh descriptor, owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ifreq is plain data; all-zero is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let fd = attach_queue(name)?;
         // SAFETY: the ioctls below take the argument types documented in tun(4).
         unsafe {
-            if libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) < 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("creating TAP device {name}"));
-            }
             let hdr_len = VNET_HDR_LEN as libc::c_int;
             if libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) < 0 {
                 return Err(io::Error::last_os_error()).context("setting the vnet header size");
