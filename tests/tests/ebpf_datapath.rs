@@ -115,10 +115,17 @@ fn meshd_without_bpf_runs_the_tap_datapath_and_carries_traffic_with_kernel_hosts
     }
     let held = bpf_fds(&lab, &nodes[0]);
     assert!(
-        held.iter().filter(|l| l.contains("bpf_link")).count() == 2
-            && held.iter().any(|l| l.contains("bpf-prog")),
-        "the kernel host holds its two programs and their links: {held:?}"
+        held.iter().filter(|l| l.contains("bpf-prog")).count() == 2,
+        "the kernel host holds its two programs: {held:?}"
     );
+    let pins = lab.bpf_dir_of("f1");
+    for link in ["link_bridge_egress", "link_underlay_ingress"] {
+        assert!(
+            pins.join(link).exists(),
+            "{link} is pinned in {}",
+            pins.display()
+        );
+    }
 
     all_ping(&lab, &c.iter().collect::<Vec<_>>());
     for (from, to) in [(&c[0], &c[1]), (&c[2], &c[0])] {

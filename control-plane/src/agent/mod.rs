@@ -130,17 +130,20 @@ pub struct Agent {
     /// The last kernel map sync error, so it is logged once, not every tick.
     kernel_error: Option<String>,
     /// What the kernel maps were last synced from (the published topology) and when.
-    kernel_synced: Option<(Option<(u64, Vec<u64>)>, Instant)>,
+    kernel_synced: Option<(Published, Instant)>,
     started: Instant,
     /// When each peer entered the state `meshctl peers` shows.
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
     tap: Option<Arc<crate::tap::Shared>>,
     data_port: u16,
-    /// What the data path was last given (gossip generation, connection ids).
-    published: Option<(u64, Vec<u64>)>,
+    /// What the data path was last given.
+    published: Published,
     /// When discovery last ran, and for which (gossip generation, connection count).
     last_survey: ((u64, usize), Instant),
 }
+
+/// What the data path was last given: the gossip generation and the connection ids.
+type Published = Option<(u64, Vec<u64>)>;
 
 /// Wall-clock milliseconds: gossip versions must keep increasing across restarts.
 fn now_ms() -> u64 {
