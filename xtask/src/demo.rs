@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
 
     println!(
         "== underlay traffic: pings between hosts, 10 stray datagrams to each peer's data port \
-         (meshd drops them: not sealed)"
+         (dropped and counted: not mesh frames)"
     );
     for (a, _) in &nodes {
         for (b, _) in &nodes {
