@@ -196,6 +196,8 @@ fn basic_scenario(label: &str, mode: Mode) {
                 assert!(kernel_counter(n, "kernel_tx_sent") > 0, "{st}");
                 assert!(kernel_counter(n, "kernel_rx_delivered") > 0, "{st}");
             }
+            // Frames for containers went straight to their veth, past the bridge.
+            assert!(kernel_counter(t3, "kernel_rx_delivered_direct") > 0);
             assert!(
                 kernel_counter(t1, "kernel_tx_gso") > gso_before,
                 "no GSO super-frame was encapsulated whole: {}",

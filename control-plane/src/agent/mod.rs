@@ -584,7 +584,9 @@ impl Agent {
                 next_hop_mac: mac,
             })
             .collect();
-        let result = kernel.sync(me.get(), compile(&table, &links));
+        let result = kernel
+            .sync(me.get(), compile(&table, &links))
+            .and_then(|()| kernel.sync_peer_ports(&tap.bridge));
         match result {
             Ok(()) => self.kernel_error = None,
             Err(e) => {

@@ -45,7 +45,7 @@ pub struct HostConfig {
 }
 
 /// The maps pinned in the pin directory: all the forwarding state.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 9] = [
     names::DATAPATH_CONFIG_MAP,
     names::KERNEL_COUNTERS_MAP,
     names::NEIGHBOURS_MAP,
@@ -53,6 +53,8 @@ const PINNED_MAPS: [&str; 7] = [
     names::ROUTES_MAP,
     names::FDB_MAP,
     names::LINK_STATS_MAP,
+    names::LOCAL_PORTS_MAP,
+    names::PEER_PORTS_MAP,
 ];
 
 /// The attachments: program, which interface of the host, direction, pin name of its link.
@@ -368,6 +370,21 @@ impl KernelDatapath {
         if self.me != Some(me) {
             self.me = Some(me);
             self.write_config()?;
+        }
+        Ok(())
+    }
+
+    /// Makes `PEER_PORTS` list exactly the veth ports of the local bridge `bridge`.
+    pub fn sync_peer_ports(&mut self, bridge: &str) -> Result<(), DatapathError> {
+        let wanted: std::collections::BTreeSet<u32> =
+            super::ports::veth_ports(bridge).into_iter().collect();
+        let mut map: HashMap<&mut MapData, u32, u32> = self.map_mut(names::PEER_PORTS_MAP)?;
+        let have: std::collections::BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
+        for gone in have.difference(&wanted) {
+            let _ = map.remove(gone);
+        }
+        for new in wanted.difference(&have) {
+            map.insert(new, 1, 0)?;
         }
         Ok(())
     }

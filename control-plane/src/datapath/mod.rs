@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod kernel;
 pub mod neigh;
+pub mod ports;
 mod underlay_rx;
 
 use std::net::Ipv4Addr;

@@ -92,6 +92,9 @@ pub enum KernelCounter {
     RxDropLoop = 13,
     /// Dropped: addressed to a peer we have no route to.
     RxDropNoRoute = 14,
+    /// Of the delivered, those handed straight to the container's veth (`bpf_redirect_peer`),
+    /// past the bridge.
+    RxDeliveredDirect = 15,
 }
 
 impl KernelCounter {
@@ -111,6 +114,7 @@ impl KernelCounter {
         KernelCounter::RxDropUnknownSender,
         KernelCounter::RxDropLoop,
         KernelCounter::RxDropNoRoute,
+        KernelCounter::RxDeliveredDirect,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -131,12 +135,13 @@ impl KernelCounter {
             KernelCounter::RxDropUnknownSender => "kernel_dropped_unknown_sender",
             KernelCounter::RxDropLoop => "kernel_dropped_loop",
             KernelCounter::RxDropNoRoute => "kernel_dropped_no_route",
+            KernelCounter::RxDeliveredDirect => "kernel_rx_delivered_direct",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 15;
+pub const KERNEL_COUNTER_SLOTS: u32 = 16;
 
 #[cfg(test)]
 mod tests {

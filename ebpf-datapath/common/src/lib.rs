@@ -33,4 +33,6 @@ pub mod names {
     pub const ROUTES_MAP: &str = "ROUTES";
     pub const FDB_MAP: &str = "FDB";
     pub const LINK_STATS_MAP: &str = "LINK_STATS";
+    pub const LOCAL_PORTS_MAP: &str = "LOCAL_PORTS";
+    pub const PEER_PORTS_MAP: &str = "PEER_PORTS";
 }

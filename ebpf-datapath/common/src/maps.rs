@@ -110,6 +110,22 @@ pub const FDB_CAPACITY: u32 = 16384;
 /// Capacity of the neighbour, sender and route maps (the mesh's size bound).
 pub const MAX_PEERS: u32 = 4096;
 
+/// Which local bridge port a MAC sits behind (`LOCAL_PORTS` LRU, key: MAC), learnt by the egress
+/// program from the port a frame entered the bridge on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalPort {
+    pub ifindex: u32,
+    pub reserved: u32,
+    /// `bpf_ktime_get_ns` when last confirmed (refreshed at most once a second).
+    pub seen_ns: u64,
+}
+
+/// Capacity of `LOCAL_PORTS` (containers on this host).
+pub const LOCAL_PORTS_CAPACITY: u32 = 4096;
+/// A local port entry older than this is not used: the container may have gone.
+pub const LOCAL_PORT_MAX_AGE_NS: u64 = 60 * 1_000_000_000;
+
 /// Per-link traffic through the kernel (`LINK_STATS` per-CPU hash, key: link id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,6 +146,7 @@ mod user {
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::LinkStats {}
+    unsafe impl aya::Pod for super::LocalPort {}
 }
 
 #[cfg(test)]
@@ -160,5 +177,7 @@ mod tests {
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(offset_of!(FdbEntry, seen_ns), 8);
         assert_eq!(size_of::<LinkStats>(), 32);
+        assert_eq!(size_of::<LocalPort>(), 16);
+        assert_eq!(offset_of!(LocalPort, seen_ns), 8);
     }
 }

@@ -13,12 +13,15 @@ use aya_ebpf::{
 };
 use mesh_common::{
     KernelCounter,
-    maps::{CONFIG_FORWARD, FDB_MAX_AGE_NS, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED},
+    maps::{
+        CONFIG_FORWARD, FDB_MAX_AGE_NS, FDB_REFRESH_NS, LocalPort, MacKey, NEIGHBOUR_KERNEL,
+        NEIGHBOUR_RESOLVED,
+    },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, HEADER_LEN, INITIAL_HOPS, WireHeader},
 };
 
 use crate::{
-    maps::{FDB, NEIGHBOURS, ROUTES, config, count, link_traffic},
+    maps::{FDB, LOCAL_PORTS, NEIGHBOURS, ROUTES, config, count, link_traffic},
     outer::{self, OUTER_LEN},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPV4_MIN_HDR_LEN,
@@ -57,6 +60,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
         return Err(KernelCounter::TxOther);
     }
     let eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| KernelCounter::TxOther)?;
+    learn_local(ctx, &eth);
     if eth[0] & 1 != 0 {
         return Err(KernelCounter::TxFlood);
     }
@@ -139,6 +143,35 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
     }
     // SAFETY: helper with plain arguments.
     Ok(unsafe { bpf_redirect(cfg.underlay_ifindex, 0) } as i32)
+}
+
+/// Remembers which bridge port the frame's source MAC entered on, so frames for it arriving
+/// from the mesh can go straight to that port's container.
+#[inline(always)]
+fn learn_local(ctx: &TcContext, eth: &[u8; ETH_LEN]) {
+    let mut src = [0u8; 6];
+    src.copy_from_slice(&eth[6..12]);
+    // SAFETY: reading a field of the context the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    if src[0] & 1 != 0 || ifindex == 0 {
+        return;
+    }
+    let key = MacKey::new(src);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: read-only, copied at once.
+    if let Some(e) = unsafe { LOCAL_PORTS.get(key) }
+        && e.ifindex == ifindex
+        && now.saturating_sub(e.seen_ns) < FDB_REFRESH_NS
+    {
+        return;
+    }
+    let entry = LocalPort {
+        ifindex,
+        reserved: 0,
+        seen_ns: now,
+    };
+    let _ = LOCAL_PORTS.insert(key, entry, 0);
 }
 
 /// The size of the largest IP packet this frame becomes on the overlay: for a GSO super-frame

@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use mesh_common::{
     DatapathConfig, KERNEL_COUNTER_SLOTS, KernelCounter,
-    maps::{FDB_CAPACITY, FdbEntry, LinkStats, MAX_PEERS, MacKey, NeighbourEntry, SenderEntry},
+    maps::{
+        FDB_CAPACITY, FdbEntry, LOCAL_PORTS_CAPACITY, LinkStats, LocalPort, MAX_PEERS, MacKey,
+        NeighbourEntry, SenderEntry,
+    },
 };
 
 #[map]
@@ -32,6 +35,16 @@ pub static ROUTES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PEERS, 0);
 /// MAC → origin peer, learnt from delivered frames; bounded, least recently used evicted.
 #[map]
 pub static FDB: LruHashMap<MacKey, FdbEntry> = LruHashMap::with_max_entries(FDB_CAPACITY, 0);
+
+/// MAC → the local bridge port it sits behind, learnt by `bridge_egress`.
+#[map]
+pub static LOCAL_PORTS: LruHashMap<MacKey, LocalPort> =
+    LruHashMap::with_max_entries(LOCAL_PORTS_CAPACITY, 0);
+
+/// Bridge ports that are veths (their peer in a container's namespace), written by meshd: a
+/// frame for a MAC behind one can go straight to the container (`bpf_redirect_peer`).
+#[map]
+pub static PEER_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_PORTS_CAPACITY, 0);
 
 /// Per-link traffic through the kernel, by link id (entries created by meshd).
 #[map]

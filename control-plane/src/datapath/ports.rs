@@ -1,0 +1,65 @@
+//! The local bridge's ports that are veths, whose other end sits in a container's namespace:
+//! the kernel datapath hands frames for their MACs straight to the container
+//! (`bpf_redirect_peer`), which works only for such a port. Read from sysfs and the ethtool
+//! driver name, which follow meshd's network namespace.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Whether interface `name` is a veth (its ethtool driver says so).
+pub fn is_veth(name: &str) -> bool {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    // SAFETY: a datagram socket only used for this ioctl, owned and closed by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return false;
+    }
+    // SAFETY: a fresh descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: ifreq is plain data; its data pointer points at `info`, which outlives the call.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: SIOCETHTOOL with an ifreq whose data is a drvinfo buffer of the right size.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
+        return false;
+    }
+    info.driver.split(|b| *b == 0).next() == Some(b"veth".as_slice())
+}
+
+/// The interface indexes of `bridge`'s ports that are veths.
+pub fn veth_ports(bridge: &str) -> Vec<u32> {
+    let Ok(ports) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) else {
+        return Vec::new();
+    };
+    ports
+        .flatten()
+        .filter_map(|p| {
+            let name = p.file_name().into_string().ok()?;
+            if !is_veth(&name) {
+                return None;
+            }
+            std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
