@@ -40,8 +40,9 @@ fn s(n: u32) -> ShortId {
     ShortId::from_wire(n)
 }
 
-fn datapath() -> KernelDatapath {
-    let mut dp = KernelDatapath::load(HostConfig {
+/// The host: `lo` stands in for both interfaces; nothing pinned.
+fn host() -> HostConfig {
+    HostConfig {
         underlay: "lo".into(),
         underlay_ipv4: MY_IP.into(),
         underlay_mac: UNDERLAY_MAC,
@@ -49,8 +50,11 @@ fn datapath() -> KernelDatapath {
         data_port: DEFAULT_DATA_PORT,
         overlay_mtu: MTU,
         pin_dir: None,
-    })
-    .expect("loading the kernel datapath (needs root)");
+    }
+}
+
+fn datapath() -> KernelDatapath {
+    let mut dp = KernelDatapath::load(host()).expect("loading the kernel datapath (needs root)");
     let table = Table {
         me: Some(s(ME)),
         next_hop: HashMap::from([
@@ -378,16 +382,7 @@ fn malformed_foreign_and_userspace_frames_are_dropped_or_passed_and_counted() {
 
 #[test]
 fn nothing_is_forwarded_before_meshd_names_this_node() {
-    let dp = KernelDatapath::load(HostConfig {
-        underlay: "lo".into(),
-        underlay_ipv4: MY_IP.into(),
-        underlay_mac: UNDERLAY_MAC,
-        bridge_port: "lo".into(),
-        data_port: DEFAULT_DATA_PORT,
-        overlay_mtu: MTU,
-        pin_dir: None,
-    })
-    .unwrap();
+    let dp = KernelDatapath::load(host()).unwrap();
     let frame = inner_ipv4(REMOTE_MAC, 10);
     assert_eq!(run(&dp, EGRESS, &frame, TC_ACT_OK, Some(K::TxOther)), frame);
     let dgram = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &frame);

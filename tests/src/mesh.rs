@@ -241,6 +241,50 @@ pub fn relayed(node: &Meshd) -> u64 {
     kernel_counter(node, "kernel_rx_relayed") + tap_counter(node, "tap_relayed")
 }
 
+/// Whether container `from` gets an answer to a ping to `to` (2 tries).
+pub fn pings(lab: &Lab, from: &crate::Container, to: &crate::Container) -> bool {
+    lab.ping(&from.ns, to.addr.expect("container has an address"), 2)
+        .unwrap_or(false)
+}
+
+/// A UDP socket bound to `port` inside container `c`'s namespace, reading with a short timeout.
+pub fn udp_listener(c: &crate::Container, port: u16) -> std::net::UdpSocket {
+    let s = crate::netns::run_in(&c.ns, move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .expect("entering the container's namespace")
+        .expect("binding the UDP port");
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("setting a read timeout");
+    s
+}
+
+/// Two hosts on the kernel datapath (`--insecure`, `--datapath ebpf`), `<p>1` and `<p>2`,
+/// with a container each (`<p>c1`, `<p>c2` at `<subnet>.1` and `.2`), meshed and able to ping.
+pub fn kernel_pair(
+    lab: &mut Lab,
+    p: &str,
+    subnet: &str,
+) -> Result<(Vec<Host>, Vec<crate::Container>, Vec<Meshd>)> {
+    let hosts = vec![
+        lab.add_host(&format!("{p}1"))?,
+        lab.add_host(&format!("{p}2"))?,
+    ];
+    let mut containers = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let name = format!("{p}c{}", i + 1);
+        containers.push(lab.add_container(h, &name, Some(&format!("{subnet}.{}/24", i + 1)))?);
+    }
+    let nodes = start_mesh_in(lab, &hosts, Mode::Kernel)?;
+    if !wait_until(Duration::from_secs(8), || full_mesh(&nodes)) {
+        bail!("the two meshd did not connect");
+    }
+    if !wait_until(Duration::from_secs(5), || {
+        pings(lab, &containers[0], &containers[1])
+    }) {
+        bail!("the containers cannot reach each other");
+    }
+    Ok((hosts, containers, nodes))
+}
+
 /// A TAP data-path counter from `meshctl status` (0 when absent).
 pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
     status(node).map_or(0, |s| {

@@ -8,24 +8,11 @@ use std::{net::UdpSocket, time::Duration};
 use mesh_tests::{
     Container, Host, Lab, bins, datagrams,
     mesh::{
-        Meshd, full_mesh, kernel_counter as kcounter, meshctl_json, peer, peers, relayed, status,
-        tap_counter, tcp_transfer,
+        Meshd, full_mesh, kernel_counter as kcounter, kernel_pair, meshctl_json, peer, peers,
+        pings, relayed, status, tap_counter, tcp_transfer, udp_listener,
     },
     netns, wait_until,
 };
-
-fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {
-    lab.ping(&from.ns, to.addr.unwrap(), 2).unwrap()
-}
-
-fn udp_in(c: &Container, port: u16) -> UdpSocket {
-    let s = netns::run_in(&c.ns, move || UdpSocket::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    s
-}
 
 /// The BPF objects a meshd holds open (programs, maps, links), from its file descriptors:
 /// `anon_inode:bpf-prog`, `bpf-map`, `bpf_link`.
@@ -45,7 +32,7 @@ fn all_ping(lab: &Lab, containers: &[&Container]) {
         for b in containers {
             if a.name != b.name {
                 assert!(
-                    wait_until(Duration::from_secs(8), || ping(lab, a, b)),
+                    wait_until(Duration::from_secs(8), || pings(lab, a, b)),
                     "{} cannot reach {}",
                     a.name,
                     b.name
@@ -192,7 +179,7 @@ fn kernel_and_tap_hosts_share_one_mesh_and_relay_for_each_other() {
     assert_eq!(kinds(&nodes[2], "m1"), "tap");
 
     // A broadcast from either kind of host reaches every other container exactly once.
-    let socks: Vec<UdpSocket> = c.iter().map(|c| udp_in(c, 7001)).collect();
+    let socks: Vec<UdpSocket> = c.iter().map(|c| udp_listener(c, 7001)).collect();
     for (i, from) in [0usize, 2].into_iter().map(|i| (i, &c[i])) {
         let s = netns::run_in(&from.ns, || {
             let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
@@ -223,9 +210,9 @@ fn kernel_and_tap_hosts_share_one_mesh_and_relay_for_each_other() {
     // Relayed through the kernel host m2 when m1 and m3 cannot exchange data frames.
     let before = relayed(&nodes[1]);
     block_data_path(&mut lab, &nodes[0], (&hosts[0], &hosts[2]), "m2");
-    assert!(wait_until(Duration::from_secs(8), || ping(
+    assert!(wait_until(Duration::from_secs(8), || pings(
         &lab, &c[0], &c[2]
-    ) && ping(
+    ) && pings(
         &lab, &c[2], &c[0]
     )));
     assert!(relayed(&nodes[1]) > before, "m2 relayed");
@@ -234,9 +221,9 @@ fn kernel_and_tap_hosts_share_one_mesh_and_relay_for_each_other() {
     // Relayed through the TAP host m3 when the two kernel hosts cannot.
     let before = tap_counter(&nodes[2], "tap_relayed");
     block_data_path(&mut lab, &nodes[0], (&hosts[0], &hosts[1]), "m3");
-    assert!(wait_until(Duration::from_secs(8), || ping(
+    assert!(wait_until(Duration::from_secs(8), || pings(
         &lab, &c[0], &c[1]
-    ) && ping(
+    ) && pings(
         &lab, &c[1], &c[0]
     )));
     let target = c[1].addr.unwrap().to_string();
@@ -281,23 +268,11 @@ fn ping_totals(log: &str) -> (u64, u64) {
 #[test]
 fn forwarding_goes_on_while_meshd_is_killed_and_restarted() {
     let mut lab = Lab::new("ebpf-restart").unwrap();
-    let h1 = lab.add_host("r1").unwrap();
-    let h2 = lab.add_host("r2").unwrap();
-    let c1 = lab.add_container(&h1, "rc1", Some("10.46.0.1/24")).unwrap();
-    let c2 = lab.add_container(&h2, "rc2", Some("10.46.0.2/24")).unwrap();
-    let first = h1.addr.to_string();
-    let n1 = lab
-        .start_meshd(&h1, &["--insecure", "--datapath", "ebpf"])
-        .unwrap();
-    let n2 = lab
-        .start_meshd(&h2, &["--insecure", "--datapath", "ebpf", &first])
-        .unwrap();
-    let nodes = [n1, n2];
-    assert!(wait_until(Duration::from_secs(8), || full_mesh(&nodes)));
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c2)));
+    let (_, c, nodes) = kernel_pair(&mut lab, "r", "10.46.0").unwrap();
+    let (c1, c2) = (&c[0], &c[1]);
     // The path must be on the kernel both ways before the kills, or they prove nothing.
     assert!(wait_until(Duration::from_secs(5), || {
-        ping(&lab, &c1, &c2)
+        pings(&lab, c1, c2)
             && nodes.iter().all(|n| {
                 kcounter(n, "kernel_tx_sent") > 0 && kcounter(n, "kernel_rx_delivered") > 0
             })
@@ -450,27 +425,14 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
 #[test]
 fn tcpdump_decodes_the_inner_frames_the_kernel_sends() {
     let mut lab = Lab::new("ebpf-tcpdump").unwrap();
-    let h1 = lab.add_host("d1").unwrap();
-    let h2 = lab.add_host("d2").unwrap();
-    let c1 = lab.add_container(&h1, "dc1", Some("10.47.0.1/24")).unwrap();
-    let c2 = lab.add_container(&h2, "dc2", Some("10.47.0.2/24")).unwrap();
-    let first = h1.addr.to_string();
-    let n1 = lab
-        .start_meshd(&h1, &["--insecure", "--datapath", "ebpf"])
-        .unwrap();
-    let n2 = lab
-        .start_meshd(&h2, &["--insecure", "--datapath", "ebpf", &first])
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(8), || full_mesh(&[
-        n1.clone(),
-        n2.clone()
-    ])));
+    let (hosts, c, nodes) = kernel_pair(&mut lab, "d", "10.47.0").unwrap();
+    let (h2, c1, c2, n1) = (&hosts[1], &c[0], &c[1], &nodes[0]);
     // Until the kernel has learnt dc2's MAC and resolved d2, meshd sends; wait for the kernel.
-    let sent = || kcounter(&n1, "kernel_tx_sent");
+    let sent = || kcounter(n1, "kernel_tx_sent");
     let before = sent();
-    assert!(wait_until(Duration::from_secs(8), || ping(&lab, &c1, &c2)
+    assert!(wait_until(Duration::from_secs(8), || pings(&lab, c1, c2)
         && sent() > before));
-    let meshd_sent = tap_counter(&n1, "tap_tx_frames");
+    let meshd_sent = tap_counter(n1, "tap_tx_frames");
     let kernel_sent = sent();
     let capture = lab
         .spawn(
@@ -499,10 +461,10 @@ fn tcpdump_decodes_the_inner_frames_the_kernel_sends() {
     // The echo requests left through the kernel: meshd sent at most the odd flood (neighbour
     // discovery) meanwhile, the kernel at least one frame per captured request.
     assert!(
-        kcounter(&n1, "kernel_tx_sent") >= kernel_sent + 3,
+        kcounter(n1, "kernel_tx_sent") >= kernel_sent + 3,
         "the kernel sent the captured frames"
     );
-    assert!(tap_counter(&n1, "tap_tx_frames") <= meshd_sent + 2);
+    assert!(tap_counter(n1, "tap_tx_frames") <= meshd_sent + 2);
 }
 
 /// Sends `count` broadcast frames from `ns`'s eth0, each from a different made-up MAC.
@@ -578,28 +540,14 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_flood_of_invented_macs_is_bounded_and_costs_no_stall() {
     let mut lab = Lab::new("ebpf-macflood").unwrap();
-    let h1 = lab.add_host("v1").unwrap();
-    let h2 = lab.add_host("v2").unwrap();
-    let c1 = lab.add_container(&h1, "vc1", Some("10.48.0.1/24")).unwrap();
-    let c2 = lab.add_container(&h2, "vc2", Some("10.48.0.2/24")).unwrap();
-    let first = h1.addr.to_string();
-    let n1 = lab
-        .start_meshd(&h1, &["--insecure", "--datapath", "ebpf"])
-        .unwrap();
-    let n2 = lab
-        .start_meshd(&h2, &["--insecure", "--datapath", "ebpf", &first])
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(8), || full_mesh(&[
-        n1.clone(),
-        n2.clone()
-    ])));
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c2)));
+    let (_, c, nodes) = kernel_pair(&mut lab, "v", "10.48.0").unwrap();
+    let (c1, c2, n2) = (&c[0], &c[1], &nodes[1]);
     let pid = lab.pid(n2.proc).unwrap();
     let (ticks, rss) = (cpu_ticks(pid), rss_kib(pid));
     let count = 100_000;
     let took = send_invented_macs(&c1.ns, count);
     // Everything sent has been handled once v2's kernel stops seeing new flood frames.
-    let seen = || kcounter(&n2, "kernel_rx_to_meshd");
+    let seen = || kcounter(n2, "kernel_rx_to_meshd");
     let mut last = seen();
     assert!(wait_until(Duration::from_secs(30), || {
         std::thread::sleep(Duration::from_millis(300));
@@ -609,7 +557,7 @@ fn a_flood_of_invented_macs_is_bounded_and_costs_no_stall() {
         settled
     }));
     let cpu_s = (cpu_ticks(pid) - ticks) as f64 / 100.0;
-    let fdb = meshctl_json(&n2, &["fdb"]).unwrap();
+    let fdb = meshctl_json(n2, &["fdb"]).unwrap();
     let learnt = fdb.as_array().unwrap().len();
     let rss_after = rss_kib(pid);
     println!(
@@ -623,7 +571,7 @@ fn a_flood_of_invented_macs_is_bounded_and_costs_no_stall() {
     assert!(learnt <= 16384 + 8192, "the FDB is bounded: {learnt}");
     assert!(rss_after < rss + 64 * 1024, "meshd's memory stayed bounded");
     // No stall: meshd answers, and the real containers still talk.
-    assert!(status(&n2).is_ok());
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c2)
-        && ping(&lab, &c2, &c1)));
+    assert!(status(n2).is_ok());
+    assert!(wait_until(Duration::from_secs(5), || pings(&lab, c1, c2)
+        && pings(&lab, c2, c1)));
 }

@@ -10,25 +10,11 @@ use std::{net::UdpSocket, time::Duration};
 use mesh_tests::{
     Container, Lab, datagrams,
     mesh::{
-        Meshd, Mode, full_mesh, kernel_counter, meshctl_json, peer, peers, relayed, start_mesh_in,
-        status, tap_counter as counter, tcp_transfer,
+        Meshd, Mode, full_mesh, kernel_counter, meshctl_json, peer, peers, pings, relayed,
+        start_mesh_in, status, tap_counter as counter, tcp_transfer, udp_listener,
     },
     netns, wait_until,
 };
-
-fn ping(lab: &Lab, from: &Container, to: &Container) -> bool {
-    lab.ping(&from.ns, to.addr.unwrap(), 2).unwrap()
-}
-
-/// A UDP socket bound inside a container's namespace.
-fn udp_in(c: &Container, port: u16) -> UdpSocket {
-    let s = netns::run_in(&c.ns, move || UdpSocket::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    s
-}
 
 /// The container's IPv6 link-local address, once duplicate address detection is done.
 fn link_local(lab: &Lab, c: &Container) -> Option<String> {
@@ -80,7 +66,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         for b in &containers {
             if a.name != b.name {
                 assert!(
-                    wait_until(Duration::from_secs(5), || ping(&lab, a, b)),
+                    wait_until(Duration::from_secs(5), || pings(&lab, a, b)),
                     "{} cannot reach {}; status: {}",
                     a.name,
                     b.name,
@@ -91,7 +77,7 @@ fn basic_scenario(label: &str, mode: Mode) {
     }
 
     // UDP, unicast to each container and one broadcast that reaches all of them.
-    let socks: Vec<UdpSocket> = containers.iter().map(|c| udp_in(c, 7000)).collect();
+    let socks: Vec<UdpSocket> = containers.iter().map(|c| udp_listener(c, 7000)).collect();
     let sender = netns::run_in(&containers[0].ns, || {
         let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
         s.set_broadcast(true).unwrap();
@@ -256,13 +242,13 @@ fn relay_scenario(label: &str, mode: Mode) {
     let c3 = lab.add_container(&h3, "rc3", Some("10.40.0.3/24")).unwrap();
     // r2 first: the others know only it.
     let nodes = start_mesh_in(&mut lab, &[h2.clone(), h1.clone(), h3.clone()], mode).unwrap();
-    let talk = |lab: &Lab| ping(lab, &c1, &c3) && ping(lab, &c3, &c1);
+    let talk = |lab: &Lab| pings(lab, &c1, &c3) && pings(lab, &c3, &c1);
     assert!(
         wait_until(Duration::from_secs(8), || talk(&lab)),
         "rc1 and rc3 should talk through r2; r1 peers: {:#?}",
         peers(&nodes[1])
     );
-    assert!(ping(&lab, &c1, &c2));
+    assert!(pings(&lab, &c1, &c2));
     assert!(relayed(&nodes[0]) > 0, "r2 relayed the unicast frames");
     for n in &nodes {
         let loops = counter(n, "tap_dropped_loop")
@@ -345,7 +331,7 @@ fn nat_scenario(label: &str, home_first: bool, mode: Mode) {
     // The first conversation: home's container with cloud2's, or the other way round.
     let (first_from, first_to) = if home_first { (&hc, &cc2) } else { (&cc2, &hc) };
     assert!(
-        wait_until(Duration::from_secs(8), || ping(&lab, first_from, first_to)),
+        wait_until(Duration::from_secs(8), || pings(&lab, first_from, first_to)),
         "{} cannot reach {}; cloud2 peers: {:#?}",
         first_from.name,
         first_to.name,
@@ -354,7 +340,7 @@ fn nat_scenario(label: &str, home_first: bool, mode: Mode) {
     // Then the rest, both ways.
     for (a, b) in [(&hc, &cc1), (&cc1, &hc), (&hc, &cc2), (&cc2, &hc)] {
         assert!(
-            wait_until(Duration::from_secs(5), || ping(&lab, a, b)),
+            wait_until(Duration::from_secs(5), || pings(&lab, a, b)),
             "{} cannot reach {}",
             a.name,
             b.name
@@ -425,7 +411,7 @@ fn health_scenario(label: &str, mode: Mode) {
         .unwrap();
     let nodes = start_mesh_in(&mut lab, &hosts, mode).unwrap();
     assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)));
+    assert!(wait_until(Duration::from_secs(5), || pings(&lab, &c1, &c3)));
     // A firewall between x1 and x3 that lets QUIC through but not the data port.
     lab.drop_udp_port_between(&hosts[0], &hosts[2], 6784)
         .unwrap();
@@ -441,8 +427,8 @@ fn health_scenario(label: &str, mode: Mode) {
         peers(&nodes[0])
     );
     let before = relayed(&nodes[1]);
-    assert!(wait_until(Duration::from_secs(5), || ping(&lab, &c1, &c3)
-        && ping(&lab, &c3, &c1)));
+    assert!(wait_until(Duration::from_secs(5), || pings(&lab, &c1, &c3)
+        && pings(&lab, &c3, &c1)));
     assert!(relayed(&nodes[1]) > before, "x2 relayed");
     // Open again: the direct data path comes back.
     lab.allow_between(&hosts[0], &hosts[2]).unwrap();
@@ -454,7 +440,7 @@ fn health_scenario(label: &str, mode: Mode) {
         "x1 peers: {:#?}",
         peers(&nodes[0])
     );
-    assert!(ping(&lab, &c1, &c3));
+    assert!(pings(&lab, &c1, &c3));
 }
 
 #[test]
