@@ -26,7 +26,8 @@ use std::{
 
 use anyhow::{Context, Result};
 pub use device::{is_veth, underlay_mtu};
-use neighbours::{Drop, Neighbours};
+use mesh_common::DropReason;
+use neighbours::Neighbours;
 pub use neighbours::{Spec, Traffic};
 
 use crate::switch::{ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4};
@@ -49,25 +50,18 @@ pub struct Counters {
     pub udp_receives: AtomicU64,
     pub relayed: AtomicU64,
     pub delivered: AtomicU64,
-    pub dropped_malformed: AtomicU64,
-    pub dropped_unknown_sender: AtomicU64,
-    pub dropped_unsealed: AtomicU64,
-    pub dropped_auth: AtomicU64,
-    pub dropped_replay: AtomicU64,
-    pub dropped_no_route: AtomicU64,
-    pub dropped_loop: AtomicU64,
+    /// Drops, one slot per [`DropReason`].
+    dropped: [AtomicU64; DropReason::ALL.len()],
     /// Oversize packets answered with ICMP "fragmentation needed" / "packet too big".
     pub too_big: AtomicU64,
     /// Oversize IPv4 packets without DF, split into fragments.
     pub fragmented: AtomicU64,
-    /// Oversize frames that could be neither (not IP, ICMP errors, ...).
-    pub dropped_too_big: AtomicU64,
 }
 
 impl Counters {
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
+        let mut v = vec![
             ("tap_tx_frames", g(&self.tx_frames)),
             ("tap_rx_frames", g(&self.rx_frames)),
             ("tap_reads", g(&self.tap_reads)),
@@ -76,33 +70,35 @@ impl Counters {
             ("tap_udp_receives", g(&self.udp_receives)),
             ("tap_relayed", g(&self.relayed)),
             ("tap_delivered", g(&self.delivered)),
-            ("tap_dropped_malformed", g(&self.dropped_malformed)),
-            (
-                "tap_dropped_unknown_sender",
-                g(&self.dropped_unknown_sender),
-            ),
-            ("tap_dropped_unsealed", g(&self.dropped_unsealed)),
-            ("tap_dropped_auth", g(&self.dropped_auth)),
-            ("tap_dropped_replay", g(&self.dropped_replay)),
-            ("tap_dropped_no_route", g(&self.dropped_no_route)),
-            ("tap_dropped_loop", g(&self.dropped_loop)),
             ("tap_too_big_answered", g(&self.too_big)),
             ("tap_fragmented", g(&self.fragmented)),
-            ("tap_dropped_too_big", g(&self.dropped_too_big)),
-        ]
+        ];
+        v.extend(
+            DropReason::ALL
+                .iter()
+                .map(|r| (TAP_DROP_NAMES[*r as usize], g(&self.dropped[*r as usize]))),
+        );
+        v
     }
 
-    fn dropped(&self, why: &Drop) {
-        let c = match why {
-            Drop::UnknownSender => &self.dropped_unknown_sender,
-            Drop::Malformed => &self.dropped_malformed,
-            Drop::Unsealed => &self.dropped_unsealed,
-            Drop::Auth => &self.dropped_auth,
-            Drop::Replay => &self.dropped_replay,
-        };
-        bump(c);
+    /// Counts a frame dropped for `why`.
+    pub fn dropped(&self, why: DropReason) {
+        bump(&self.dropped[why as usize]);
     }
 }
+
+/// `tap_dropped_<reason>` for every [`DropReason`], in its order.
+const TAP_DROP_NAMES: [&str; DropReason::ALL.len()] = [
+    "tap_dropped_malformed",
+    "tap_dropped_bad_flags",
+    "tap_dropped_unknown_sender",
+    "tap_dropped_unsealed",
+    "tap_dropped_auth",
+    "tap_dropped_replay",
+    "tap_dropped_loop",
+    "tap_dropped_no_route",
+    "tap_dropped_too_big",
+];
 
 /// Counts one event.
 fn bump(counter: &AtomicU64) {
@@ -276,4 +272,24 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         .recv()
         .context("the data path thread died during setup")??;
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_counters_are_named_after_their_reason() {
+        for r in DropReason::ALL {
+            assert_eq!(
+                TAP_DROP_NAMES[r as usize].strip_prefix("tap_dropped_"),
+                Some(r.name())
+            );
+        }
+        let c = Counters::default();
+        c.dropped(DropReason::Replay);
+        let snap = c.snapshot();
+        assert!(snap.contains(&("tap_dropped_replay", 1)));
+        assert!(snap.contains(&("tap_dropped_auth", 0)));
+    }
 }

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mesh_common::DropReason;
+
 use crate::switch::{
     ShortId,
     pmtu::{PathProbe, Received},
@@ -57,17 +59,6 @@ pub struct Neighbour {
     pub path: PathProbe,
     /// The largest datagram it sent us lately (reported back in our heartbeats).
     pub received: Received,
-}
-
-/// Why a received datagram was dropped (each has its counter).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Drop {
-    UnknownSender,
-    Malformed,
-    /// Plain although the mesh encrypts.
-    Unsealed,
-    Auth,
-    Replay,
 }
 
 /// All neighbours, keyed by short id.
@@ -254,20 +245,20 @@ impl Neighbours {
         &mut self,
         datagram: &mut [u8],
         from: SocketAddr,
-    ) -> Result<(Header, Range<usize>), Drop> {
+    ) -> Result<(Header, Range<usize>), DropReason> {
         let len = datagram.len() as u64;
         let (id, header, inner) = if self.encrypted {
             let sender = seal::sender_of(datagram).map_err(|e| match e {
-                Refused::NotSealed => Drop::Unsealed,
-                _ => Drop::Malformed,
+                Refused::NotSealed => DropReason::Unsealed,
+                _ => DropReason::Malformed,
             })?;
-            let n = self.map.get_mut(&sender).ok_or(Drop::UnknownSender)?;
-            let crypto = n.crypto.as_mut().ok_or(Drop::UnknownSender)?;
+            let n = self.map.get_mut(&sender).ok_or(DropReason::UnknownSender)?;
+            let crypto = n.crypto.as_mut().ok_or(DropReason::UnknownSender)?;
             let (h, inner) = crypto.opener.open(datagram).map_err(|e| match e {
-                Refused::Auth => Drop::Auth,
-                Refused::Replay => Drop::Replay,
-                Refused::NotSealed => Drop::Unsealed,
-                Refused::Malformed(_) => Drop::Malformed,
+                Refused::Auth => DropReason::Auth,
+                Refused::Replay => DropReason::Replay,
+                Refused::NotSealed => DropReason::Unsealed,
+                Refused::Malformed(_) => DropReason::Malformed,
             })?;
             (sender, h, inner)
         } else {
@@ -277,11 +268,11 @@ impl Neighbours {
                 .iter()
                 .find(|(_, n)| n.addr.ip() == from.ip())
                 .map(|(id, _)| *id)
-                .ok_or(Drop::UnknownSender)?;
+                .ok_or(DropReason::UnknownSender)?;
             if datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0) {
-                return Err(Drop::Malformed);
+                return Err(DropReason::Malformed);
             }
-            let (h, inner) = Header::parse(datagram).map_err(|_| Drop::Malformed)?;
+            let (h, inner) = Header::parse(datagram).map_err(|_| DropReason::Malformed)?;
             (id, h, HEADER_LEN..HEADER_LEN + inner.len())
         };
         let n = self.map.get_mut(&id).expect("found above");
@@ -354,7 +345,7 @@ mod tests {
         let (h, r) = nb.accept(&mut out.clone(), from).unwrap();
         assert_eq!(h, frame_header(1));
         assert_eq!(r.len(), 64);
-        assert_eq!(nb.accept(&mut out, from), Err(Drop::Replay));
+        assert_eq!(nb.accept(&mut out, from), Err(DropReason::Replay));
         assert_eq!(na.get(b).unwrap().traffic.tx_packets, 1);
         assert_eq!(nb.get(a).unwrap().traffic.rx_packets, 1);
     }
@@ -400,7 +391,7 @@ mod tests {
         na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
             .unwrap();
         let from = SocketAddr::from(([198, 18, 0, 1], 6784));
-        assert_eq!(nb.accept(&mut out, from), Err(Drop::Auth));
+        assert_eq!(nb.accept(&mut out, from), Err(DropReason::Auth));
     }
 
     #[test]
@@ -411,13 +402,13 @@ mod tests {
         let mut plain = vec![0u8; HEADER_LEN + 60];
         frame_header(1).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
         let from = SocketAddr::from(([198, 18, 0, 1], 6784));
-        assert_eq!(nb.accept(&mut plain, from), Err(Drop::Unsealed));
+        assert_eq!(nb.accept(&mut plain, from), Err(DropReason::Unsealed));
         let mut plain_nb = Neighbours::new(false, 1450, 1280);
         plain_nb.set(HashMap::from([(a, spec(2, None, false, 1))]), b, 0);
         let stranger = SocketAddr::from(([198, 18, 0, 77], 6784));
         assert_eq!(
             plain_nb.accept(&mut plain, stranger),
-            Err(Drop::UnknownSender)
+            Err(DropReason::UnknownSender)
         );
         assert!(plain_nb.accept(&mut plain, from).is_ok());
     }

@@ -6,6 +6,8 @@
 
 use std::{ops::Range, sync::Arc, sync::atomic::Ordering, time::Instant};
 
+use mesh_common::DropReason;
+
 use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, udp::DataSocket, vnet::Tap};
 use crate::switch::{
     ShortId,
@@ -48,7 +50,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         };
         bump(&shared.counters.tap_reads);
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
-            bump(&shared.counters.dropped_malformed);
+            shared.counters.dropped(DropReason::Malformed);
             continue;
         };
         let table = shared.table.read().expect("table lock").clone();
@@ -58,7 +60,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         });
         if let Err(e) = made {
             tracing::debug!(?e, "unusable frame from the TAP device");
-            bump(&shared.counters.dropped_malformed);
+            shared.counters.dropped(DropReason::Malformed);
         }
         for r in local.replies.drain(..) {
             if let Err(e) = tap.send(&r).await {
@@ -137,7 +139,7 @@ fn oversize(
             false
         }
         mtu::Oversize::Drop => {
-            bump(&shared.counters.dropped_too_big);
+            shared.counters.dropped(DropReason::TooBig);
             false
         }
     }
@@ -148,7 +150,7 @@ fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: H
     let now = shared.now_ms();
     let mut nb = shared.neighbours();
     let Some(addr) = nb.addr(to) else {
-        bump(&shared.counters.dropped_no_route);
+        shared.counters.dropped(DropReason::NoRoute);
         return;
     };
     let len = nb.datagram_len(inner.len());
@@ -198,7 +200,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             let (header, inner) = match accepted {
                 Ok(r) => r,
                 Err(why) => {
-                    shared.counters.dropped(&why);
+                    shared.counters.dropped(why);
                     continue;
                 }
             };
@@ -223,13 +225,13 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     }
                 }
                 Err(forward::Dropped::OwnOrigin | forward::Dropped::HopLimit) => {
-                    bump(&shared.counters.dropped_loop);
+                    shared.counters.dropped(DropReason::Loop);
                 }
                 Err(forward::Dropped::NoRoute) => {
-                    bump(&shared.counters.dropped_no_route);
+                    shared.counters.dropped(DropReason::NoRoute);
                 }
                 Err(forward::Dropped::Malformed) => {
-                    bump(&shared.counters.dropped_malformed);
+                    shared.counters.dropped(DropReason::Malformed);
                 }
             }
             for (to, h) in sends.drain(..) {
@@ -237,7 +239,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 // path-MTU check normally keeps such frames from being sent at all.
                 let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
                 if mtu::packet_len(frame) > link_mtu {
-                    bump(&shared.counters.dropped_too_big);
+                    shared.counters.dropped(DropReason::TooBig);
                     continue;
                 }
                 queue(&shared, &mut batcher, frame, to, h);

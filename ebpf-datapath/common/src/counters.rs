@@ -54,6 +54,60 @@ impl UnderlayCounter {
 /// Number of slots in the `UNDERLAY_COUNTERS` map.
 pub const UNDERLAY_COUNTER_SLOTS: u32 = 8;
 
+/// Why a frame was dropped: one list for both datapaths. meshd counts each reason as
+/// `tap_dropped_<name>`, the kernel the ones it meets as `kernel_dropped_<name>`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Truncated, or not a whole mesh frame.
+    Malformed = 0,
+    /// Flag bits no mesh sets, or no mesh flag (another network's VXLAN).
+    BadFlags = 1,
+    /// From an address or sender id that is no neighbour.
+    UnknownSender = 2,
+    /// Plain although the mesh encrypts.
+    Unsealed = 3,
+    /// Failed authentication (another key, forged, tampered).
+    Auth = 4,
+    /// Seen before, or older than the replay window.
+    Replay = 5,
+    /// Our own frame came back, or the hop limit ran out.
+    Loop = 6,
+    /// For a peer there is no route to.
+    NoRoute = 7,
+    /// Too big for the link and neither answerable with ICMP nor splittable.
+    TooBig = 8,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::Malformed,
+        DropReason::BadFlags,
+        DropReason::UnknownSender,
+        DropReason::Unsealed,
+        DropReason::Auth,
+        DropReason::Replay,
+        DropReason::Loop,
+        DropReason::NoRoute,
+        DropReason::TooBig,
+    ];
+
+    /// Stable snake_case name (the suffix of the counters).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::Unsealed => "unsealed",
+            DropReason::Auth => "auth",
+            DropReason::Replay => "replay",
+            DropReason::Loop => "loop",
+            DropReason::NoRoute => "no_route",
+            DropReason::TooBig => "too_big",
+        }
+    }
+}
+
 /// What the forwarding programs (`bridge_egress`, `underlay_ingress`) did with a frame: one
 /// slot each in the `KERNEL_COUNTERS` per-CPU array. A frame counts in exactly one slot. Frames
 /// "to meshd" continue on the userspace path (meshd's TAP device and data socket), which does
@@ -98,6 +152,18 @@ pub enum KernelCounter {
 }
 
 impl KernelCounter {
+    /// The counter of a drop the kernel makes for `why` (the kernel meets only some reasons).
+    pub const fn dropped(why: DropReason) -> Option<KernelCounter> {
+        match why {
+            DropReason::Malformed => Some(KernelCounter::RxDropMalformed),
+            DropReason::BadFlags => Some(KernelCounter::RxDropBadFlags),
+            DropReason::UnknownSender => Some(KernelCounter::RxDropUnknownSender),
+            DropReason::Loop => Some(KernelCounter::RxDropLoop),
+            DropReason::NoRoute => Some(KernelCounter::RxDropNoRoute),
+            _ => None,
+        }
+    }
+
     pub const ALL: [KernelCounter; KERNEL_COUNTER_SLOTS as usize] = [
         KernelCounter::TxSent,
         KernelCounter::TxGso,
@@ -146,6 +212,23 @@ pub const KERNEL_COUNTER_SLOTS: u32 = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_drop_counters_are_named_after_their_reason() {
+        for why in DropReason::ALL {
+            if let Some(c) = KernelCounter::dropped(why) {
+                let name = c.name();
+                assert_eq!(
+                    name.strip_prefix("kernel_dropped_"),
+                    Some(why.name()),
+                    "{name}"
+                );
+            }
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is not in slot order");
+        }
+    }
 
     #[test]
     fn counter_slots_are_dense_and_named_uniquely() {

@@ -11,7 +11,9 @@ pub mod counters;
 pub mod maps;
 pub mod wire;
 
-pub use counters::{KERNEL_COUNTER_SLOTS, KernelCounter, UNDERLAY_COUNTER_SLOTS, UnderlayCounter};
+pub use counters::{
+    DropReason, KERNEL_COUNTER_SLOTS, KernelCounter, UNDERLAY_COUNTER_SLOTS, UnderlayCounter,
+};
 pub use maps::DatapathConfig;
 
 /// Default UDP port of the mesh data plane (VXLAN framing, see docs/wire-format.md).
