@@ -311,6 +311,7 @@ fn choose_datapath(
         underlay: underlay.to_owned(),
     };
     if args.datapath == DatapathChoice::Tap {
+        forget_kernel_state(args);
         return Ok((None, mode("tap", String::new())));
     }
     let pin_dir = pin_dir(args);
@@ -350,6 +351,7 @@ fn choose_datapath(
                 reason,
                 "kernel datapath unavailable; using the TAP datapath"
             );
+            forget_kernel_state(args);
             Ok((None, mode("tap", reason)))
         }
     }
@@ -358,13 +360,10 @@ fn choose_datapath(
 /// The pin directory: `--bpf-dir`, else one under /sys/fs/bpf/mesh named after the state dir.
 /// `None` (with a warning) where that is not on a bpffs.
 fn pin_dir(args: &Args) -> Option<PathBuf> {
-    let dir = args.bpf_dir.clone().unwrap_or_else(|| {
-        use sha2::Digest;
-        let state = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
-        let hash = sha2::Sha256::digest(state.as_os_str().as_encoded_bytes());
-        let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-        PathBuf::from("/sys/fs/bpf/mesh").join(hex)
-    });
+    let dir = args
+        .bpf_dir
+        .clone()
+        .unwrap_or_else(|| default_pin_dir(&args.state_dir));
     if !datapath::on_bpffs(&dir) {
         // `ip netns exec` remounts /sys, hiding the host's bpffs: pass --bpf-dir there.
         tracing::warn!(
@@ -375,6 +374,36 @@ fn pin_dir(args: &Args) -> Option<PathBuf> {
         return None;
     }
     Some(dir)
+}
+
+/// In TAP mode, removes what an earlier kernel-datapath run of this instance left (its pinned
+/// programs would go on forwarding beside meshd, from stale maps) and stops its keeper. Only
+/// files are removed: no BPF system call is needed.
+fn forget_kernel_state(args: &Args) {
+    let dir = args
+        .bpf_dir
+        .clone()
+        .unwrap_or_else(|| default_pin_dir(&args.state_dir));
+    if dir.exists() {
+        match datapath::kernel::remove_pins(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the kernel datapath an earlier run left")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "removing the kernel datapath an earlier run left")
+            }
+        }
+    }
+    tap::keeper::stop(&args.run_dir);
+}
+
+/// /sys/fs/bpf/mesh/<the first 8 bytes of SHA-256 of the canonical state dir, in hex>.
+fn default_pin_dir(state_dir: &std::path::Path) -> PathBuf {
+    use sha2::Digest;
+    let state = std::fs::canonicalize(state_dir).unwrap_or(state_dir.to_owned());
+    let hash = sha2::Sha256::digest(state.as_os_str().as_encoded_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    PathBuf::from("/sys/fs/bpf/mesh").join(hex)
 }
 
 /// `meshd --cleanup`: removes what a crashed instance left in the kernel.
