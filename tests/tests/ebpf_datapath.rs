@@ -426,9 +426,14 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
     assert!(wait_until(Duration::from_secs(10), || status(&node).is_ok()));
     lab.kill(node.proc).unwrap();
     assert!(pinned(&pins));
-    let tap = lab.start_meshd(&h, &["--insecure", "--datapath", "tap"]).unwrap();
+    let tap = lab
+        .start_meshd(&h, &["--insecure", "--datapath", "tap"])
+        .unwrap();
     assert_eq!(status(&tap).unwrap()["datapath"]["mode"], "tap");
-    assert!(!pins.exists(), "a TAP-mode meshd removes its earlier run's pins");
+    assert!(
+        !pins.exists(),
+        "a TAP-mode meshd removes its earlier run's pins"
+    );
     assert_eq!(processes_in(&h.ns, "--keep-tap"), 0, "and its keeper");
 }
 
