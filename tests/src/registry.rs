@@ -22,8 +22,11 @@ pub const REGISTRY_DIR: &str = "/run/mesh-lab";
 /// host's /sys/fs/bpf is not visible to the processes a lab starts; this one is.
 pub const BPF_DIR: &str = "/run/mesh-lab/bpf";
 
-/// Mounts a bpffs at [`BPF_DIR`] unless one is there.
+/// Mounts a bpffs at [`BPF_DIR`] unless one is there (once, however many labs a test process
+/// starts at the same time: two mounts would stack).
 pub fn mount_bpffs() -> Result<()> {
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
     fs::create_dir_all(BPF_DIR).with_context(|| format!("creating {BPF_DIR}"))?;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     // SAFETY: statfs into a zeroed struct; NUL-terminated path.
