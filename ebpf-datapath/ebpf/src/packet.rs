@@ -4,13 +4,12 @@
 //! (`TcContext::load`), which also reaches bytes outside the linear part.
 
 use aya_ebpf::programs::XdpContext;
-
-pub const ETH_HDR_LEN: usize = 14;
+pub use mesh_common::wire::ETH_LEN as ETH_HDR_LEN;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
-pub const IPV4_MIN_HDR_LEN: usize = 20;
+pub use mesh_common::wire::OUTER_IPV4_LEN as IPV4_MIN_HDR_LEN;
 pub const IPV6_HDR_LEN: usize = 40;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
