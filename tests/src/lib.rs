@@ -14,7 +14,7 @@ mod lab;
 pub mod mesh;
 pub mod netns;
 pub mod registry;
-mod sh;
+pub mod sh;
 
 pub use lab::{Container, Host, Lab, NatRouter, ProcId};
 

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: make a fresh Debian 12 machine of this project's kind able to build and
 //! test mesh. Every step checks first and only acts when something is missing, so a second run
-//! takes seconds. The bpf-linker recipe is the verified one from ../shared/toolchain.md.
+//! takes seconds. The bpf-linker recipe links it against the nightly toolchain's own libLLVM.
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -159,7 +159,7 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// boringtun-cli, the userspace WireGuard that `cargo xtask bench` measures as the encrypted
-/// reference (../shared/labs/boringtun-ref-lab.sh).
+/// reference (`bench/ref_labs.rs`).
 fn boringtun() -> Result<()> {
     if probe(Command::new("boringtun-cli").arg("--version")).is_some() {
         println!("setup: boringtun-cli present");

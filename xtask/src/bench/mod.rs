@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: mesh side by side with the reference systems, measured in one run on
-//! one machine, so that only ratios are compared (see ../shared/anchors.md).
+//! one machine, so that only ratios are compared.
 //!
 //! Every system gets the same measurements between the same two namespaces: TCP throughput with
 //! 1 and 4 streams (iperf3; median and spread of several runs, plus the overlay's own process
@@ -10,21 +10,18 @@ mod chart;
 mod control_lab;
 mod measure;
 mod mesh_lab;
+mod ref_labs;
 mod report;
 mod systems;
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use measure::{OverlayProcs, Path as TrafficPath};
 use mesh_tests::mesh::Mode;
+use ref_labs::RefLab;
 use report::{ControlPlane, Footprint, Machine, Report, Simulation, Status, SystemResult};
-use systems::{Meshd, RefLab, System};
+use systems::{Meshd, System};
 
 use crate::cmd::{cargo, exec, workspace_root};
 
@@ -44,9 +41,6 @@ pub struct Args {
     /// Runs per throughput figure (default 3; 1 with --quick).
     #[arg(long)]
     repeats: Option<u32>,
-    /// Directory of the reference lab scripts (default: ../shared/labs beside the repository).
-    #[arg(long, env = "MESH_REF_LABS")]
-    labs: Option<PathBuf>,
 }
 
 /// How long and how often to measure.
@@ -80,7 +74,6 @@ pub fn run(args: Args) -> Result<()> {
         pings: if args.quick { 20 } else { 200 },
     };
     let root = workspace_root();
-    let labs = systems::find_labs(args.labs.as_deref(), &root)?;
     println!("bench: building release binaries");
     exec(cargo().args(["build", "--release", "--quiet", "--bins"]))?;
     let release = root.join("target/release");
@@ -105,7 +98,7 @@ pub fn run(args: Args) -> Result<()> {
     .any(wanted)
     {
         println!("bench: kernel VXLAN reference lab");
-        match RefLab::up(labs.join("vxlan-ref-lab.sh"), "mbv", &[]) {
+        match RefLab::vxlan("mbv") {
             Err(e) => {
                 for s in [
                     System::Underlay,
@@ -179,8 +172,7 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         println!("bench: {}", system.description());
-        let env: Vec<(&str, &str)> = threads.map(|t| ("BT_THREADS", t)).into_iter().collect();
-        match RefLab::up(labs.join("boringtun-ref-lab.sh"), prefix, &env) {
+        match RefLab::boringtun(prefix, threads) {
             Err(e) => results.push(failed(system, &e)),
             Ok(lab) => {
                 let path = TrafficPath {

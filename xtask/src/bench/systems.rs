@@ -1,9 +1,7 @@
 //! The systems the bench compares, and how each is brought up and down.
 //!
-//! References come from the shared reference labs (../shared/labs/*.sh, `up`/`down`), so the
-//! topology is exactly the one the anchors were measured on: two hosts on a veth underlay
-//! 198.18.0.1–2/24, one container each (10.40.0.1–2/24). mesh's own modes are listed as "not
-//! built yet" until they exist; nothing is ever filled in for them.
+//! The references are built by `ref_labs.rs` in the shape the anchors were measured on: two
+//! hosts on a veth underlay 198.18.0.1–2/24, one container each (10.40.0.1–2/24).
 
 use std::{
     path::{Path, PathBuf},
@@ -87,95 +85,6 @@ impl System {
 
     pub fn by_name(name: &str) -> Option<System> {
         System::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
-
-/// Finds the reference lab scripts: `--labs`/`MESH_REF_LABS`, else `../shared/labs` beside the
-/// repository, else `/work/shared/labs`.
-pub fn find_labs(explicit: Option<&Path>, repo: &Path) -> Result<PathBuf> {
-    let candidates: Vec<PathBuf> = match explicit {
-        Some(p) => vec![p.to_owned()],
-        None => vec![
-            repo.join("../shared/labs"),
-            PathBuf::from("/work/shared/labs"),
-        ],
-    };
-    candidates
-        .iter()
-        .find(|d| d.join("vxlan-ref-lab.sh").is_file() && d.join("boringtun-ref-lab.sh").is_file())
-        .cloned()
-        .with_context(|| {
-            format!(
-                "reference lab scripts not found in {candidates:?}; pass --labs DIR or set \
-                 MESH_REF_LABS"
-            )
-        })
-}
-
-/// A reference lab brought up by its script and taken down on drop.
-pub struct RefLab {
-    script: PathBuf,
-    prefix: String,
-    env: Vec<(String, String)>,
-}
-
-impl RefLab {
-    /// Runs `<script> down` (leftovers of an interrupted run) then `<script> up`.
-    pub fn up(script: PathBuf, prefix: &str, env: &[(&str, &str)]) -> Result<RefLab> {
-        let lab = RefLab {
-            script,
-            prefix: prefix.to_owned(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        lab.run("down")?;
-        lab.run("up")?;
-        Ok(lab)
-    }
-
-    fn run(&self, verb: &str) -> Result<()> {
-        let out = Command::new("bash")
-            .arg(&self.script)
-            .arg(verb)
-            .env("PREFIX", &self.prefix)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {} {verb}", self.script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} {verb} failed: {}{}",
-                self.script.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    /// Namespace name of host or container `n` (e.g. "h1", "c2").
-    pub fn ns(&self, n: &str) -> String {
-        format!("{}{n}", self.prefix)
-    }
-
-    /// PIDs of the lab's overlay processes, from the pid files its script writes, if any.
-    pub fn pids(&self) -> Vec<u32> {
-        (1..=2)
-            .filter_map(|h| {
-                std::fs::read_to_string(format!("/tmp/{}-lab/bt{h}.pid", self.prefix)).ok()
-            })
-            .filter_map(|s| s.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for RefLab {
-    fn drop(&mut self) {
-        if let Err(e) = self.run("down") {
-            eprintln!("bench: {e:#}");
-        }
     }
 }
 
