@@ -13,6 +13,7 @@ pub mod bins;
 mod lab;
 pub mod mesh;
 pub mod netns;
+pub mod pcap;
 pub mod registry;
 pub mod sh;
 

@@ -11,7 +11,7 @@ use std::{
 use mesh_tests::{
     Container, Host, Lab, datagrams,
     mesh::{Meshd, full_mesh, start_mesh, status, tap_counter},
-    netns, wait_until,
+    netns, pcap, wait_until,
 };
 
 const MARKER: &str = "MESH-MARKER-5e1f0c";
@@ -119,29 +119,7 @@ fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
     assert_eq!(got.len(), 10, "c2 should get every marker: {got:?}");
     std::thread::sleep(Duration::from_millis(200));
     s.lab.terminate(dump, Duration::from_secs(3)).unwrap();
-    udp_payloads(&std::fs::read(&pcap).unwrap())
-}
-
-/// The UDP datagrams in a pcap file of Ethernet frames (IPv4 without options is all the
-/// underlay carries here).
-fn udp_payloads(pcap: &[u8]) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
-        at += 16 + caplen;
-        if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
-            continue;
-        }
-        let ip = &frame[14..];
-        let hl = usize::from(ip[0] & 0xf) * 4;
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        let udp = &ip[hl..];
-        let dport = u16::from_be_bytes([udp[2], udp[3]]);
-        out.push((src, dport, udp[8..].to_vec()));
-    }
-    out
+    pcap::udp_payloads(&std::fs::read(&pcap).unwrap())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

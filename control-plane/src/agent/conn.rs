@@ -54,7 +54,8 @@ pub struct Established {
     pub peer: PeerId,
     pub hello: Hello,
     /// The data path's secret for this link; none when the mesh runs without authentication.
-    pub data_secret: Option<[u8; 32]>,
+    /// Moved into the data path when the link is added; wiped when dropped.
+    pub data_secret: Option<crate::switch::seal::LinkSecret>,
     pub i_dialed: bool,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
@@ -175,7 +176,10 @@ pub async fn handshake(
             let mut exporter = [0u8; 32];
             conn.export_keying_material(&mut exporter, DATA_EXPORTER_LABEL, b"")
                 .map_err(|_| anyhow!("TLS exporter unavailable"))?;
-            Some(crate::auth::data_secret(&exporter, pake_key.as_deref()))
+            Some(crate::switch::seal::LinkSecret(crate::auth::data_secret(
+                &exporter,
+                pake_key.as_deref(),
+            )))
         }
     };
     Ok(Established {

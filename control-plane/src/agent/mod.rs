@@ -31,6 +31,7 @@ use crate::{
         KernelDatapath, UnderlayRx,
         compile::{LinkView, compile},
     },
+    switch::LinkId,
 };
 
 /// Which datapath this node runs, and why (shown by `meshctl status`).
@@ -102,9 +103,6 @@ struct Link {
     since: SystemTime,
     /// Who opened it: decides which one survives when both sides dialled at once.
     dialer: PeerId,
-    /// The data path's key material for this link (none in an --insecure mesh).
-    data_secret: Option<crate::switch::seal::LinkSecret>,
-    i_dialed: bool,
     /// Its data path stopped (as last told to gossip).
     datapath_down: bool,
     /// It runs the kernel datapath (from its hello): plaintext frames to it may take the
@@ -351,6 +349,9 @@ impl Agent {
             } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     let link = self.links.remove(&peer).expect("checked above");
+                    if let Some(tap) = &self.tap {
+                        tap.remove_link(LinkId(conn_id));
+                    }
                     info!(peer = %peer, name = link.name, reason, "peer connection lost");
                     self.gossip.link_down(peer, now_ms());
                     let now = Instant::now();
@@ -370,7 +371,7 @@ impl Agent {
     fn established(
         &mut self,
         conn: quinn::Connection,
-        est: conn::Established,
+        mut est: conn::Established,
         dialed: Option<String>,
     ) {
         let peer = est.peer;
@@ -405,7 +406,7 @@ impl Agent {
         if !self.links.contains_key(&peer) {
             info!(peer = %peer, name, %remote, "peer connection established");
         }
-        self.links.insert(
+        let replaced = self.links.insert(
             peer,
             Link {
                 conn: conn.clone(),
@@ -414,12 +415,25 @@ impl Agent {
                 name,
                 since: SystemTime::now(),
                 dialer,
-                data_secret: est.data_secret.map(crate::switch::seal::LinkSecret),
-                i_dialed: est.i_dialed,
                 datapath_down: false,
                 peer_kernel: est.hello.kernel_datapath,
             },
         );
+        if let Some(tap) = &self.tap {
+            // The link's secret moves into the data path, which keys the link under its id
+            // once; the agent keeps none of it.
+            if let Some(old) = replaced {
+                tap.remove_link(LinkId(old.conn_id));
+            }
+            tap.set_me(self.short(self.local.id));
+            let spec = crate::tap::LinkSpec {
+                peer: self.short(peer),
+                addr: SocketAddr::new(remote.ip(), self.data_port),
+                secret: est.data_secret.take().map(|s| (s, est.i_dialed)),
+            };
+            tap.add_link(LinkId(conn_id), spec);
+        }
+        est.data_secret = None;
         self.gossip
             .link_up(peer, Some(remote.to_string()), now_ms());
         // An accepted connection from a peer we were trying to reach: stop trying.
@@ -519,8 +533,7 @@ impl Agent {
     fn check_data_paths(&mut self, now: u64) {
         let Some(tap) = self.tap.clone() else { return };
         for (id, link) in &mut self.links {
-            let short = crate::switch::ShortId::from_wire(self.gossip.short_id(*id));
-            let down = tap.data_path_up(short) == Some(false);
+            let down = tap.data_path_up(LinkId(link.conn_id)) == Some(false);
             if down != link.datapath_down {
                 link.datapath_down = down;
                 if down {
@@ -566,7 +579,7 @@ impl Agent {
             .collect();
         let v4: Vec<std::net::Ipv4Addr> = neighbours
             .iter()
-            .map(|(_, a, _, _)| match a.ip() {
+            .map(|l| match l.addr.ip() {
                 std::net::IpAddr::V4(ip) => ip,
                 std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
             })
@@ -575,12 +588,12 @@ impl Agent {
         let links: Vec<LinkView> = neighbours
             .into_iter()
             .zip(macs)
-            .map(|((peer, addr, mtu, conn_id), mac)| LinkView {
-                peer,
-                link_id: conn_id as u32,
-                addr,
-                mtu,
-                kernel: plaintext && kernel_peers.contains(&conn_id),
+            .map(|(l, mac)| LinkView {
+                peer: l.peer,
+                link_id: l.link.0 as u32,
+                addr: l.addr,
+                mtu: l.mtu as u32,
+                kernel: plaintext && kernel_peers.contains(&l.link.0),
                 next_hop_mac: mac,
             })
             .collect();
@@ -633,20 +646,12 @@ impl Agent {
                 .map(|(s, cs)| (short(*s), cs.iter().map(|c| short(*c)).collect()))
                 .collect(),
         });
-        tap.set_neighbours(
-            self.links
-                .iter()
-                .map(|(id, l)| {
-                    let spec = crate::tap::Spec {
-                        addr: SocketAddr::new(l.conn.remote_address().ip(), self.data_port),
-                        secret: l.data_secret.clone().map(|s| (s, l.i_dialed)),
-                        conn_id: l.conn_id,
-                    };
-                    (short(*id), spec)
-                })
-                .collect(),
-            short(self.local.id),
-        );
+        // Short ids move (collisions, a peer first known by its candidate id): re-point the
+        // links; their keys and counters stay with them.
+        tap.set_me(short(self.local.id));
+        for (id, l) in &self.links {
+            tap.set_peer(LinkId(l.conn_id), short(*id));
+        }
     }
 
     fn answer(&mut self, req: request::Kind) -> response::Kind {

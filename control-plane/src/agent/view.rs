@@ -82,9 +82,12 @@ impl Agent {
                 Some(hop) if *hop != id => Some(self.name_of(*hop)),
                 _ => None,
             };
-            let short = self.short(id);
             let tap = self.tap.as_ref();
-            let traffic = tap.and_then(|t| t.traffic(short)).unwrap_or_default();
+            let link_id = link.map(|l| crate::switch::LinkId(l.conn_id));
+            let traffic = tap
+                .zip(link_id)
+                .and_then(|(t, l)| t.traffic(l))
+                .unwrap_or_default();
             let kernel = link.and_then(|l| {
                 let k = self.kernel.as_ref()?;
                 // Sealed links and links to TAP-mode peers never take the kernel path.
@@ -101,12 +104,15 @@ impl Agent {
                 kernel_tx_packets: k.tx_packets,
                 kernel_rx_packets: k.rx_packets,
                 encrypted: tap.is_some_and(|t| t.encrypted()),
-                datapath_health: match tap.and_then(|t| t.data_path_up(short)) {
+                datapath_health: match tap.zip(link_id).and_then(|(t, l)| t.data_path_up(l)) {
                     Some(true) => "up".into(),
                     Some(false) => "down".into(),
                     None => String::new(),
                 },
-                link_mtu: tap.and_then(|t| t.link_mtu(short)).unwrap_or(0),
+                link_mtu: tap
+                    .zip(link_id)
+                    .and_then(|(t, l)| t.link_mtu(l))
+                    .unwrap_or(0),
                 tx_packets: traffic.tx_packets + k.tx_packets,
                 tx_bytes: traffic.tx_bytes + k.tx_bytes,
                 rx_packets: traffic.rx_packets + k.rx_packets,
@@ -305,6 +311,7 @@ impl Agent {
             insecure: matches!(self.local.auth, AuthMode::Insecure),
             peers_by_state: by_state.into_iter().collect(),
             connections: self.links.len() as u32,
+            short_id: self.short(self.local.id).get(),
         })
     }
 }

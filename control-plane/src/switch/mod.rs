@@ -29,6 +29,13 @@ impl ShortId {
     }
 }
 
+/// One control connection's data link, for as long as the connection lives: the key every
+/// per-link state (keys, nonce counters, replay windows, probes, counters) hangs on. Unlike a
+/// short id it never moves and is never shared, so that state is never dropped and re-created
+/// while the link lives (a re-created sealer would reuse nonces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
 /// An Ethernet MAC address.
 pub type Mac = [u8; 6];
 

@@ -41,9 +41,21 @@ pub const REKEY_AFTER_FRAMES: u64 = 1 << 32;
 /// Frames this far behind the newest one seen are refused as possible replays.
 pub const REPLAY_WINDOW: u64 = 2048;
 
-/// The secret both ends of one control connection derived for its data path.
-#[derive(Clone, PartialEq, Eq)]
+/// The secret both ends of one control connection derived for its data path. It is moved into
+/// the data path once, turned into the link's keys, and wiped when dropped: a running meshd
+/// holds only the ratcheting chain keys, which do not open earlier epochs' traffic.
+#[derive(PartialEq, Eq)]
 pub struct LinkSecret(pub [u8; 32]);
+
+impl Drop for LinkSecret {
+    fn drop(&mut self) {
+        for b in &mut self.0 {
+            // SAFETY: a valid, aligned pointer to our own byte; volatile so the wipe of memory
+            // about to be freed is not optimised away.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
 
 impl std::fmt::Debug for LinkSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

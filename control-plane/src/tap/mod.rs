@@ -16,7 +16,6 @@ mod udp;
 mod vnet;
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -28,9 +27,11 @@ use anyhow::{Context, Result};
 pub use device::{is_veth, underlay_mtu};
 use mesh_common::DropReason;
 use neighbours::Neighbours;
-pub use neighbours::{Spec, Traffic};
+pub use neighbours::{LinkInfo, LinkSpec, Traffic};
 
-use crate::switch::{ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4};
+use crate::switch::{
+    LinkId, ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4,
+};
 
 /// MAC table bounds: enough for thousands of containers; a flood of made-up MACs evicts.
 const FDB_CAPACITY: usize = 8192;
@@ -131,10 +132,25 @@ impl Shared {
         *self.table.write().expect("table lock") = Arc::new(table);
     }
 
-    /// Sets the direct neighbours (see [`Neighbours::set`]).
-    pub fn set_neighbours(&self, specs: HashMap<ShortId, Spec>, me: ShortId) {
+    /// Our own short id (first set, or moved by gossip).
+    pub fn set_me(&self, me: ShortId) {
+        self.neighbours().set_me(me);
+    }
+
+    /// Adds an established link with its keys (see [`Neighbours::add_link`]).
+    pub fn add_link(&self, link: LinkId, spec: LinkSpec) -> bool {
         let now = self.now_ms();
-        self.neighbours().set(specs, me, now);
+        self.neighbours().add_link(link, spec, now)
+    }
+
+    /// Removes a closed link and its keys.
+    pub fn remove_link(&self, link: LinkId) {
+        self.neighbours().remove_link(link);
+    }
+
+    /// `link`'s peer goes by another short id now.
+    pub fn set_peer(&self, link: LinkId, peer: ShortId) {
+        self.neighbours().set_peer(link, peer);
     }
 
     /// Whether data frames are encrypted.
@@ -142,27 +158,32 @@ impl Shared {
         self.neighbours().encrypted()
     }
 
-    /// Whether a heartbeat from `peer` arrived recently (`None`: not a neighbour).
-    pub fn data_path_up(&self, peer: ShortId) -> Option<bool> {
-        self.neighbours().data_path_up(peer)
+    /// Whether a heartbeat arrived on `link` recently (`None`: no such link).
+    pub fn data_path_up(&self, link: LinkId) -> Option<bool> {
+        self.neighbours().data_path_up(link)
     }
 
-    /// The overlay MTU on the link to `peer` (`None`: not a neighbour).
-    pub fn link_mtu(&self, peer: ShortId) -> Option<u32> {
-        self.neighbours().link_mtu(peer).map(|m| m as u32)
+    /// The overlay MTU on `link` (`None`: no such link).
+    pub fn link_mtu(&self, link: LinkId) -> Option<u32> {
+        self.neighbours()
+            .link_mtu_of(link)
+            .map(|m| m.min(self.mtu as usize) as u32)
     }
 
-    /// Traffic on the link to `peer` (`None`: not a neighbour).
-    pub fn traffic(&self, peer: ShortId) -> Option<Traffic> {
-        self.neighbours().get(peer).map(|n| n.traffic)
+    /// Traffic on `link` (`None`: no such link).
+    pub fn traffic(&self, link: LinkId) -> Option<Traffic> {
+        self.neighbours().get(link).map(|n| n.traffic)
     }
 
-    /// Every neighbour's link: short id, data address, overlay MTU, control connection id.
-    pub fn links(&self) -> Vec<(ShortId, std::net::SocketAddr, u32, u64)> {
+    /// The link carrying frames to each neighbour (MTUs capped at the overlay's).
+    pub fn links(&self) -> Vec<LinkInfo> {
         self.neighbours()
             .links()
             .into_iter()
-            .map(|(id, addr, mtu, conn)| (id, addr, mtu.min(self.mtu as usize) as u32, conn))
+            .map(|l| LinkInfo {
+                mtu: l.mtu.min(self.mtu as usize),
+                ..l
+            })
             .collect()
     }
 

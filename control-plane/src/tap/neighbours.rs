@@ -1,6 +1,13 @@
 //! The data path's view of its direct neighbours: where to send, whether their heartbeats
 //! arrive, the per-link keys, and per-link traffic counts. Also turns frames into datagrams
 //! and back (plain or sealed), so the I/O loops only move bytes.
+//!
+//! State is kept per link ([`LinkId`]: one control connection), never per short id. A link is
+//! added once with its secret, which becomes its keys there and then, and lives until its
+//! connection closes; a short id only indexes links for forwarding. So two links that claim one
+//! short id for a while (a peer connecting before its gossip entry is known, or a short-id
+//! collision being resolved) each keep their keys and nonce counters, and no (key, nonce) pair
+//! is ever used twice.
 
 use std::{
     collections::HashMap,
@@ -12,7 +19,7 @@ use std::{
 use mesh_common::DropReason;
 
 use crate::switch::{
-    ShortId,
+    LinkId, ShortId,
     pmtu::{PathProbe, Received},
     seal::{self, LinkCrypto, LinkSecret, Refused, SEAL_OVERHEAD},
     wire::{HEADER_LEN, Header},
@@ -24,15 +31,16 @@ const ETH: usize = 14;
 /// A neighbour whose heartbeats stopped this long ago has no working data path.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the agent knows about a neighbour: published on every topology change.
-#[derive(Clone, Debug)]
-pub struct Spec {
+/// A link the agent hands over when its control connection is established.
+#[derive(Debug)]
+pub struct LinkSpec {
+    /// The peer's short id, as gossip knows it now (it can move: [`Neighbours::set_peer`]).
+    pub peer: ShortId,
     /// Its control connection's IP and the data port.
     pub addr: SocketAddr,
-    /// The link's data secret (none without authentication) and whether we dialled.
+    /// The link's data secret (none without authentication) and whether we dialled. Consumed
+    /// here: the secret becomes the link's keys and is wiped.
     pub secret: Option<(LinkSecret, bool)>,
-    /// Identifies the control connection the secret came from.
-    pub conn_id: u64,
 }
 
 /// Datagrams and bytes sent to and received from one neighbour (data frames and heartbeats).
@@ -45,6 +53,8 @@ pub struct Traffic {
 }
 
 pub struct Neighbour {
+    /// The peer's short id (what frames to it are addressed to).
+    pub peer: ShortId,
     /// Where to send: the control connection's address until an authenticated heartbeat shows
     /// where its data really comes from (behind NAT, the translated address).
     pub addr: SocketAddr,
@@ -52,7 +62,6 @@ pub struct Neighbour {
     pub last_heartbeat: Option<Instant>,
     /// When it became a neighbour: its first heartbeat gets [`HEARTBEAT_TIMEOUT`] to arrive.
     pub since: Instant,
-    pub conn_id: u64,
     pub crypto: Option<LinkCrypto>,
     pub traffic: Traffic,
     /// How big a datagram the path to it carries (probed with padded heartbeats).
@@ -61,9 +70,22 @@ pub struct Neighbour {
     pub received: Received,
 }
 
-/// All neighbours, keyed by short id.
+/// One neighbour's link as the kernel datapath needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link: LinkId,
+    pub peer: ShortId,
+    pub addr: SocketAddr,
+    /// The link's overlay MTU (what its probed path carries).
+    pub mtu: usize,
+}
+
+/// All neighbours' links, and which link forwards to each short id.
 pub struct Neighbours {
-    map: HashMap<ShortId, Neighbour>,
+    links: HashMap<LinkId, Neighbour>,
+    /// The links claiming each short id, oldest first; the first one carries frames to it.
+    /// Two links share a short id only until gossip settles who keeps it.
+    by_peer: HashMap<ShortId, Vec<LinkId>>,
     /// Whether data frames are sealed (the mesh has a password or certificates).
     encrypted: bool,
     /// Datagram (UDP payload) sizes: the largest our underlay NIC sends, and the smallest
@@ -80,7 +102,8 @@ impl Neighbours {
     pub fn new(encrypted: bool, overlay_mtu: usize, min_overlay_mtu: usize) -> Neighbours {
         let overhead = HEADER_LEN + ETH + if encrypted { SEAL_OVERHEAD } else { 0 };
         Neighbours {
-            map: HashMap::new(),
+            links: HashMap::new(),
+            by_peer: HashMap::new(),
             encrypted,
             max_datagram: overlay_mtu + overhead,
             min_datagram: min_overlay_mtu + overhead,
@@ -92,17 +115,26 @@ impl Neighbours {
         HEADER_LEN + ETH + if self.encrypted { SEAL_OVERHEAD } else { 0 }
     }
 
+    /// The link that carries frames to `peer`.
+    pub fn link_to(&self, peer: ShortId) -> Option<LinkId> {
+        self.by_peer.get(&peer).and_then(|l| l.first()).copied()
+    }
+
     /// The overlay MTU on the link to `to`: what its probed path carries.
     pub fn link_mtu(&self, to: ShortId) -> Option<usize> {
-        let n = self.map.get(&to)?;
+        self.link_mtu_of(self.link_to(to)?)
+    }
+
+    pub fn link_mtu_of(&self, link: LinkId) -> Option<usize> {
+        let n = self.links.get(&link)?;
         Some(n.path.usable().saturating_sub(self.overhead()))
     }
 
-    /// Builds the inner part of a heartbeat to `to` into `inner`: our report of the largest
+    /// Builds the inner part of a heartbeat on `link` into `inner`: our report of the largest
     /// datagram it sent us lately (2 bytes), padded into a path-MTU probe when one is due.
-    pub fn heartbeat_payload(&mut self, to: ShortId, inner: &mut Vec<u8>, now: Instant) -> bool {
+    pub fn heartbeat_payload(&mut self, link: LinkId, inner: &mut Vec<u8>, now: Instant) -> bool {
         let sealed_extra = if self.encrypted { SEAL_OVERHEAD } else { 0 };
-        let Some(n) = self.map.get_mut(&to) else {
+        let Some(n) = self.links.get_mut(&link) else {
             return false;
         };
         let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
@@ -119,92 +151,114 @@ impl Neighbours {
         self.encrypted
     }
 
-    /// Replaces the neighbour set. A neighbour whose control connection changed gets fresh
-    /// keys; the data addresses heartbeats revealed are kept.
-    pub fn set(&mut self, specs: HashMap<ShortId, Spec>, me: ShortId, now_ms: u64) {
-        if self.me.is_some_and(|old| old != me) {
-            // Our short id moved: keep the keys and counters (a fresh sealer would reuse
-            // nonces), just sign frames with the new id.
-            for c in self.map.values_mut().filter_map(|n| n.crypto.as_mut()) {
+    /// Our own short id moved (or is set for the first time): frames are signed with it from
+    /// now on. Keys and counters stay; a fresh sealer would reuse nonces.
+    pub fn set_me(&mut self, me: ShortId) {
+        if self.me != Some(me) {
+            for c in self.links.values_mut().filter_map(|n| n.crypto.as_mut()) {
                 c.sealer.set_sender(me);
             }
+            self.me = Some(me);
         }
-        self.me = Some(me);
-        // A neighbour whose short id moved keeps its state (keys, replay windows, probes):
-        // same control connection, new key in the map.
-        let moved: Vec<(ShortId, ShortId)> = specs
-            .iter()
-            .filter(|(id, _)| !self.map.contains_key(id))
-            .filter_map(|(id, spec)| {
-                self.map
-                    .iter()
-                    .find(|(old, n)| n.conn_id == spec.conn_id && !specs.contains_key(old))
-                    .map(|(old, _)| (*old, *id))
-            })
-            .collect();
-        for (old, new) in moved {
-            if let Some(n) = self.map.remove(&old) {
-                self.map.insert(new, n);
-            }
+    }
+
+    /// Adds the link of a newly established control connection, deriving its keys from the
+    /// secret (which is wiped). A link is added once: a second call for the same id is refused
+    /// (returns false) and changes nothing, since fresh keys from the same secret would reuse
+    /// nonces. Frames to `spec.peer` take this link unless an older link claims that short id.
+    pub fn add_link(&mut self, link: LinkId, spec: LinkSpec, now_ms: u64) -> bool {
+        if self.links.contains_key(&link) {
+            return false;
         }
-        self.map.retain(|id, _| specs.contains_key(id));
-        for (id, spec) in specs {
-            let crypto = || {
-                spec.secret
-                    .as_ref()
-                    .map(|(s, dialed)| LinkCrypto::new(s, *dialed, me, now_ms))
-            };
-            match self.map.get_mut(&id) {
-                Some(n) if n.conn_id == spec.conn_id => {}
-                Some(n) => {
-                    n.conn_id = spec.conn_id;
-                    n.crypto = crypto();
-                }
-                None => {
-                    self.map.insert(
-                        id,
-                        Neighbour {
-                            addr: spec.addr,
-                            observed: false,
-                            last_heartbeat: None,
-                            since: Instant::now(),
-                            conn_id: spec.conn_id,
-                            crypto: crypto(),
-                            traffic: Traffic::default(),
-                            path: PathProbe::new(self.min_datagram, self.max_datagram),
-                            received: Received::default(),
-                        },
-                    );
-                }
+        let me = self.me.unwrap_or(ShortId::FLOOD);
+        let crypto = spec
+            .secret
+            .map(|(s, dialed)| LinkCrypto::new(&s, dialed, me, now_ms));
+        self.links.insert(
+            link,
+            Neighbour {
+                peer: spec.peer,
+                addr: spec.addr,
+                observed: false,
+                last_heartbeat: None,
+                since: Instant::now(),
+                crypto,
+                traffic: Traffic::default(),
+                path: PathProbe::new(self.min_datagram, self.max_datagram),
+                received: Received::default(),
+            },
+        );
+        self.index(link, spec.peer);
+        true
+    }
+
+    /// Removes a link whose control connection closed, with its keys.
+    pub fn remove_link(&mut self, link: LinkId) {
+        if let Some(n) = self.links.remove(&link) {
+            self.unindex(link, n.peer);
+        }
+    }
+
+    /// `link`'s peer now goes by `peer` (gossip moved its short id). Its state stays.
+    pub fn set_peer(&mut self, link: LinkId, peer: ShortId) {
+        let Some(n) = self.links.get_mut(&link) else {
+            return;
+        };
+        let old = std::mem::replace(&mut n.peer, peer);
+        if old != peer {
+            self.unindex(link, old);
+            self.index(link, peer);
+        }
+    }
+
+    fn index(&mut self, link: LinkId, peer: ShortId) {
+        let claims = self.by_peer.entry(peer).or_default();
+        claims.push(link);
+        // Oldest link first: the link already carrying a peer's traffic keeps it while a
+        // newcomer with the same short id waits for gossip to move one of them.
+        claims.sort();
+    }
+
+    fn unindex(&mut self, link: LinkId, peer: ShortId) {
+        if let Some(claims) = self.by_peer.get_mut(&peer) {
+            claims.retain(|l| *l != link);
+            if claims.is_empty() {
+                self.by_peer.remove(&peer);
             }
         }
     }
 
-    /// Every neighbour: its short id, where its data goes, the link's overlay MTU and the
-    /// control connection it belongs to (what the kernel datapath needs to forward to it).
-    pub fn links(&self) -> Vec<(ShortId, SocketAddr, usize, u64)> {
+    /// The link carrying frames to each short id (what the kernel datapath forwards on).
+    pub fn links(&self) -> Vec<LinkInfo> {
         let overhead = self.overhead();
-        self.map
-            .iter()
-            .map(|(id, n)| {
-                let mtu = n.path.usable().saturating_sub(overhead);
-                (*id, n.addr, mtu, n.conn_id)
+        self.by_peer
+            .values()
+            .filter_map(|claims| claims.first())
+            .map(|link| {
+                let n = &self.links[link];
+                LinkInfo {
+                    link: *link,
+                    peer: n.peer,
+                    addr: n.addr,
+                    mtu: n.path.usable().saturating_sub(overhead),
+                }
             })
             .collect()
     }
 
-    pub fn get(&self, id: ShortId) -> Option<&Neighbour> {
-        self.map.get(&id)
+    pub fn get(&self, link: LinkId) -> Option<&Neighbour> {
+        self.links.get(&link)
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = ShortId> + '_ {
-        self.map.keys().copied()
+    /// Every link, including one waiting for its short id to be settled (heartbeats keep it).
+    pub fn link_ids(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links.keys().copied()
     }
 
     /// Where datagrams for `to` go (`None`: not a neighbour, or no keys yet in an encrypted
     /// mesh).
     pub fn addr(&self, to: ShortId) -> Option<SocketAddr> {
-        let n = self.map.get(&to)?;
+        let n = self.links.get(&self.link_to(to)?)?;
         (!self.encrypted || n.crypto.is_some()).then_some(n.addr)
     }
 
@@ -223,7 +277,20 @@ impl Neighbours {
         out: &mut Vec<u8>,
         now_ms: u64,
     ) -> Option<SocketAddr> {
-        let n = self.map.get_mut(&to)?;
+        let link = self.link_to(to)?;
+        self.prepare_on(link, header, inner, out, now_ms)
+    }
+
+    /// [`Neighbours::prepare`] on a given link.
+    pub fn prepare_on(
+        &mut self,
+        link: LinkId,
+        header: &Header,
+        inner: &[u8],
+        out: &mut Vec<u8>,
+        now_ms: u64,
+    ) -> Option<SocketAddr> {
+        let n = self.links.get_mut(&link)?;
         let start = out.len();
         if self.encrypted {
             n.crypto.as_mut()?.sealer.seal(header, inner, out, now_ms);
@@ -238,6 +305,40 @@ impl Neighbours {
         Some(n.addr)
     }
 
+    /// Opens a sealed datagram with the keys of the link its sender's short id names; while
+    /// two links claim that id, with whichever of them sealed it.
+    fn open(&mut self, datagram: &mut [u8]) -> Result<(LinkId, Header, Range<usize>), DropReason> {
+        let sender = seal::sender_of(datagram).map_err(|e| match e {
+            Refused::NotSealed => DropReason::Unsealed,
+            _ => DropReason::Malformed,
+        })?;
+        let claims = self.by_peer.get(&sender).ok_or(DropReason::UnknownSender)?;
+        // A failed open may leave the datagram overwritten (ring says so): while two links
+        // claim the id (rare, brief), each attempt starts from a copy.
+        let original = (claims.len() > 1).then(|| datagram.to_vec());
+        let mut refused = DropReason::UnknownSender;
+        for link in claims {
+            let Some(crypto) = self.links.get_mut(link).and_then(|n| n.crypto.as_mut()) else {
+                continue;
+            };
+            if let Some(o) = &original {
+                datagram.copy_from_slice(o);
+            }
+            match crypto.opener.open(datagram) {
+                Ok((h, inner)) => return Ok((*link, h, inner)),
+                Err(e) => {
+                    refused = match e {
+                        Refused::Auth => DropReason::Auth,
+                        Refused::Replay => DropReason::Replay,
+                        Refused::NotSealed => DropReason::Unsealed,
+                        Refused::Malformed(_) => DropReason::Malformed,
+                    }
+                }
+            }
+        }
+        Err(refused)
+    }
+
     /// Checks a received datagram: who sent it (a neighbour), that it is well-formed and, in
     /// an encrypted mesh, authentic and fresh (decrypting it in place). Heartbeats are taken in
     /// here. Returns the header and where the inner frame is in `datagram`.
@@ -247,35 +348,25 @@ impl Neighbours {
         from: SocketAddr,
     ) -> Result<(Header, Range<usize>), DropReason> {
         let len = datagram.len() as u64;
-        let (id, header, inner) = if self.encrypted {
-            let sender = seal::sender_of(datagram).map_err(|e| match e {
-                Refused::NotSealed => DropReason::Unsealed,
-                _ => DropReason::Malformed,
-            })?;
-            let n = self.map.get_mut(&sender).ok_or(DropReason::UnknownSender)?;
-            let crypto = n.crypto.as_mut().ok_or(DropReason::UnknownSender)?;
-            let (h, inner) = crypto.opener.open(datagram).map_err(|e| match e {
-                Refused::Auth => DropReason::Auth,
-                Refused::Replay => DropReason::Replay,
-                Refused::NotSealed => DropReason::Unsealed,
-                Refused::Malformed(_) => DropReason::Malformed,
-            })?;
-            (sender, h, inner)
+        let (link, header, inner) = if self.encrypted {
+            self.open(datagram)?
         } else {
             // Without keys, the source address is all there is to go by.
-            let id = self
-                .map
+            let link = self
+                .links
                 .iter()
                 .find(|(_, n)| n.addr.ip() == from.ip())
-                .map(|(id, _)| *id)
+                .map(|(l, _)| *l)
                 .ok_or(DropReason::UnknownSender)?;
             if datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0) {
                 return Err(DropReason::Malformed);
             }
             let (h, inner) = Header::parse(datagram).map_err(|_| DropReason::Malformed)?;
-            (id, h, HEADER_LEN..HEADER_LEN + inner.len())
+            (link, h, HEADER_LEN..HEADER_LEN + inner.len())
         };
-        let n = self.map.get_mut(&id).expect("found above");
+        let encrypted = self.encrypted;
+        let n = self.links.get_mut(&link).expect("found above");
+        let id = n.peer;
         n.traffic.rx_packets += 1;
         n.traffic.rx_bytes += len;
         let now = Instant::now();
@@ -290,7 +381,7 @@ impl Neighbours {
         if header.heartbeat {
             // A sealed heartbeat proves who sent it, so its address is where the neighbour's
             // data comes from now (NAT rebinding). A plain one must come from the known IP.
-            if header.origin == id && (self.encrypted || n.addr.ip() == from.ip() || !n.observed) {
+            if header.origin == id && (encrypted || n.addr.ip() == from.ip() || !n.observed) {
                 n.addr = from;
                 n.observed = true;
                 n.last_heartbeat = Some(now);
@@ -299,10 +390,10 @@ impl Neighbours {
         Ok((header, inner))
     }
 
-    /// Whether `peer`'s data path works: a heartbeat arrived recently, or it became a
-    /// neighbour too recently to tell. `None`: not a neighbour.
-    pub fn data_path_up(&self, peer: ShortId) -> Option<bool> {
-        self.map.get(&peer).map(|n| {
+    /// Whether `link`'s data path works: a heartbeat arrived recently, or it became a
+    /// neighbour too recently to tell. `None`: no such link.
+    pub fn data_path_up(&self, link: LinkId) -> Option<bool> {
+        self.links.get(&link).map(|n| {
             let last = n.last_heartbeat.unwrap_or(n.since);
             last.elapsed() < HEARTBEAT_TIMEOUT
         })
@@ -313,11 +404,11 @@ impl Neighbours {
 mod tests {
     use super::*;
 
-    fn spec(port: u16, secret: Option<u8>, dialed: bool, conn_id: u64) -> Spec {
-        Spec {
+    fn spec(peer: u32, port: u16, secret: Option<u8>, dialed: bool) -> LinkSpec {
+        LinkSpec {
+            peer: ShortId::from_wire(peer),
             addr: SocketAddr::from(([198, 18, 0, 1], port)),
             secret: secret.map(|b| (LinkSecret([b; 32]), dialed)),
-            conn_id,
         }
     }
 
@@ -330,81 +421,162 @@ mod tests {
         }
     }
 
+    /// A neighbour table for node `me` with one link (id `link`) to `peer`.
+    fn table(me: u32, link: u64, peer: u32, secret: u8, dialed: bool) -> Neighbours {
+        let mut n = Neighbours::new(true, 1422, 1280);
+        n.set_me(ShortId::from_wire(me));
+        assert!(n.add_link(LinkId(link), spec(peer, 1, Some(secret), dialed), 0));
+        n
+    }
+
+    /// (sender, epoch, counter) of a sealed datagram: what must never repeat under one key.
+    fn nonce_of(datagram: &[u8]) -> ([u8; 3], u8, u64) {
+        (
+            datagram[8..11].try_into().unwrap(),
+            datagram[11],
+            u64::from_be_bytes(datagram[12..20].try_into().unwrap()),
+        )
+    }
+
+    const FROM: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 9)),
+        4000,
+    );
+
     #[test]
     fn sealed_frames_cross_between_neighbours_and_count_traffic() {
         let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut na = Neighbours::new(true, 1422, 1280);
-        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
-        let mut nb = Neighbours::new(true, 1422, 1280);
-        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        let mut na = table(1, 10, 2, 9, true);
+        let mut nb = table(2, 10, 1, 9, false);
         let mut out = Vec::new();
         let inner = [0xabu8; 64];
         na.prepare(b, &frame_header(1), &inner, &mut out, 0)
             .unwrap();
-        let from = SocketAddr::from(([198, 18, 0, 9], 4000));
-        let (h, r) = nb.accept(&mut out.clone(), from).unwrap();
+        let (h, r) = nb.accept(&mut out.clone(), FROM).unwrap();
         assert_eq!(h, frame_header(1));
         assert_eq!(r.len(), 64);
-        assert_eq!(nb.accept(&mut out, from), Err(DropReason::Replay));
-        assert_eq!(na.get(b).unwrap().traffic.tx_packets, 1);
-        assert_eq!(nb.get(a).unwrap().traffic.rx_packets, 1);
+        assert_eq!(nb.accept(&mut out, FROM), Err(DropReason::Replay));
+        assert_eq!(na.get(LinkId(10)).unwrap().traffic.tx_packets, 1);
+        assert_eq!(nb.get(LinkId(10)).unwrap().traffic.rx_packets, 1);
+        assert_eq!(nb.link_to(a), Some(LinkId(10)));
     }
 
     #[test]
     fn a_moved_short_id_keeps_the_keys_and_signs_with_the_new_id() {
-        let (a, a2, b) = (
-            ShortId::from_wire(1),
-            ShortId::from_wire(7),
-            ShortId::from_wire(2),
-        );
-        let mut na = Neighbours::new(true, 1422, 1280);
-        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
-        let mut nb = Neighbours::new(true, 1422, 1280);
-        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
-        let from = SocketAddr::from(([198, 18, 0, 1], 6784));
+        let (a2, b) = (ShortId::from_wire(7), ShortId::from_wire(2));
+        let mut na = table(1, 10, 2, 9, true);
+        let mut nb = table(2, 20, 1, 9, false);
         let mut out = Vec::new();
         na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
             .unwrap();
-        nb.accept(&mut out, from).unwrap();
-        // a's id moves to 7; b learns it from gossip (same connection, same keys).
-        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a2, 0);
-        nb.set(HashMap::from([(a2, spec(2, Some(9), false, 1))]), b, 0);
+        let first = nonce_of(&out);
+        nb.accept(&mut out, FROM).unwrap();
+        // a's id moves to 7; b learns it from gossip (same link, same keys).
+        na.set_me(a2);
+        nb.set_peer(LinkId(20), a2);
         let mut out = Vec::new();
         na.prepare(b, &frame_header(7), &[0u8; 20], &mut out, 0)
             .unwrap();
         assert_eq!(seal::sender_of(&out), Ok(a2));
-        // b moved its state for a to the new id: same keys, same counts.
-        assert!(nb.accept(&mut out, from).is_ok());
-        assert_eq!(nb.get(a2).unwrap().traffic.rx_packets, 2);
+        assert_eq!(nonce_of(&out).2, first.2 + 1, "the counter goes on");
+        assert!(nb.accept(&mut out, FROM).is_ok());
+        assert_eq!(nb.get(LinkId(20)).unwrap().traffic.rx_packets, 2);
+        assert_eq!(nb.link_to(a2), Some(LinkId(20)));
+        assert_eq!(nb.link_to(ShortId::from_wire(1)), None);
     }
 
     #[test]
-    fn a_new_control_connection_brings_new_keys() {
-        let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut na = Neighbours::new(true, 1422, 1280);
-        na.set(HashMap::from([(b, spec(1, Some(9), true, 1))]), a, 0);
-        let mut nb = Neighbours::new(true, 1422, 1280);
-        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+    fn a_link_is_keyed_once_and_a_new_connection_brings_new_keys() {
+        let b = ShortId::from_wire(2);
+        let mut na = table(1, 10, 2, 9, true);
+        let mut nb = table(2, 10, 1, 9, false);
+        // Handing the same link over again cannot restart its keys (and nonces) at zero.
+        assert!(!nb.add_link(LinkId(10), spec(1, 1, Some(9), false), 0));
         // b reconnected with another secret; a still has the old one.
-        nb.set(HashMap::from([(a, spec(2, Some(10), false, 2))]), b, 0);
+        nb.remove_link(LinkId(10));
+        assert!(nb.add_link(LinkId(11), spec(1, 1, Some(10), false), 0));
         let mut out = Vec::new();
         na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
             .unwrap();
-        let from = SocketAddr::from(([198, 18, 0, 1], 6784));
-        assert_eq!(nb.accept(&mut out, from), Err(DropReason::Auth));
+        assert_eq!(nb.accept(&mut out, FROM), Err(DropReason::Auth));
+    }
+
+    #[test]
+    fn two_links_claiming_one_short_id_keep_their_own_keys_and_counters() {
+        // b has a link to a (short id 5) carrying traffic, then c connects claiming 5 too,
+        // until gossip moves c to 6. The nonce reuse this guards against: dropping a's state
+        // for c's and re-creating it from a's secret once c moved, which restarts at 0.
+        let (a_id, b_id, c_id) = (5, 2, 6);
+        let mut nb = table(b_id, 1, a_id, 9, false);
+        let mut na = table(a_id, 1, b_id, 9, true);
+        let mut seen = std::collections::HashSet::new();
+        let mut send_to_a = |nb: &mut Neighbours, na: &mut Neighbours| {
+            let mut out = Vec::new();
+            nb.prepare(
+                ShortId::from_wire(a_id),
+                &frame_header(b_id),
+                &[1; 20],
+                &mut out,
+                0,
+            )
+            .expect("a link to a");
+            assert!(
+                seen.insert(nonce_of(&out)),
+                "a (sender, epoch, counter) repeated"
+            );
+            na.accept(&mut out, FROM)
+        };
+        for _ in 0..3 {
+            assert!(send_to_a(&mut nb, &mut na).is_ok());
+        }
+        // c arrives with a's short id: a's link keeps carrying frames to 5.
+        assert!(nb.add_link(LinkId(2), spec(a_id, 2, Some(11), false), 0));
+        let mut nc = table(a_id, 2, b_id, 11, true);
+        assert_eq!(nb.link_to(ShortId::from_wire(a_id)), Some(LinkId(1)));
+        assert!(send_to_a(&mut nb, &mut na).is_ok());
+        // ...and c's frames, sealed as sender 5 too, are opened with c's keys.
+        let mut out = Vec::new();
+        nc.prepare(
+            ShortId::from_wire(b_id),
+            &frame_header(a_id),
+            &[2; 20],
+            &mut out,
+            0,
+        )
+        .unwrap();
+        assert!(nb.accept(&mut out, FROM).is_ok());
+        assert_eq!(nb.get(LinkId(2)).unwrap().traffic.rx_packets, 1);
+        // c moves to 6: both links carry on with their counters.
+        nb.set_peer(LinkId(2), ShortId::from_wire(c_id));
+        nc.set_me(ShortId::from_wire(c_id));
+        for _ in 0..3 {
+            assert!(send_to_a(&mut nb, &mut na).is_ok(), "a's link works on");
+        }
+        let mut out = Vec::new();
+        nb.prepare(
+            ShortId::from_wire(c_id),
+            &frame_header(b_id),
+            &[3; 20],
+            &mut out,
+            0,
+        )
+        .unwrap();
+        assert!(nc.accept(&mut out, FROM).is_ok());
+        let mut peers: Vec<_> = nb.links().iter().map(|l| (l.link, l.peer.get())).collect();
+        peers.sort();
+        assert_eq!(peers, [(LinkId(1), a_id), (LinkId(2), c_id)]);
     }
 
     #[test]
     fn plain_frames_in_an_encrypted_mesh_and_strangers_are_dropped() {
-        let (a, b) = (ShortId::from_wire(1), ShortId::from_wire(2));
-        let mut nb = Neighbours::new(true, 1422, 1280);
-        nb.set(HashMap::from([(a, spec(2, Some(9), false, 1))]), b, 0);
+        let mut nb = table(2, 1, 1, 9, false);
         let mut plain = vec![0u8; HEADER_LEN + 60];
         frame_header(1).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
         let from = SocketAddr::from(([198, 18, 0, 1], 6784));
         assert_eq!(nb.accept(&mut plain, from), Err(DropReason::Unsealed));
         let mut plain_nb = Neighbours::new(false, 1450, 1280);
-        plain_nb.set(HashMap::from([(a, spec(2, None, false, 1))]), b, 0);
+        plain_nb.set_me(ShortId::from_wire(2));
+        plain_nb.add_link(LinkId(1), spec(1, 2, None, false), 0);
         let stranger = SocketAddr::from(([198, 18, 0, 77], 6784));
         assert_eq!(
             plain_nb.accept(&mut plain, stranger),

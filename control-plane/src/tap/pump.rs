@@ -10,7 +10,7 @@ use mesh_common::DropReason;
 
 use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, udp::DataSocket, vnet::Tap};
 use crate::switch::{
-    ShortId,
+    LinkId, ShortId,
     forward::{self, Table},
     mtu,
     offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr},
@@ -290,21 +290,25 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
         let Some(me) = shared.table.read().expect("table lock").me else {
             continue;
         };
-        let ids: Vec<ShortId> = shared.neighbours().ids().collect();
-        for id in ids {
-            let h = Header {
-                origin: me,
-                destination: id,
-                hops: 1,
-                heartbeat: true,
-            };
+        // Every link, also one whose short id is still being settled: it stays alive.
+        let links: Vec<LinkId> = shared.neighbours().link_ids().collect();
+        for link in links {
             out.clear();
             let addr = {
                 let mut nb = shared.neighbours();
-                if !nb.heartbeat_payload(id, &mut inner, Instant::now()) {
+                let Some(peer) = nb.get(link).map(|n| n.peer) else {
+                    continue;
+                };
+                let h = Header {
+                    origin: me,
+                    destination: peer,
+                    hops: 1,
+                    heartbeat: true,
+                };
+                if !nb.heartbeat_payload(link, &mut inner, Instant::now()) {
                     continue;
                 }
-                nb.prepare(id, &h, &inner, &mut out, shared.now_ms())
+                nb.prepare_on(link, &h, &inner, &mut out, shared.now_ms())
             };
             if let Some(addr) = addr {
                 let _ = sock.send_to(&out, addr).await;

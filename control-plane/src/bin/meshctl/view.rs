@@ -15,6 +15,7 @@ pub fn status_json(s: &Status) -> Value {
     json!({
         "name": s.name,
         "id": s.id,
+        "short_id": format!("{:06x}", s.short_id),
         "version": s.version,
         "uptime_seconds": s.uptime_seconds,
         "listen": s.listen,
@@ -47,7 +48,7 @@ pub fn status_json(s: &Status) -> Value {
 pub fn print_status(s: &Status) {
     let dp = s.datapath.clone().unwrap_or_default();
     println!("name         {}", s.name);
-    println!("id           {}", s.id);
+    println!("id           {} (data path: {:06x})", s.id, s.short_id);
     println!("version      {}", s.version);
     println!("uptime       {}s", s.uptime_seconds);
     println!("listen       {} (QUIC)", s.listen);
