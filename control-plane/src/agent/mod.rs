@@ -27,10 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     auth::AuthMode,
-    datapath::{
-        KernelDatapath, UnderlayRx,
-        compile::{LinkView, compile},
-    },
+    datapath::{Datapath, UnderlayRx},
     switch::LinkId,
 };
 
@@ -57,11 +54,9 @@ pub struct Config {
     pub max_connections: usize,
     /// The opt-in observe-only XDP counter on the underlay.
     pub observe: Option<UnderlayRx>,
-    /// The kernel datapath (`--datapath ebpf`, or `auto` where it loads).
-    pub kernel: Option<KernelDatapath>,
     pub mode: DatapathMode,
-    /// The TAP datapath, when this node forwards frames.
-    pub tap: Option<Arc<crate::tap::Shared>>,
+    /// The datapath (TAP, or kernel with TAP for the rest), when this node forwards frames.
+    pub datapath: Option<Box<dyn Datapath>>,
     pub data_port: u16,
 }
 
@@ -105,9 +100,6 @@ struct Link {
     dialer: PeerId,
     /// Its data path stopped (as last told to gossip).
     datapath_down: bool,
-    /// It runs the kernel datapath (from its hello): plaintext frames to it may take the
-    /// kernel path.
-    peer_kernel: bool,
 }
 
 pub struct Agent {
@@ -123,16 +115,15 @@ pub struct Agent {
     events: mpsc::UnboundedSender<Event>,
     next_conn_id: u64,
     observe: Option<UnderlayRx>,
-    kernel: Option<KernelDatapath>,
     mode: DatapathMode,
-    /// The last kernel map sync error, so it is logged once, not every tick.
-    kernel_error: Option<String>,
-    /// What the kernel maps were last synced from (the published topology) and when.
-    kernel_synced: Option<(Published, Instant)>,
+    /// The last datapath sync error, so it is logged once, not every tick.
+    sync_error: Option<String>,
+    /// The topology the datapath was last synced with.
+    synced: Published,
     started: Instant,
     /// When each peer entered the state `meshctl peers` shows.
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
-    tap: Option<Arc<crate::tap::Shared>>,
+    datapath: Option<Box<dyn Datapath>>,
     data_port: u16,
     /// What the data path was last given.
     published: Published,
@@ -213,7 +204,7 @@ impl Agent {
                 name: cfg.name,
                 listen_port: listen.port(),
                 auth: cfg.auth,
-                kernel_datapath: cfg.kernel.is_some(),
+                kernel_datapath: cfg.mode.name == "ebpf",
             }),
             listen,
             endpoint,
@@ -226,13 +217,12 @@ impl Agent {
             events: tx,
             next_conn_id: 0,
             observe: cfg.observe,
-            kernel: cfg.kernel,
             mode: cfg.mode,
-            kernel_error: None,
-            kernel_synced: None,
+            sync_error: None,
+            synced: None,
             started: Instant::now(),
             state_since: BTreeMap::new(),
-            tap: cfg.tap,
+            datapath: cfg.datapath,
             data_port: cfg.data_port,
             published: None,
             last_survey: ((u64::MAX, 0), Instant::now()),
@@ -255,7 +245,7 @@ impl Agent {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> Option<KernelDatapath> {
+    ) -> Option<Box<dyn Datapath>> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         loop {
@@ -271,7 +261,7 @@ impl Agent {
         self.endpoint
             .close(close::SHUTDOWN.into(), b"meshd shutting down");
         let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
-        self.kernel.take()
+        self.datapath.take()
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {
@@ -349,8 +339,8 @@ impl Agent {
             } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     let link = self.links.remove(&peer).expect("checked above");
-                    if let Some(tap) = &self.tap {
-                        tap.remove_link(LinkId(conn_id));
+                    if let Some(dp) = &mut self.datapath {
+                        dp.remove_link(LinkId(conn_id));
                     }
                     info!(peer = %peer, name = link.name, reason, "peer connection lost");
                     self.gossip.link_down(peer, now_ms());
@@ -416,22 +406,23 @@ impl Agent {
                 since: SystemTime::now(),
                 dialer,
                 datapath_down: false,
-                peer_kernel: est.hello.kernel_datapath,
             },
         );
-        if let Some(tap) = &self.tap {
+        let (me, short) = (self.short(self.local.id), self.short(peer));
+        if let Some(dp) = &mut self.datapath {
             // The link's secret moves into the data path, which keys the link under its id
             // once; the agent keeps none of it.
             if let Some(old) = replaced {
-                tap.remove_link(LinkId(old.conn_id));
+                dp.remove_link(LinkId(old.conn_id));
             }
-            tap.set_me(self.short(self.local.id));
+            dp.set_me(me);
             let spec = crate::tap::LinkSpec {
-                peer: self.short(peer),
+                peer: short,
                 addr: SocketAddr::new(remote.ip(), self.data_port),
                 secret: est.data_secret.take().map(|s| (s, est.i_dialed)),
+                peer_kernel: est.hello.kernel_datapath,
             };
-            tap.add_link(LinkId(conn_id), spec);
+            dp.add_link(LinkId(conn_id), spec);
         }
         est.data_secret = None;
         self.gossip
@@ -448,7 +439,7 @@ impl Agent {
     fn tick(&mut self) {
         let now = now_ms();
         self.check_data_paths(now);
-        self.sync_kernel();
+        self.sync_datapath();
         self.gossip.tick(now);
         // Discovery and the state bookkeeping walk the whole topology: do them when it changed,
         // and otherwise once a second (dial outcomes change states too).
@@ -531,9 +522,9 @@ impl Agent {
     /// Tells the mesh (through our gossip entry) which links' data paths stopped working, so
     /// data routes go around them, and when they work again.
     fn check_data_paths(&mut self, now: u64) {
-        let Some(tap) = self.tap.clone() else { return };
+        let Some(dp) = &self.datapath else { return };
         for (id, link) in &mut self.links {
-            let down = tap.data_path_up(LinkId(link.conn_id)) == Some(false);
+            let down = dp.link(LinkId(link.conn_id)).is_some_and(|r| !r.up);
             if down != link.datapath_down {
                 link.datapath_down = down;
                 if down {
@@ -546,67 +537,19 @@ impl Agent {
         }
     }
 
-    /// Keeps the kernel's maps equal to the TAP datapath's view (routes, and each neighbour's
-    /// data address, which heartbeats can move, and link MTU, which probing can change). Only
-    /// differences are written, so an unchanged mesh costs a comparison per tick.
-    fn sync_kernel(&mut self) {
-        // At once after a topology change; otherwise once a second, for what heartbeats and
-        // probes change (a neighbour's address behind NAT, a link's MTU, an ARP entry).
-        let due = match &self.kernel_synced {
-            None => true,
-            Some((topology, at)) => {
-                *topology != self.published || at.elapsed() >= Duration::from_secs(1)
-            }
-        };
-        if !due {
-            return;
-        }
-        self.kernel_synced = Some((self.published.clone(), Instant::now()));
-        let (Some(kernel), Some(tap)) = (self.kernel.as_mut(), self.tap.as_ref()) else {
-            return;
-        };
-        let table = tap.table();
-        let Some(me) = table.me else { return };
-        // Sealed links stay in userspace: there is no AEAD in this kernel's BPF. Links to a
-        // TAP-mode peer too (see NEIGHBOUR_KERNEL).
-        let plaintext = !tap.encrypted();
-        let neighbours = tap.links();
-        let kernel_peers: std::collections::BTreeSet<u64> = self
-            .links
-            .values()
-            .filter(|l| l.peer_kernel)
-            .map(|l| l.conn_id)
-            .collect();
-        let v4: Vec<std::net::Ipv4Addr> = neighbours
-            .iter()
-            .map(|l| match l.addr.ip() {
-                std::net::IpAddr::V4(ip) => ip,
-                std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-            })
-            .collect();
-        let macs = crate::datapath::neigh::resolve(&self.mode.underlay, &v4);
-        let links: Vec<LinkView> = neighbours
-            .into_iter()
-            .zip(macs)
-            .map(|(l, mac)| LinkView {
-                peer: l.peer,
-                link_id: l.link.0 as u32,
-                addr: l.addr,
-                mtu: l.mtu as u32,
-                kernel: plaintext && kernel_peers.contains(&l.link.0),
-                next_hop_mac: mac,
-            })
-            .collect();
-        let result = kernel
-            .sync(me.get(), compile(&table, &links))
-            .and_then(|()| kernel.sync_peer_ports(&tap.bridge));
-        match result {
-            Ok(()) => self.kernel_error = None,
+    /// Lets the datapath bring what it derives up to date (the kernel datapath: its maps, at
+    /// once after a topology change, else once a second). Errors are logged once.
+    fn sync_datapath(&mut self) {
+        let Some(dp) = &mut self.datapath else { return };
+        let changed = self.synced != self.published;
+        self.synced = self.published.clone();
+        match dp.sync(changed) {
+            Ok(()) => self.sync_error = None,
             Err(e) => {
-                let e = e.to_string();
-                if self.kernel_error.as_ref() != Some(&e) {
-                    warn!(error = e, "updating the kernel datapath's maps failed");
-                    self.kernel_error = Some(e);
+                let e = format!("{e:#}");
+                if self.sync_error.as_ref() != Some(&e) {
+                    warn!(error = e, "updating the datapath failed");
+                    self.sync_error = Some(e);
                 }
             }
         }
@@ -614,7 +557,9 @@ impl Agent {
 
     /// Gives the data path the current routes and neighbours, when they changed.
     fn publish_datapath(&mut self) {
-        let Some(tap) = self.tap.clone() else { return };
+        if self.datapath.is_none() {
+            return;
+        }
         let now = (
             self.gossip.generation(),
             self.links.values().map(|l| l.conn_id).collect::<Vec<_>>(),
@@ -633,7 +578,7 @@ impl Agent {
                 info!(a = %other, b = %id, "two peers claim one data-path short id; one moves");
             }
         }
-        tap.set_table(crate::switch::forward::Table {
+        let table = crate::switch::forward::Table {
             me: Some(short(self.local.id)),
             next_hop: routes
                 .next_hop
@@ -645,12 +590,20 @@ impl Agent {
                 .iter()
                 .map(|(s, cs)| (short(*s), cs.iter().map(|c| short(*c)).collect()))
                 .collect(),
-        });
+        };
+        let me = short(self.local.id);
+        let peers: Vec<(LinkId, crate::switch::ShortId)> = self
+            .links
+            .iter()
+            .map(|(id, l)| (LinkId(l.conn_id), short(*id)))
+            .collect();
+        let dp = self.datapath.as_mut().expect("checked above");
+        dp.set_table(table);
         // Short ids move (collisions, a peer first known by its candidate id): re-point the
         // links; their keys and counters stay with them.
-        tap.set_me(short(self.local.id));
-        for (id, l) in &self.links {
-            tap.set_peer(LinkId(l.conn_id), short(*id));
+        dp.set_me(me);
+        for (link, peer) in peers {
+            dp.set_peer(link, peer);
         }
     }
 

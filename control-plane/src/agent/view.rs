@@ -82,37 +82,22 @@ impl Agent {
                 Some(hop) if *hop != id => Some(self.name_of(*hop)),
                 _ => None,
             };
-            let tap = self.tap.as_ref();
-            let link_id = link.map(|l| crate::switch::LinkId(l.conn_id));
-            let traffic = tap
-                .zip(link_id)
-                .and_then(|(t, l)| t.traffic(l))
-                .unwrap_or_default();
-            let kernel = link.and_then(|l| {
-                let k = self.kernel.as_ref()?;
-                // Sealed links and links to TAP-mode peers never take the kernel path.
-                (!tap?.encrypted() && l.peer_kernel)
-                    .then(|| k.link_stats(l.conn_id as u32).unwrap_or_default())
-            });
-            let k = kernel.unwrap_or_default();
+            let dp = self.datapath.as_deref();
+            let report = link.and_then(|l| dp?.link(crate::switch::LinkId(l.conn_id)));
+            let r = report.unwrap_or_default();
+            let (traffic, k) = (r.meshd, r.kernel);
             rows.push(PeerInfo {
-                datapath: match (tap.is_some(), kernel.is_some()) {
-                    (_, true) => "kernel".into(),
-                    (true, false) => "tap".into(),
-                    (false, false) => String::new(),
-                },
+                datapath: r.forwarder.into(),
                 kernel_tx_packets: k.tx_packets,
                 kernel_rx_packets: k.rx_packets,
-                encrypted: tap.is_some_and(|t| t.encrypted()),
-                datapath_health: match tap.zip(link_id).and_then(|(t, l)| t.data_path_up(l)) {
+                encrypted: report
+                    .map_or_else(|| dp.is_some_and(|d| d.info().encrypted), |r| r.encrypted),
+                datapath_health: match report.map(|r| r.up) {
                     Some(true) => "up".into(),
                     Some(false) => "down".into(),
                     None => String::new(),
                 },
-                link_mtu: tap
-                    .zip(link_id)
-                    .and_then(|(t, l)| t.link_mtu(l))
-                    .unwrap_or(0),
+                link_mtu: r.mtu,
                 tx_packets: traffic.tx_packets + k.tx_packets,
                 tx_bytes: traffic.tx_bytes + k.tx_bytes,
                 rx_packets: traffic.rx_packets + k.rx_packets,
@@ -193,7 +178,7 @@ impl Agent {
     }
 
     pub(super) fn fdb(&self) -> Fdb {
-        let Some(tap) = &self.tap else {
+        let Some(dp) = &self.datapath else {
             return Fdb::default();
         };
         let names: BTreeMap<ShortId, String> = self
@@ -202,17 +187,7 @@ impl Agent {
             .iter()
             .map(|(id, e)| (self.short(*id), e.name.clone()))
             .collect();
-        // The kernel's entries (learnt from frames it delivered) and meshd's own, freshest first.
-        let mut all = tap.fdb_entries();
-        if let Some(k) = &self.kernel {
-            all.extend(
-                k.fdb()
-                    .into_iter()
-                    .map(|(mac, peer, age)| (mac, ShortId::from_wire(peer), age)),
-            );
-        }
-        all.sort_by_key(|(mac, _, age)| (*mac, *age));
-        all.dedup_by_key(|(mac, _, _)| *mac);
+        let all = dp.fdb();
         let mut entries: Vec<FdbEntry> = all
             .into_iter()
             .map(|(mac, peer, age_ms)| FdbEntry {
@@ -264,10 +239,11 @@ impl Agent {
             Some(o) => o.counters()?.iter().collect(),
             None => Vec::new(),
         };
-        let kernel_counters = match &self.kernel {
-            Some(k) => k.counters()?,
-            None => Vec::new(),
+        let counters = match &self.datapath {
+            Some(d) => d.counters()?,
+            None => Default::default(),
         };
+        let info = self.datapath.as_ref().map(|d| d.info()).unwrap_or_default();
         let counter = |(name, value): (&str, u64)| Counter {
             name: name.into(),
             value,
@@ -288,22 +264,11 @@ impl Agent {
                     .unwrap_or_default(),
                 data_port: self.data_port.into(),
                 underlay_counters: underlay_counters.into_iter().map(counter).collect(),
-                kernel_counters: kernel_counters.into_iter().map(counter).collect(),
-                overlay_mtu: self.tap.as_ref().map_or(0, |t| t.mtu),
-                encrypted: self.tap.as_ref().is_some_and(|t| t.encrypted()),
-                tap_counters: self
-                    .tap
-                    .as_ref()
-                    .map(|t| t.counters.snapshot())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(counter)
-                    .collect(),
-                bridge: self
-                    .tap
-                    .as_ref()
-                    .map(|t| t.bridge.clone())
-                    .unwrap_or_default(),
+                kernel_counters: counters.kernel.into_iter().map(counter).collect(),
+                overlay_mtu: info.overlay_mtu,
+                encrypted: info.encrypted,
+                tap_counters: counters.tap.into_iter().map(counter).collect(),
+                bridge: info.bridge,
             }),
             id: self.local.id.to_string(),
             listen: self.listen.to_string(),

@@ -11,7 +11,10 @@ use clap::Parser;
 use mesh::{
     agent::{self, Agent, Event},
     auth::{self, AuthMode},
-    datapath::{self, DatapathChoice, HostConfig, KernelDatapath, UnderlayRx, XdpAttachMode},
+    datapath::{
+        self, DatapathChoice, HostConfig, KernelDatapath, UnderlayRx, XdpAttachMode,
+        kernel_path::KernelPath,
+    },
     identity::{self, Identity},
     local_api, paths, tap,
 };
@@ -238,9 +241,11 @@ async fn run(args: Args) -> Result<()> {
         initial_targets: args.peers.clone(),
         max_connections: args.max_connections,
         observe,
-        kernel,
         mode: mode.clone(),
-        tap: Some(tap),
+        datapath: Some(match kernel {
+            Some(k) => Box::new(KernelPath::new(tap::TapDatapath { shared: tap }, k)),
+            None => Box::new(tap::TapDatapath { shared: tap }),
+        }),
         data_port: args.data_port,
     })?;
     tracing::info!(
@@ -285,12 +290,14 @@ async fn run(args: Args) -> Result<()> {
             _ = term.recv() => {}
         }
     };
-    let kernel = agent.run(rx, shutdown).await;
+    let datapath = agent.run(rx, shutdown).await;
     // A clean stop leaves nothing behind: no pinned program or map, no keeper, no TAP device.
-    if let Some(k) = kernel {
-        if let Err(e) = k.remove() {
-            tracing::warn!(error = %e, "removing the kernel datapath's pins");
-        }
+    if let Some(d) = datapath
+        && let Err(e) = d.stop()
+    {
+        tracing::warn!(error = %e, "removing the kernel datapath's pins");
+    }
+    if mode.name == "ebpf" {
         tap::keeper::stop(&args.run_dir);
     }
     tracing::info!("meshd stopped");

@@ -2,13 +2,16 @@
 //! typed wrappers over its programs and maps, and the choice between it and the pure-TAP mode.
 
 pub mod compile;
+pub mod iface;
 pub mod kernel;
+pub mod kernel_path;
 pub mod neigh;
 pub mod ports;
 mod underlay_rx;
 
 use std::net::Ipv4Addr;
 
+pub use iface::Datapath;
 pub use kernel::{HostConfig, KernelDatapath};
 pub use underlay_rx::{Counters, UnderlayRx, XdpAttachMode};
 

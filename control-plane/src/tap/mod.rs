@@ -29,8 +29,11 @@ use mesh_common::DropReason;
 use neighbours::Neighbours;
 pub use neighbours::{LinkInfo, LinkSpec, Traffic};
 
-use crate::switch::{
-    LinkId, ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4,
+use crate::{
+    datapath::iface::{Datapath, DatapathCounters, DatapathInfo, LinkReport},
+    switch::{
+        LinkId, Mac, ShortId, fdb::Fdb, forward::Table, seal::SEAL_OVERHEAD, wire::OVERHEAD_IPV4,
+    },
 };
 
 /// MAC table bounds: enough for thousands of containers; a flood of made-up MACs evicts.
@@ -158,23 +161,6 @@ impl Shared {
         self.neighbours().encrypted()
     }
 
-    /// Whether a heartbeat arrived on `link` recently (`None`: no such link).
-    pub fn data_path_up(&self, link: LinkId) -> Option<bool> {
-        self.neighbours().data_path_up(link)
-    }
-
-    /// The overlay MTU on `link` (`None`: no such link).
-    pub fn link_mtu(&self, link: LinkId) -> Option<u32> {
-        self.neighbours()
-            .link_mtu_of(link)
-            .map(|m| m.min(self.mtu as usize) as u32)
-    }
-
-    /// Traffic on `link` (`None`: no such link).
-    pub fn traffic(&self, link: LinkId) -> Option<Traffic> {
-        self.neighbours().get(link).map(|n| n.traffic)
-    }
-
     /// The link carrying frames to each neighbour (MTUs capped at the overlay's).
     pub fn links(&self) -> Vec<LinkInfo> {
         self.neighbours()
@@ -199,6 +185,74 @@ impl Shared {
         fdb.entries()
             .map(|(m, (p, t))| (*m, *p, now.saturating_sub(*t)))
             .collect()
+    }
+}
+
+/// The TAP datapath behind the agent's [`Datapath`] interface: every frame through meshd.
+pub struct TapDatapath {
+    pub shared: Arc<Shared>,
+}
+
+impl Datapath for TapDatapath {
+    fn set_table(&mut self, table: Table) {
+        self.shared.set_table(table);
+    }
+
+    fn set_me(&mut self, me: ShortId) {
+        self.shared.set_me(me);
+    }
+
+    fn add_link(&mut self, link: LinkId, spec: LinkSpec) -> bool {
+        self.shared.add_link(link, spec)
+    }
+
+    fn set_peer(&mut self, link: LinkId, peer: ShortId) {
+        self.shared.set_peer(link, peer);
+    }
+
+    fn remove_link(&mut self, link: LinkId) {
+        self.shared.remove_link(link);
+    }
+
+    fn sync(&mut self, _changed: bool) -> Result<()> {
+        Ok(())
+    }
+
+    fn link(&self, link: LinkId) -> Option<LinkReport> {
+        let nb = self.shared.neighbours();
+        let n = nb.get(link)?;
+        Some(LinkReport {
+            forwarder: "tap",
+            encrypted: nb.encrypted(),
+            up: nb.data_path_up(link)?,
+            mtu: nb.link_mtu_of(link)?.min(self.shared.mtu as usize) as u32,
+            meshd: n.traffic,
+            kernel: Default::default(),
+        })
+    }
+
+    fn counters(&self) -> Result<DatapathCounters> {
+        Ok(DatapathCounters {
+            tap: self.shared.counters.snapshot(),
+            kernel: Vec::new(),
+        })
+    }
+
+    fn fdb(&self) -> Vec<(Mac, ShortId, u64)> {
+        self.shared.fdb_entries()
+    }
+
+    fn info(&self) -> DatapathInfo {
+        DatapathInfo {
+            bridge: self.shared.bridge.clone(),
+            overlay_mtu: self.shared.mtu,
+            encrypted: self.shared.encrypted(),
+        }
+    }
+
+    fn stop(self: Box<Self>) -> Result<()> {
+        // The data path thread and the TAP device end with the process.
+        Ok(())
     }
 }
 

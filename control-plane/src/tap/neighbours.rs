@@ -41,6 +41,9 @@ pub struct LinkSpec {
     /// The link's data secret (none without authentication) and whether we dialled. Consumed
     /// here: the secret becomes the link's keys and is wiped.
     pub secret: Option<(LinkSecret, bool)>,
+    /// The peer runs the kernel datapath (its hello said so): plaintext frames to it may take
+    /// the kernel path. The TAP datapath ignores it.
+    pub peer_kernel: bool,
 }
 
 /// Datagrams and bytes sent to and received from one neighbour (data frames and heartbeats).
@@ -409,6 +412,7 @@ mod tests {
             peer: ShortId::from_wire(peer),
             addr: SocketAddr::from(([198, 18, 0, 1], port)),
             secret: secret.map(|b| (LinkSecret([b; 32]), dialed)),
+            peer_kernel: false,
         }
     }
 

@@ -1,0 +1,155 @@
+//! The kernel datapath behind the agent's [`Datapath`] interface. The eBPF programs forward
+//! plaintext frames between kernel hosts; the TAP datapath it wraps forwards everything else
+//! (sealed links, links to TAP-mode peers, floods, misses) and is where the links' state lives.
+//! The kernel's maps are compiled from that state by pure code (`super::compile`) and only the
+//! differences are written.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{
+    KernelDatapath,
+    compile::{LinkView, compile},
+    iface::{Datapath, DatapathCounters, DatapathInfo, LinkReport},
+    neigh,
+};
+use crate::{
+    switch::{LinkId, Mac, ShortId, forward::Table},
+    tap::{LinkSpec, TapDatapath},
+};
+
+/// How often the maps are re-synced without a topology change, for what heartbeats and probes
+/// move (a neighbour's address behind NAT, a link's MTU, an ARP entry).
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+pub struct KernelPath {
+    tap: TapDatapath,
+    kernel: KernelDatapath,
+    /// Links whose peer runs the kernel datapath too.
+    kernel_peers: BTreeSet<LinkId>,
+    synced: Option<Instant>,
+}
+
+impl KernelPath {
+    pub fn new(tap: TapDatapath, kernel: KernelDatapath) -> KernelPath {
+        KernelPath {
+            tap,
+            kernel,
+            kernel_peers: BTreeSet::new(),
+            synced: None,
+        }
+    }
+
+    /// Whether the kernel forwards `link`'s frames: plaintext (there is no AEAD in this
+    /// kernel's BPF), and the peer decapsulates in its kernel too (see `NEIGHBOUR_KERNEL`).
+    fn in_kernel(&self, link: LinkId) -> bool {
+        !self.tap.shared.encrypted() && self.kernel_peers.contains(&link)
+    }
+}
+
+impl Datapath for KernelPath {
+    fn set_table(&mut self, table: Table) {
+        self.tap.set_table(table);
+    }
+
+    fn set_me(&mut self, me: ShortId) {
+        self.tap.set_me(me);
+    }
+
+    fn add_link(&mut self, link: LinkId, spec: LinkSpec) -> bool {
+        let kernel = spec.peer_kernel;
+        let added = self.tap.add_link(link, spec);
+        if added && kernel {
+            self.kernel_peers.insert(link);
+        }
+        added
+    }
+
+    fn set_peer(&mut self, link: LinkId, peer: ShortId) {
+        self.tap.set_peer(link, peer);
+    }
+
+    fn remove_link(&mut self, link: LinkId) {
+        self.kernel_peers.remove(&link);
+        self.tap.remove_link(link);
+    }
+
+    fn sync(&mut self, changed: bool) -> Result<()> {
+        if !changed && self.synced.is_some_and(|at| at.elapsed() < RESYNC_EVERY) {
+            return Ok(());
+        }
+        self.synced = Some(Instant::now());
+        let shared = &self.tap.shared;
+        let table = shared.table();
+        let Some(me) = table.me else { return Ok(()) };
+        let neighbours = shared.links();
+        let v4: Vec<Ipv4Addr> = neighbours
+            .iter()
+            .map(|l| match l.addr.ip() {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            })
+            .collect();
+        let macs = neigh::resolve(&self.kernel.host().underlay, &v4);
+        let links: Vec<LinkView> = neighbours
+            .into_iter()
+            .zip(macs)
+            .map(|(l, mac)| LinkView {
+                peer: l.peer,
+                link_id: l.link.0 as u32,
+                addr: l.addr,
+                mtu: l.mtu as u32,
+                kernel: self.in_kernel(l.link),
+                next_hop_mac: mac,
+            })
+            .collect();
+        self.kernel.sync(me.get(), compile(&table, &links))?;
+        self.kernel.sync_peer_ports(&shared.bridge)?;
+        Ok(())
+    }
+
+    fn link(&self, link: LinkId) -> Option<LinkReport> {
+        let mut r = self.tap.link(link)?;
+        if self.in_kernel(link) {
+            r.forwarder = "kernel";
+            r.kernel = self.kernel.link_stats(link.0 as u32).unwrap_or_default();
+        }
+        Some(r)
+    }
+
+    fn counters(&self) -> Result<DatapathCounters> {
+        Ok(DatapathCounters {
+            kernel: self.kernel.counters()?,
+            ..self.tap.counters()?
+        })
+    }
+
+    fn fdb(&self) -> Vec<(Mac, ShortId, u64)> {
+        // The kernel's entries (learnt from frames it delivered) and meshd's own, freshest
+        // first.
+        let mut all = self.tap.fdb();
+        all.extend(
+            self.kernel
+                .fdb()
+                .into_iter()
+                .map(|(mac, peer, age)| (mac, ShortId::from_wire(peer), age)),
+        );
+        all.sort_by_key(|(mac, _, age)| (*mac, *age));
+        all.dedup_by_key(|(mac, _, _)| *mac);
+        all
+    }
+
+    fn info(&self) -> DatapathInfo {
+        self.tap.info()
+    }
+
+    fn stop(self: Box<Self>) -> Result<()> {
+        // A clean stop leaves no pinned program or map behind.
+        Ok(self.kernel.remove()?)
+    }
+}
