@@ -55,6 +55,8 @@ pub struct Config {
     /// The opt-in observe-only XDP counter on the underlay.
     pub observe: Option<UnderlayRx>,
     pub mode: DatapathMode,
+    /// Peers at addresses inside these that trust us back get plaintext links.
+    pub trusted_subnets: Vec<ipnet::IpNet>,
     /// The datapath (TAP, or kernel with TAP for the rest), when this node forwards frames.
     pub datapath: Option<Box<dyn Datapath>>,
     pub data_port: u16,
@@ -205,6 +207,7 @@ impl Agent {
                 listen_port: listen.port(),
                 auth: cfg.auth,
                 kernel_datapath: cfg.mode.name == "ebpf",
+                trusted_subnets: cfg.trusted_subnets,
             }),
             listen,
             endpoint,

@@ -62,6 +62,19 @@ struct Args {
     /// Run without authentication: anyone who can reach the port can join. For labs only.
     #[arg(long, env = "MESH_INSECURE")]
     insecure: bool,
+    /// Subnets (CIDRs, comma-separated) whose underlay is trusted: a link to a peer seen at an
+    /// address inside them, which in turn sees us inside its own trusted subnets, carries data
+    /// frames unsealed (and through the kernel datapath where both ends run it). Such frames
+    /// can be read and forged by anyone on that network. The control plane stays
+    /// authenticated and encrypted.
+    #[arg(
+        long,
+        env = "MESH_TRUSTED_SUBNETS",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        conflicts_with = "insecure"
+    )]
+    trusted_subnets: Vec<ipnet::IpNet>,
     /// Most control connections this node keeps.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 64)]
     max_connections: usize,
@@ -242,6 +255,7 @@ async fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections,
         observe,
         mode: mode.clone(),
+        trusted_subnets: args.trusted_subnets.clone(),
         datapath: Some(match kernel {
             Some(k) => Box::new(KernelPath::new(tap::TapDatapath { shared: tap }, k)),
             None => Box::new(tap::TapDatapath { shared: tap }),

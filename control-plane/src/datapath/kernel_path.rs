@@ -45,10 +45,11 @@ impl KernelPath {
         }
     }
 
-    /// Whether the kernel forwards `link`'s frames: plaintext (there is no AEAD in this
-    /// kernel's BPF), and the peer decapsulates in its kernel too (see `NEIGHBOUR_KERNEL`).
-    fn in_kernel(&self, link: LinkId) -> bool {
-        !self.tap.shared.encrypted() && self.kernel_peers.contains(&link)
+    /// Whether the kernel forwards a link's frames: plaintext (there is no AEAD in this
+    /// kernel's BPF; sealed links stay with meshd), and the peer decapsulates in its kernel too
+    /// (see `NEIGHBOUR_KERNEL`).
+    fn in_kernel(&self, link: LinkId, sealed: bool) -> bool {
+        !sealed && self.kernel_peers.contains(&link)
     }
 }
 
@@ -104,7 +105,7 @@ impl Datapath for KernelPath {
                 link_id: l.link.0 as u32,
                 addr: l.addr,
                 mtu: l.mtu as u32,
-                kernel: self.in_kernel(l.link),
+                kernel: self.in_kernel(l.link, l.sealed),
                 next_hop_mac: mac,
             })
             .collect();
@@ -115,7 +116,7 @@ impl Datapath for KernelPath {
 
     fn link(&self, link: LinkId) -> Option<LinkReport> {
         let mut r = self.tap.link(link)?;
-        if self.in_kernel(link) {
+        if self.in_kernel(link, r.encrypted) {
             r.forwarder = "kernel";
             r.kernel = self.kernel.link_stats(link.0 as u32).unwrap_or_default();
         }

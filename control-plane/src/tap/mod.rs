@@ -223,7 +223,7 @@ impl Datapath for TapDatapath {
         let n = nb.get(link)?;
         Some(LinkReport {
             forwarder: "tap",
-            encrypted: nb.encrypted(),
+            encrypted: n.sealed(),
             up: nb.data_path_up(link)?,
             mtu: nb.link_mtu_of(link)?.min(self.shared.mtu as usize) as u32,
             meshd: n.traffic,

@@ -38,8 +38,9 @@ pub struct LinkSpec {
     pub peer: ShortId,
     /// Its control connection's IP and the data port.
     pub addr: SocketAddr,
-    /// The link's data secret (none without authentication) and whether we dialled. Consumed
-    /// here: the secret becomes the link's keys and is wiped.
+    /// The link's data secret and whether we dialled; none for a plaintext link (`--insecure`,
+    /// or both ends inside each other's `--trusted-subnets`). Consumed here: the secret becomes
+    /// the link's keys and is wiped.
     pub secret: Option<(LinkSecret, bool)>,
     /// The peer runs the kernel datapath (its hello said so): plaintext frames to it may take
     /// the kernel path. The TAP datapath ignores it.
@@ -65,12 +66,26 @@ pub struct Neighbour {
     pub last_heartbeat: Option<Instant>,
     /// When it became a neighbour: its first heartbeat gets [`HEARTBEAT_TIMEOUT`] to arrive.
     pub since: Instant,
+    /// The link's keys; none on a plaintext link.
     pub crypto: Option<LinkCrypto>,
     pub traffic: Traffic,
     /// How big a datagram the path to it carries (probed with padded heartbeats).
     pub path: PathProbe,
     /// The largest datagram it sent us lately (reported back in our heartbeats).
     pub received: Received,
+}
+
+impl Neighbour {
+    /// Its frames are sealed (it has keys).
+    pub fn sealed(&self) -> bool {
+        self.crypto.is_some()
+    }
+}
+
+/// What a datagram adds to an inner IP packet: the mesh header, the inner Ethernet header,
+/// and on a sealed link the seal.
+fn overhead(sealed: bool) -> usize {
+    HEADER_LEN + ETH + if sealed { SEAL_OVERHEAD } else { 0 }
 }
 
 /// One neighbour's link as the kernel datapath needs it.
@@ -81,6 +96,8 @@ pub struct LinkInfo {
     pub addr: SocketAddr,
     /// The link's overlay MTU (what its probed path carries).
     pub mtu: usize,
+    /// Its frames are sealed (in userspace: the kernel carries only plaintext links).
+    pub sealed: bool,
 }
 
 /// All neighbours' links, and which link forwards to each short id.
@@ -89,7 +106,8 @@ pub struct Neighbours {
     /// The links claiming each short id, oldest first; the first one carries frames to it.
     /// Two links share a short id only until gossip settles who keeps it.
     by_peer: HashMap<ShortId, Vec<LinkId>>,
-    /// Whether data frames are sealed (the mesh has a password or certificates).
+    /// Whether the mesh authenticates (a password or certificates): links are sealed unless
+    /// both ends trust each other's subnet.
     encrypted: bool,
     /// Datagram (UDP payload) sizes: the largest our underlay NIC sends, and the smallest
     /// that carries the minimum overlay MTU.
@@ -103,7 +121,7 @@ impl Neighbours {
     /// `overlay_mtu`: the largest IP packet the overlay carries with our NIC's MTU;
     /// `min_overlay_mtu`: the least acceptable on any path.
     pub fn new(encrypted: bool, overlay_mtu: usize, min_overlay_mtu: usize) -> Neighbours {
-        let overhead = HEADER_LEN + ETH + if encrypted { SEAL_OVERHEAD } else { 0 };
+        let overhead = overhead(encrypted);
         Neighbours {
             links: HashMap::new(),
             by_peer: HashMap::new(),
@@ -112,10 +130,6 @@ impl Neighbours {
             min_datagram: min_overlay_mtu + overhead,
             me: None,
         }
-    }
-
-    fn overhead(&self) -> usize {
-        HEADER_LEN + ETH + if self.encrypted { SEAL_OVERHEAD } else { 0 }
     }
 
     /// The link that carries frames to `peer`.
@@ -130,16 +144,16 @@ impl Neighbours {
 
     pub fn link_mtu_of(&self, link: LinkId) -> Option<usize> {
         let n = self.links.get(&link)?;
-        Some(n.path.usable().saturating_sub(self.overhead()))
+        Some(n.path.usable().saturating_sub(overhead(n.sealed())))
     }
 
     /// Builds the inner part of a heartbeat on `link` into `inner`: our report of the largest
     /// datagram it sent us lately (2 bytes), padded into a path-MTU probe when one is due.
     pub fn heartbeat_payload(&mut self, link: LinkId, inner: &mut Vec<u8>, now: Instant) -> bool {
-        let sealed_extra = if self.encrypted { SEAL_OVERHEAD } else { 0 };
         let Some(n) = self.links.get_mut(&link) else {
             return false;
         };
+        let sealed_extra = if n.sealed() { SEAL_OVERHEAD } else { 0 };
         let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
         inner.clear();
         inner.extend_from_slice(&report.to_be_bytes());
@@ -233,7 +247,6 @@ impl Neighbours {
 
     /// The link carrying frames to each short id (what the kernel datapath forwards on).
     pub fn links(&self) -> Vec<LinkInfo> {
-        let overhead = self.overhead();
         self.by_peer
             .values()
             .filter_map(|claims| claims.first())
@@ -243,7 +256,8 @@ impl Neighbours {
                     link: *link,
                     peer: n.peer,
                     addr: n.addr,
-                    mtu: n.path.usable().saturating_sub(overhead),
+                    mtu: n.path.usable().saturating_sub(overhead(n.sealed())),
+                    sealed: n.sealed(),
                 }
             })
             .collect()
@@ -258,20 +272,22 @@ impl Neighbours {
         self.links.keys().copied()
     }
 
-    /// Where datagrams for `to` go (`None`: not a neighbour, or no keys yet in an encrypted
-    /// mesh).
+    /// Where datagrams for `to` go (`None`: not a neighbour).
     pub fn addr(&self, to: ShortId) -> Option<SocketAddr> {
-        let n = self.links.get(&self.link_to(to)?)?;
-        (!self.encrypted || n.crypto.is_some()).then_some(n.addr)
+        Some(self.links.get(&self.link_to(to)?)?.addr)
     }
 
-    /// The size of the datagram carrying an inner frame of `inner_len` bytes.
-    pub fn datagram_len(&self, inner_len: usize) -> usize {
-        HEADER_LEN + inner_len + if self.encrypted { SEAL_OVERHEAD } else { 0 }
+    /// The size of the datagram carrying an inner frame of `inner_len` bytes to `to`.
+    pub fn datagram_len(&self, to: ShortId, inner_len: usize) -> usize {
+        let sealed = self
+            .link_to(to)
+            .and_then(|l| self.links.get(&l))
+            .is_some_and(Neighbour::sealed);
+        HEADER_LEN + inner_len + if sealed { SEAL_OVERHEAD } else { 0 }
     }
 
     /// Appends the datagram carrying `inner` under `header` to `to` to `out`; returns where to
-    /// send it, or `None` when `to` is no neighbour (or has no keys yet in an encrypted mesh).
+    /// send it, or `None` when `to` is no neighbour.
     pub fn prepare(
         &mut self,
         to: ShortId,
@@ -295,8 +311,8 @@ impl Neighbours {
     ) -> Option<SocketAddr> {
         let n = self.links.get_mut(&link)?;
         let start = out.len();
-        if self.encrypted {
-            n.crypto.as_mut()?.sealer.seal(header, inner, out, now_ms);
+        if let Some(crypto) = n.crypto.as_mut() {
+            crypto.sealer.seal(header, inner, out, now_ms);
         } else {
             let mut h = [0u8; HEADER_LEN];
             header.write(&mut h);
@@ -351,23 +367,29 @@ impl Neighbours {
         from: SocketAddr,
     ) -> Result<(Header, Range<usize>), DropReason> {
         let len = datagram.len() as u64;
-        let (link, header, inner) = if self.encrypted {
+        let sealed = datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0);
+        let (link, header, inner) = if sealed {
+            if !self.encrypted {
+                // Nobody in a mesh without authentication seals.
+                return Err(DropReason::Malformed);
+            }
             self.open(datagram)?
         } else {
-            // Without keys, the source address is all there is to go by.
+            // Without keys, the source address is all there is to go by: only plaintext links
+            // take plain frames.
             let link = self
                 .links
                 .iter()
-                .find(|(_, n)| n.addr.ip() == from.ip())
+                .find(|(_, n)| !n.sealed() && n.addr.ip() == from.ip())
                 .map(|(l, _)| *l)
-                .ok_or(DropReason::UnknownSender)?;
-            if datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0) {
-                return Err(DropReason::Malformed);
-            }
+                .ok_or(if self.encrypted {
+                    DropReason::Unsealed
+                } else {
+                    DropReason::UnknownSender
+                })?;
             let (h, inner) = Header::parse(datagram).map_err(|_| DropReason::Malformed)?;
             (link, h, HEADER_LEN..HEADER_LEN + inner.len())
         };
-        let encrypted = self.encrypted;
         let n = self.links.get_mut(&link).expect("found above");
         let id = n.peer;
         n.traffic.rx_packets += 1;
@@ -384,7 +406,7 @@ impl Neighbours {
         if header.heartbeat {
             // A sealed heartbeat proves who sent it, so its address is where the neighbour's
             // data comes from now (NAT rebinding). A plain one must come from the known IP.
-            if header.origin == id && (encrypted || n.addr.ip() == from.ip() || !n.observed) {
+            if header.origin == id && (sealed || n.addr.ip() == from.ip() || !n.observed) {
                 n.addr = from;
                 n.observed = true;
                 n.last_heartbeat = Some(now);
@@ -587,5 +609,50 @@ mod tests {
             Err(DropReason::UnknownSender)
         );
         assert!(plain_nb.accept(&mut plain, from).is_ok());
+    }
+
+    #[test]
+    fn plaintext_and_sealed_links_share_one_table() {
+        // An authenticated mesh with one trusted (plaintext) link, from 198.18.0.1, and one
+        // sealed link.
+        let mut nb = table(2, 1, 1, 9, false);
+        nb.add_link(
+            LinkId(2),
+            LinkSpec {
+                peer: ShortId::from_wire(3),
+                addr: SocketAddr::from(([198, 18, 0, 3], 6784)),
+                secret: None,
+                peer_kernel: false,
+            },
+            0,
+        );
+        let mut plain = vec![0u8; HEADER_LEN + 60];
+        frame_header(3).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
+        let trusted = SocketAddr::from(([198, 18, 0, 3], 6784));
+        assert!(nb.accept(&mut plain.clone(), trusted).is_ok());
+        // The sealed link's address does not get to send plain frames.
+        let sealed_peer = SocketAddr::from(([198, 18, 0, 1], 6784));
+        assert_eq!(
+            nb.accept(&mut plain.clone(), sealed_peer),
+            Err(DropReason::Unsealed)
+        );
+        // Frames to each are framed as its link says, and the MTU follows.
+        let mut out = Vec::new();
+        nb.prepare(
+            ShortId::from_wire(3),
+            &frame_header(2),
+            &[0; 20],
+            &mut out,
+            0,
+        )
+        .unwrap();
+        assert_eq!(out.len(), HEADER_LEN + 20);
+        assert_eq!(
+            nb.datagram_len(ShortId::from_wire(1), 20),
+            HEADER_LEN + 20 + SEAL_OVERHEAD
+        );
+        let infos = nb.links();
+        let sealed_of = |id: u64| infos.iter().find(|l| l.link == LinkId(id)).unwrap().sealed;
+        assert!(sealed_of(1) && !sealed_of(2));
     }
 }

@@ -153,7 +153,7 @@ fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: H
         shared.counters.dropped(DropReason::NoRoute);
         return;
     };
-    let len = nb.datagram_len(inner.len());
+    let len = nb.datagram_len(to, inner.len());
     nb.prepare(to, &h, inner, batcher.slot(addr, len), now);
 }
 
