@@ -99,9 +99,43 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ApiError> {
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-    Ok(listener)
+    // The socket is born with the umask's mode. Bind it in a fresh directory only we can
+    // enter, set its mode there, and only then move it into place: nobody ever finds it at
+    // `path` with a looser mode than 0660.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("meshd.sock");
+    let private = private_dir(dir, name).map_err(bind_err)?;
+    let staged = private.join(name);
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound.map_err(bind_err)
+}
+
+/// Creates a new directory (mode 0700) beside the socket. `mkdir` fails on anything already
+/// there, a symlink included, so a name someone else took is skipped.
+fn private_dir(dir: &Path, name: &str) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for attempt in 0..1000u32 {
+        let candidate = dir.join(format!(".{name}.{}.{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free private directory name in {}", dir.display()),
+    ))
 }
 
 /// Serves one connection: reads a request (capped), answers with `handle`'s response.
@@ -129,4 +163,43 @@ where
     let out = Response { kind: Some(kind) }.encode_length_delimited_to_vec();
     stream.write_all(&out).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_appears_with_its_final_mode_and_leaves_no_staging_behind() {
+        let dir = std::env::temp_dir().join(format!("mesh-api-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Squatters: names the staging directory might take, and a symlink among them.
+        std::fs::create_dir(dir.join(format!(".meshd.sock.{}.0", std::process::id()))).unwrap();
+        std::os::unix::fs::symlink(
+            "/",
+            dir.join(format!(".meshd.sock.{}.1", std::process::id())),
+        )
+        .unwrap();
+        let path = dir.join("meshd.sock");
+        let _listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let pid = std::process::id();
+        assert_eq!(
+            left,
+            [
+                format!(".meshd.sock.{pid}.0"),
+                format!(".meshd.sock.{pid}.1"),
+                "meshd.sock".to_owned()
+            ],
+            "only the socket and the squatters"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -214,12 +214,23 @@ impl Mode {
 /// Starts meshd on every host in `hosts` as `mode` says, each given the first host as its only
 /// peer (gossip finds the rest).
 pub fn start_mesh_in(lab: &mut Lab, hosts: &[Host], mode: Mode) -> Result<Vec<Meshd>> {
+    start_mesh_in_with(lab, hosts, mode, &[])
+}
+
+/// [`start_mesh_in`], every meshd also given `extra` arguments.
+pub fn start_mesh_in_with(
+    lab: &mut Lab,
+    hosts: &[Host],
+    mode: Mode,
+    extra: &[&str],
+) -> Result<Vec<Meshd>> {
     let pw = lab.password_file("pw", "mesh test")?;
     let pw = pw.to_str().context("UTF-8 lab dir")?.to_owned();
     let first = hosts.first().context("no hosts")?.addr.to_string();
     let mut nodes = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let mut args = mode.args(i, hosts.len(), &pw);
+        args.extend(extra.iter().map(|s| s.to_string()));
         if i > 0 {
             args.push(first.clone());
         }

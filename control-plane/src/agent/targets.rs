@@ -144,6 +144,29 @@ impl Store {
             .filter(|(_, t)| t.persistent)
             .map(|(k, _)| k)
             .collect();
-        write_atomic(&self.path, &serde_json::to_vec_pretty(&list)?, 0o644)
+        // The peers an operator configured say where the mesh runs: not for other users.
+        write_atomic(&self.path, &serde_json::to_vec_pretty(&list)?, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_peer_list_is_private_to_its_owner() {
+        let dir = std::env::temp_dir().join(format!("mesh-peers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::new(&dir);
+        store.save(&BTreeMap::new()).unwrap();
+        let mode = std::fs::metadata(dir.join(PEERS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(store.load().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

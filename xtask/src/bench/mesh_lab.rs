@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, Mode, full_mesh, kernel_counter, meshctl_json, start_mesh_in, tap_counter},
+    mesh::{Meshd, Mode, full_mesh, kernel_counter, meshctl_json, start_mesh_in_with, tap_counter},
     wait_until,
 };
 
@@ -18,15 +18,15 @@ pub struct MeshLab {
 }
 
 impl MeshLab {
-    /// Two hosts in `mode` (the mixed mode puts the server's host on TAP): traffic goes from
-    /// h1's container to h2's.
-    pub fn up(mode: Mode) -> Result<MeshLab> {
+    /// Two hosts in `mode` (the mixed mode puts the server's host on TAP), meshd given `extra`
+    /// arguments too: traffic goes from h1's container to h2's.
+    pub fn up(mode: Mode, extra: &[&str]) -> Result<MeshLab> {
         let mut lab = Lab::new("bench-mesh")?;
         let h1 = lab.add_host("h1")?;
         let h2 = lab.add_host("h2")?;
         let c1 = lab.add_container(&h1, "c1", Some("10.40.0.1/24"))?;
         let c2 = lab.add_container(&h2, "c2", Some("10.40.0.2/24"))?;
-        let nodes = start_mesh_in(&mut lab, &[h1, h2], mode)?;
+        let nodes = start_mesh_in_with(&mut lab, &[h1, h2], mode, extra)?;
         if !wait_until(std::time::Duration::from_secs(10), || full_mesh(&nodes)) {
             anyhow::bail!("the two bench meshd did not connect");
         }

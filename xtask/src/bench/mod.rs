@@ -32,7 +32,8 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these systems (comma-separated): underlay, underlay+mesh-xdp, kernel-vxlan,
-    /// boringtun, boringtun-t1, mesh-ebpf, mesh-tap, mesh-tap-enc, mesh-mixed.
+    /// boringtun, boringtun-t1, mesh-ebpf, mesh-ebpf+xdp-rx, mesh-tap, mesh-tap-enc,
+    /// mesh-mixed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds per throughput run (default 5; 1 with --quick).
@@ -185,17 +186,22 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    for (system, mode) in [
-        (System::MeshEbpf, Mode::Kernel),
-        (System::MeshTap, Mode::TapPlain),
-        (System::MeshTapEncrypted, Mode::TapSealed),
-        (System::MeshMixed, Mode::Mixed),
+    // mesh-ebpf+xdp-rx answers "XDP or TC on the receive side": the kernel datapath receives
+    // at TC; the same run with an XDP program on the underlay (one that only parses and
+    // counts) shows what putting any XDP hook there costs, before it does any work.
+    let xdp_rx: &[&str] = &["--observe-underlay", "--xdp-mode", "driver"];
+    for (system, mode, extra) in [
+        (System::MeshEbpf, Mode::Kernel, &[][..]),
+        (System::MeshEbpfXdpRx, Mode::Kernel, xdp_rx),
+        (System::MeshTap, Mode::TapPlain, &[]),
+        (System::MeshTapEncrypted, Mode::TapSealed, &[]),
+        (System::MeshMixed, Mode::Mixed, &[]),
     ] {
         if !wanted(system) {
             continue;
         }
         println!("bench: {}", system.description());
-        match mesh_lab::MeshLab::up(mode) {
+        match mesh_lab::MeshLab::up(mode, extra) {
             Err(e) => results.push(failed(system, &e)),
             Ok(m) => {
                 let path = TrafficPath {

@@ -22,13 +22,14 @@ pub enum System {
     Boringtun,
     BoringtunT1,
     MeshEbpf,
+    MeshEbpfXdpRx,
     MeshTap,
     MeshTapEncrypted,
     MeshMixed,
 }
 
 impl System {
-    pub const ALL: [System; 10] = [
+    pub const ALL: [System; 11] = [
         System::Underlay,
         System::UnderlayMeshd,
         System::UnderlayMeshXdp,
@@ -36,6 +37,7 @@ impl System {
         System::Boringtun,
         System::BoringtunT1,
         System::MeshEbpf,
+        System::MeshEbpfXdpRx,
         System::MeshTap,
         System::MeshTapEncrypted,
         System::MeshMixed,
@@ -51,6 +53,7 @@ impl System {
             System::Boringtun => "boringtun",
             System::BoringtunT1 => "boringtun-t1",
             System::MeshEbpf => "mesh-ebpf",
+            System::MeshEbpfXdpRx => "mesh-ebpf+xdp-rx",
             System::MeshTap => "mesh-tap",
             System::MeshTapEncrypted => "mesh-tap-enc",
             System::MeshMixed => "mesh-mixed",
@@ -70,6 +73,10 @@ impl System {
             System::Boringtun => "boringtun userspace WireGuard, default threads",
             System::BoringtunT1 => "boringtun userspace WireGuard, --threads 1",
             System::MeshEbpf => "mesh kernel (eBPF) datapath, plaintext (--insecure)",
+            System::MeshEbpfXdpRx => {
+                "mesh-ebpf with a native XDP program on each underlay's receive side (observe \
+                 only: the least an XDP receive path would add to TC's)"
+            }
             System::MeshTap => "mesh TAP datapath, plaintext (--insecure)",
             System::MeshTapEncrypted => {
                 "mesh TAP datapath, encrypted (password, ChaCha20-Poly1305)"

@@ -47,7 +47,7 @@ pub fn status_json(s: &Status) -> Value {
 
 pub fn print_status(s: &Status) {
     let dp = s.datapath.clone().unwrap_or_default();
-    println!("name         {}", s.name);
+    println!("name         {}", shown(&s.name));
     println!("id           {} (data path: {:06x})", s.id, s.short_id);
     println!("version      {}", s.version);
     println!("uptime       {}s", s.uptime_seconds);
@@ -146,6 +146,26 @@ pub fn peers_json(p: &Peers) -> Value {
     )
 }
 
+/// `s` as it may go to a terminal: names, addresses and errors come from other machines
+/// (a peer chooses its own name), so control characters are escaped (`\u{1b}`), never
+/// interpreted, and overlong strings are cut.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::with_capacity(s.len().min(MAX + 3));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn print_peers(p: &Peers) {
     if p.peers.is_empty() {
         println!("no peers known; connect with `meshctl connect HOST[:PORT]`");
@@ -176,10 +196,10 @@ pub fn print_peers(p: &Peers) {
         let traffic = |packets: u64, bytes: u64| format!("{packets}/{}", human_bytes(bytes));
         println!(
             "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>5} {:>16} {:>16}  {}{}",
-            r.name,
+            shown(&r.name),
             r.id,
             r.state,
-            r.via.as_deref().unwrap_or("-"),
+            r.via.as_deref().map_or("-".into(), shown),
             r.rtt_ms.map_or("-".into(), |v| format!("{v:.2}")),
             format!("{}s", now.saturating_sub(r.since)),
             datapath,
@@ -191,11 +211,11 @@ pub fn print_peers(p: &Peers) {
             },
             traffic(r.tx_packets, r.tx_bytes),
             traffic(r.rx_packets, r.rx_bytes),
-            r.addresses.join(" "),
+            shown(&r.addresses.join(" ")),
             if r.last_error.is_empty() || r.state == "established" {
                 String::new()
             } else {
-                format!("  ({})", r.last_error)
+                format!("  ({})", shown(&r.last_error))
             }
         );
     }
@@ -232,16 +252,21 @@ pub fn print_routes(r: &Routes) {
     println!("unicast");
     println!("  {:<16} {:<16} {:>4}", "DESTINATION", "NEXT HOP", "HOPS");
     for u in &r.unicast {
-        println!("  {:<16} {:<16} {:>4}", u.destination, u.next_hop, u.hops);
+        println!(
+            "  {:<16} {:<16} {:>4}",
+            shown(&u.destination),
+            shown(&u.next_hop),
+            u.hops
+        );
     }
     println!("broadcast (this node forwards a source's broadcasts to)");
     for b in &r.broadcast {
         let hops = if b.next_hops.is_empty() {
             "-".into()
         } else {
-            b.next_hops.join(", ")
+            shown(&b.next_hops.join(", "))
         };
-        println!("  {:<16} -> {hops}", b.source);
+        println!("  {:<16} -> {hops}", shown(&b.source));
     }
 }
 
@@ -264,8 +289,23 @@ pub fn print_fdb(f: &Fdb) {
         println!(
             "{:<18} {:<16} {:>8.1}",
             e.mac,
-            e.peer,
+            shown(&e.peer),
             e.age_ms as f64 / 1000.0
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn strings_from_peers_cannot_drive_the_terminal() {
+        assert_eq!(shown("host-1"), "host-1");
+        assert_eq!(shown("evil\u{1b}[2J\u{7}"), "evil\\u{1b}[2J\\u{7}");
+        assert_eq!(shown("a\nb\rc"), "a\\nb\\rc");
+        let long = "x".repeat(200);
+        assert_eq!(shown(&long), format!("{}...", "x".repeat(64)));
+        assert!(!shown("\u{9b}31m").contains('\u{9b}'), "C1 CSI too");
     }
 }
