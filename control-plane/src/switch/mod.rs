@@ -4,6 +4,7 @@
 
 pub mod fdb;
 pub mod forward;
+pub mod heartbeat;
 pub mod mtu;
 pub mod offload;
 pub mod pmtu;

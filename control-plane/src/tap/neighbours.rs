@@ -20,6 +20,7 @@ use mesh_common::DropReason;
 
 use crate::switch::{
     LinkId, ShortId,
+    heartbeat::{self, DataAddr, Payload, Seen},
     pmtu::{PathProbe, Received},
     seal::{self, LinkCrypto, LinkSecret, Refused, SEAL_OVERHEAD},
     wire::{HEADER_LEN, Header},
@@ -63,6 +64,8 @@ pub struct Neighbour {
     /// where its data really comes from (behind NAT, the translated address).
     pub addr: SocketAddr,
     pub observed: bool,
+    /// On a sealed link: the proof a new data address must give before `addr` moves there.
+    proof: DataAddr,
     pub last_heartbeat: Option<Instant>,
     /// When it became a neighbour: its first heartbeat gets [`HEARTBEAT_TIMEOUT`] to arrive.
     pub since: Instant,
@@ -155,13 +158,27 @@ impl Neighbours {
         };
         let sealed_extra = if n.sealed() { SEAL_OVERHEAD } else { 0 };
         let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
+        let payload = if n.sealed() {
+            n.proof.outgoing(report)
+        } else {
+            Payload {
+                report,
+                ..Default::default()
+            }
+        };
         inner.clear();
-        inner.extend_from_slice(&report.to_be_bytes());
+        payload.write(inner);
         if let Some(size) = n.path.next_probe(now) {
             let len = size.saturating_sub(HEADER_LEN + sealed_extra);
-            inner.resize(len.max(2), 0);
+            inner.resize(len.max(heartbeat::PAYLOAD_LEN), 0);
         }
         true
+    }
+
+    /// A data address of `link`'s neighbour waiting to prove itself: heartbeats (with the
+    /// challenge) go there too.
+    pub fn candidate(&self, link: LinkId) -> Option<SocketAddr> {
+        self.links.get(&link)?.proof.candidate()
     }
 
     pub fn encrypted(&self) -> bool {
@@ -197,6 +214,7 @@ impl Neighbours {
                 peer: spec.peer,
                 addr: spec.addr,
                 observed: false,
+                proof: DataAddr::new(spec.addr),
                 last_heartbeat: None,
                 since: Instant::now(),
                 crypto,
@@ -396,18 +414,28 @@ impl Neighbours {
         n.traffic.rx_bytes += len;
         let now = Instant::now();
         n.received.saw(len as usize, now);
-        if header.heartbeat
-            && header.origin == id
-            && let Some(r) = datagram.get(inner.start..inner.start + 2)
-        {
-            n.path
-                .reported(usize::from(u16::from_be_bytes([r[0], r[1]])), now);
-        }
-        if header.heartbeat {
-            // A sealed heartbeat proves who sent it, so its address is where the neighbour's
-            // data comes from now (NAT rebinding). A plain one must come from the known IP.
-            if header.origin == id && (sealed || n.addr.ip() == from.ip() || !n.observed) {
+        if header.heartbeat && header.origin == id {
+            let p = Payload::parse(&datagram[inner.clone()]);
+            n.path.reported(usize::from(p.report), now);
+            // Where the neighbour's data comes from now (NAT rebinding). A sealed heartbeat
+            // proves who sealed it but not its source address: a new address must answer our
+            // challenge first (see switch::heartbeat). A plain one must come from the known IP.
+            let works = if sealed {
+                match n.proof.heard(from, &p, heartbeat::random_challenge) {
+                    Seen::Current => true,
+                    Seen::Moved => {
+                        n.addr = from;
+                        true
+                    }
+                    Seen::Challenged => false,
+                }
+            } else if n.addr.ip() == from.ip() || !n.observed {
                 n.addr = from;
+                true
+            } else {
+                false
+            };
+            if works {
                 n.observed = true;
                 n.last_heartbeat = Some(now);
             }
@@ -654,5 +682,58 @@ mod tests {
         let infos = nb.links();
         let sealed_of = |id: u64| infos.iter().find(|l| l.link == LinkId(id)).unwrap().sealed;
         assert!(sealed_of(1) && !sealed_of(2));
+    }
+
+    /// A heartbeat from `from` on link 1 of `sender` (node `origin`), as `receiver` takes it.
+    fn heartbeat(
+        sender: &mut Neighbours,
+        origin: u32,
+        to: u32,
+        receiver: &mut Neighbours,
+        from: SocketAddr,
+    ) {
+        let h = Header {
+            origin: ShortId::from_wire(origin),
+            destination: ShortId::from_wire(to),
+            hops: 1,
+            heartbeat: true,
+        };
+        let (mut inner, mut out) = (Vec::new(), Vec::new());
+        assert!(sender.heartbeat_payload(LinkId(1), &mut inner, Instant::now()));
+        sender
+            .prepare_on(LinkId(1), &h, &inner, &mut out, 0)
+            .unwrap();
+        receiver.accept(&mut out, from).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_heartbeat_moves_the_address_only_after_a_round_trip() {
+        let home = SocketAddr::from(([198, 18, 0, 1], 1));
+        let mut na = table(1, 1, 2, 9, true);
+        let mut nb = table(2, 1, 1, 9, false);
+        heartbeat(&mut na, 1, 2, &mut nb, home);
+        assert_eq!(nb.get(LinkId(1)).unwrap().addr, home);
+        // a, holding the key, sends from a forged source: b challenges it, does not move.
+        let victim = SocketAddr::from(([198, 18, 0, 99], 6784));
+        heartbeat(&mut na, 1, 2, &mut nb, victim);
+        assert_eq!(nb.get(LinkId(1)).unwrap().addr, home);
+        assert_eq!(nb.candidate(LinkId(1)), Some(victim));
+        // a never sees the challenge (it went to the victim), so more forged heartbeats fail.
+        heartbeat(&mut na, 1, 2, &mut nb, victim);
+        assert_eq!(nb.get(LinkId(1)).unwrap().addr, home);
+        // a really moves (its NAT rebinds): b challenges the new address, a answers from it.
+        let moved = SocketAddr::from(([198, 18, 0, 1], 2));
+        heartbeat(&mut na, 1, 2, &mut nb, moved);
+        assert_eq!(nb.candidate(LinkId(1)), Some(moved));
+        heartbeat(
+            &mut nb,
+            2,
+            1,
+            &mut na,
+            SocketAddr::from(([198, 18, 0, 2], 1)),
+        );
+        heartbeat(&mut na, 1, 2, &mut nb, moved);
+        assert_eq!(nb.get(LinkId(1)).unwrap().addr, moved);
+        assert_eq!(nb.candidate(LinkId(1)), None);
     }
 }

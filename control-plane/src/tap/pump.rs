@@ -285,6 +285,7 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     let mut out = Vec::with_capacity(65536);
     let mut inner = Vec::with_capacity(65536);
+    let mut challenge = Vec::with_capacity(65536);
     loop {
         tick.tick().await;
         let Some(me) = shared.table.read().expect("table lock").me else {
@@ -294,7 +295,7 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
         let links: Vec<LinkId> = shared.neighbours().link_ids().collect();
         for link in links {
             out.clear();
-            let addr = {
+            let (addr, candidate) = {
                 let mut nb = shared.neighbours();
                 let Some(peer) = nb.get(link).map(|n| n.peer) else {
                     continue;
@@ -308,10 +309,21 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
                 if !nb.heartbeat_payload(link, &mut inner, Instant::now()) {
                     continue;
                 }
-                nb.prepare_on(link, &h, &inner, &mut out, shared.now_ms())
+                let addr = nb.prepare_on(link, &h, &inner, &mut out, shared.now_ms());
+                // A new address the neighbour's heartbeats came from gets the challenge too
+                // (sealed separately: every datagram has its own counter).
+                let candidate = nb.candidate(link).and_then(|c| {
+                    challenge.clear();
+                    nb.prepare_on(link, &h, &inner, &mut challenge, shared.now_ms())
+                        .map(|_| c)
+                });
+                (addr, candidate)
             };
             if let Some(addr) = addr {
                 let _ = sock.send_to(&out, addr).await;
+            }
+            if let Some(candidate) = candidate {
+                let _ = sock.send_to(&challenge, candidate).await;
             }
         }
     }
