@@ -28,7 +28,7 @@ use crate::cmd::{cargo, exec, workspace_root};
 #[derive(clap::Args)]
 pub struct Args {
     /// One short repetition of everything: a smoke test of the harness (CI runs it); its numbers
-    /// back no claim. Results go to target/bench/ instead of bench/results/.
+    /// back no claim. Results go to target/bench/ instead of bench/results/ (as with --only).
     #[arg(long)]
     quick: bool,
     /// Only these systems (comma-separated): underlay, underlay+mesh-xdp, kernel-vxlan,
@@ -261,16 +261,19 @@ pub fn run(args: Args) -> Result<()> {
     };
     report.print();
 
-    let out_dir = if args.quick {
+    // Only a full run of everything goes to bench/results (and replaces that day's); a quick
+    // or partial run must not overwrite it.
+    let partial = !args.only.is_empty();
+    let out_dir = if args.quick || partial {
         work.clone()
     } else {
         root.join("bench/results")
     };
     std::fs::create_dir_all(&out_dir)?;
-    let stem = if args.quick {
-        format!("{}-quick", report.date)
-    } else {
-        report.date.clone()
+    let stem = match (args.quick, partial) {
+        (true, _) => format!("{}-quick", report.date),
+        (false, true) => format!("{}-only", report.date),
+        (false, false) => report.date.clone(),
     };
     let json = out_dir.join(format!("{stem}.json"));
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
