@@ -15,7 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_proto::v1::{Digest, GossipMessage, Link, PeerEntry, Update, Version, gossip_message};
 
-use crate::{PeerId, Routes, routes};
+use crate::{
+    PeerId, Routes,
+    limits::{self, Limits, Refusal},
+    routes,
+};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -23,6 +27,8 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     /// How long a peer stays in the topology after it became unreachable.
     pub departed_after_ms: u64,
+    /// What entries may hold, and how many.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -30,6 +36,7 @@ impl Default for Config {
         Config {
             anti_entropy_ms: 1_000,
             departed_after_ms: 60_000,
+            limits: Limits::default(),
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct Gossip {
     reachable: Option<BTreeSet<PeerId>>,
     /// Bumped on every topology change, so drivers can tell when to republish routes.
     generation: u64,
+    /// Entries refused, by reason.
+    refused: BTreeMap<Refusal, u64>,
 }
 
 impl Gossip {
@@ -82,11 +91,25 @@ impl Gossip {
             routes: None,
             reachable: None,
             generation: 0,
+            refused: BTreeMap::new(),
         }
     }
 
     pub fn me(&self) -> PeerId {
         self.me
+    }
+
+    /// Entries refused by the limits, by reason (every reason, zeros included).
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.name(), self.refused.get(r).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// The limits entries are held to (our own included: see `meshd`'s checks).
+    pub fn limits(&self) -> &Limits {
+        &self.cfg.limits
     }
 
     /// Every known entry, ourselves included.
@@ -210,7 +233,7 @@ impl Gossip {
             .get_mut(&self.me)
             .expect("own entry always present");
         f(own);
-        own.version = (own.version + 1).max(now_ms);
+        own.version = own.version.saturating_add(1).max(now_ms);
         let own = own.clone();
         self.topology_changed();
         for n in self.neighbours.clone() {
@@ -256,13 +279,22 @@ impl Gossip {
         let mut changed = Vec::new();
         for e in update.entries {
             let id = PeerId(e.id);
+            if let Err(why) = self.cfg.limits.check(&e, now_ms) {
+                *self.refused.entry(why).or_default() += 1;
+                continue;
+            }
             if id == self.me {
                 // An older incarnation of us is still circulating with a version at least as
                 // new as ours (we restarted): move past it, so ours wins everywhere.
                 if e.version >= self.entries[&self.me].version {
                     let v = e.version;
-                    self.edit_own(now_ms.max(v + 1), |_| {});
+                    self.edit_own(now_ms.max(v.saturating_add(1)), |_| {});
                 }
+                continue;
+            }
+            if !self.entries.contains_key(&id) && self.entries.len() >= self.cfg.limits.max_entries
+            {
+                *self.refused.entry(Refusal::TooManyEntries).or_default() += 1;
                 continue;
             }
             if let Some(&(v, _)) = self.tombstones.get(&id) {
@@ -377,13 +409,12 @@ impl Gossip {
             if !self.neighbours.contains(&to) {
                 continue;
             }
-            if !p.entries.is_empty() {
+            // A full state can be large: cut it into messages well under the frame limit.
+            for entries in limits::chunk(p.entries.into_values().collect()) {
                 out.push((
                     to,
                     GossipMessage {
-                        kind: Some(gossip_message::Kind::Update(Update {
-                            entries: p.entries.into_values().collect(),
-                        })),
+                        kind: Some(gossip_message::Kind::Update(Update { entries })),
                     },
                 ));
             }

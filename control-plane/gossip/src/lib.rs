@@ -10,12 +10,14 @@
 //!   per source, computed deterministically so that every peer derives the same trees.
 
 mod gossip;
+pub mod limits;
 pub mod routes;
 pub mod sim;
 
 use std::fmt;
 
 pub use gossip::{Config, Gossip};
+pub use limits::{Limits, Refusal};
 
 pub use mesh_proto::v1::{GossipMessage, PeerEntry};
 pub use routes::Routes;

@@ -277,6 +277,15 @@ impl Agent {
             peers_by_state: by_state.into_iter().collect(),
             connections: self.links.len() as u32,
             short_id: self.short(self.local.id).get(),
+            gossip_counters: self
+                .gossip
+                .refusals()
+                .into_iter()
+                .map(|(name, value)| Counter {
+                    name: name.into(),
+                    value,
+                })
+                .collect(),
         })
     }
 }

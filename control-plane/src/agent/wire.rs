@@ -7,6 +7,12 @@ use mesh_proto::{Message, v1::PeerFrame};
 const MAX_FRAME: usize = 8 * 1024 * 1024;
 
 pub async fn write(send: &mut quinn::SendStream, frame: &PeerFrame) -> Result<()> {
+    // The reader refuses frames over the limit, so the writer must not produce one (gossip
+    // cuts updates well below it; this guards against a bug turning into a broken link).
+    let len = frame.encoded_len();
+    if len > MAX_FRAME {
+        bail!("refusing to send a {len}-byte frame (limit {MAX_FRAME})");
+    }
     send.write_all(&frame.encode_length_delimited_to_vec())
         .await
         .context("sending to the peer")

@@ -169,8 +169,32 @@ async fn run(args: Args) -> Result<()> {
     }
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => hostname().context("reading the hostname; pass --name")?,
+        None => {
+            // A long hostname is cut to what gossip carries (a given --name is checked below).
+            let mut h = hostname().context("reading the hostname; pass --name")?;
+            let limit = mesh_gossip::Limits::default().max_name_bytes;
+            while h.len() > limit {
+                h.pop();
+            }
+            h
+        }
     };
+    // Our gossip entry must pass every peer's limits, or the mesh would refuse it.
+    let limits = mesh_gossip::Limits::default();
+    if name.len() > limits.max_name_bytes || name.chars().any(char::is_control) {
+        bail!(
+            "--name {name:?}: a name has at most {} bytes and no control characters",
+            limits.max_name_bytes
+        );
+    }
+    if args.max_connections > limits.max_links {
+        bail!(
+            "--max-connections {}: at most {} (a peer's gossip entry lists its connections, and \
+             peers refuse longer lists)",
+            args.max_connections,
+            limits.max_links
+        );
+    }
     let password = password(&args)?;
     let (auth, chain, key, id) = match (&args.ca_cert, password) {
         (Some(_), Some(_)) => bail!("give either a password or certificates, not both"),
