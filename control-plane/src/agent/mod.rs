@@ -250,6 +250,9 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Option<Box<dyn Datapath>> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // A starved control thread skips the ticks it missed instead of running them back to
+        // back (tokio's default), which only deepens the starvation.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -283,6 +283,8 @@ async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) 
 /// path-MTU probes.
 async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    // Late heartbeats are not made up for in a burst (see the agent's tick).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Vec::with_capacity(65536);
     let mut inner = Vec::with_capacity(65536);
     let mut challenge = Vec::with_capacity(65536);
