@@ -4,6 +4,7 @@
 
 mod conn;
 mod targets;
+mod throttle;
 mod view;
 mod wire;
 
@@ -129,6 +130,12 @@ pub struct Agent {
     data_port: u16,
     /// What the data path was last given.
     published: Published,
+    /// Sources whose password attempts failed, and how long they wait.
+    throttle: throttle::Throttle,
+    /// Incoming handshakes that failed authentication, and those refused while their source
+    /// had to wait.
+    auth_failures: u64,
+    throttled: u64,
     /// When discovery last ran, and for which (gossip generation, connection count).
     last_survey: ((u64, usize), Instant),
 }
@@ -167,6 +174,48 @@ fn handshake_event(
             }
         }
     }
+}
+
+/// What a probe found: the peer's id and name.
+pub struct Probed {
+    pub peer: PeerId,
+    pub name: String,
+}
+
+/// Dials `target` once with this node's credentials and runs the whole handshake (TLS, hello,
+/// password check), then closes: `meshd --probe`, which tells an operator whether this
+/// configuration can join the mesh there, and if not why.
+pub async fn probe(
+    id: PeerId,
+    name: String,
+    auth: AuthMode,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    target: &str,
+) -> Result<Probed> {
+    let client = crate::auth::client_config(&auth, chain, key)?;
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .context("opening a UDP socket to dial from")?;
+    let local = Local {
+        id,
+        name,
+        listen_port: 0,
+        auth,
+        kernel_datapath: false,
+        trusted_subnets: Vec::new(),
+    };
+    let remote = conn::resolve(target, mesh_common::DEFAULT_CONTROL_PORT).await?;
+    let c = endpoint
+        .connect_with(client, remote, "mesh")?
+        .await
+        .map_err(|e| anyhow::anyhow!(conn::describe_close(&e)))?;
+    let est = conn::handshake(&c, true, &local).await?;
+    c.close(close::SHUTDOWN.into(), b"probe done");
+    endpoint.wait_idle().await;
+    Ok(Probed {
+        peer: est.peer,
+        name: est.hello.name,
+    })
 }
 
 impl Agent {
@@ -228,6 +277,9 @@ impl Agent {
             datapath: cfg.datapath,
             data_port: cfg.data_port,
             published: None,
+            throttle: throttle::Throttle::default(),
+            auth_failures: 0,
+            throttled: 0,
             last_survey: ((u64::MAX, 0), Instant::now()),
         };
         agent.store.save(&agent.targets)?;
@@ -271,6 +323,17 @@ impl Agent {
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {
+        // A source that just failed to authenticate waits before it may guess again; refusing
+        // costs no handshake work.
+        if self
+            .throttle
+            .admit(incoming.remote_address().ip(), Instant::now())
+            .is_err()
+        {
+            self.throttled += 1;
+            incoming.refuse();
+            return;
+        }
         let local = self.local.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -325,6 +388,10 @@ impl Agent {
             } => {
                 if auth {
                     warn!(%remote, target = target.as_deref().unwrap_or("-"), error, "peer refused");
+                    if target.is_none() {
+                        self.auth_failures += 1;
+                        self.throttle.failed(remote.ip(), Instant::now());
+                    }
                 }
                 if let Some(t) = target.and_then(|t| self.targets.get_mut(&t)) {
                     if t.state != State::Retrying || t.last_error != error {
@@ -371,6 +438,7 @@ impl Agent {
         dialed: Option<String>,
     ) {
         let peer = est.peer;
+        self.throttle.succeeded(conn.remote_address().ip());
         let dialer = if dialed.is_some() {
             self.local.id
         } else {

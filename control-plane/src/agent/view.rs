@@ -277,6 +277,16 @@ impl Agent {
             peers_by_state: by_state.into_iter().collect(),
             connections: self.links.len() as u32,
             short_id: self.short(self.local.id).get(),
+            handshake_counters: [
+                ("handshake_failed_auth", self.auth_failures),
+                ("handshake_refused_throttled", self.throttled),
+            ]
+            .into_iter()
+            .map(|(name, value)| Counter {
+                name: name.into(),
+                value,
+            })
+            .collect(),
             gossip_counters: self
                 .gossip
                 .refusals()

@@ -119,6 +119,11 @@ struct Args {
     /// For a meshd that crashed and will not be restarted; a clean stop does this itself.
     #[arg(long)]
     cleanup: bool,
+    /// Check that this configuration (password or certificates, identity) can join the mesh
+    /// at PEER: dial it once, run the whole handshake, print who answered or why it failed, and
+    /// exit (0: joined, 1: refused or unreachable). Starts no datapath.
+    #[arg(long, value_name = "PEER")]
+    probe: Option<String>,
     /// Internal: hold TAP device NAME up while meshd restarts (see tap/keeper.rs).
     #[arg(long = "keep-tap", value_name = "NAME", hide = true)]
     keep_tap: Option<String>,
@@ -231,6 +236,15 @@ async fn run(args: Args) -> Result<()> {
             )
         }
     };
+    if let Some(target) = &args.probe {
+        return match agent::probe(id, name, auth, chain, key, target).await {
+            Ok(p) => {
+                println!("{target}: joined: peer {} ({})", p.name, p.peer);
+                Ok(())
+            }
+            Err(e) => bail!("{target}: {e:#}"),
+        };
+    }
     if matches!(auth, AuthMode::Insecure) {
         tracing::warn!(
             "running WITHOUT authentication (--insecure): anyone who can reach {} can join",

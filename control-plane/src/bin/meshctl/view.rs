@@ -23,6 +23,9 @@ pub fn status_json(s: &Status) -> Value {
         "insecure": s.insecure,
         "connections": s.connections,
         "peers_by_state": s.peers_by_state,
+        "handshake_counters": s.handshake_counters.iter()
+            .map(|c| (c.name.clone(), Value::from(c.value)))
+            .collect::<serde_json::Map<_, _>>(),
         "gossip_counters": s.gossip_counters.iter()
             .map(|c| (c.name.clone(), Value::from(c.value)))
             .collect::<serde_json::Map<_, _>>(),
