@@ -14,3 +14,4 @@ pub mod local_api;
 pub mod paths;
 pub mod switch;
 pub mod tap;
+pub mod text;

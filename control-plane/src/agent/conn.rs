@@ -122,13 +122,16 @@ pub async fn handshake(
         trusts_you: local.trusts(conn.remote_address().ip()),
     };
     wire::write(&mut send, &frame(peer_frame::Kind::Hello(hello))).await?;
-    let theirs = match wire::read(&mut recv).await?.kind {
+    let mut theirs = match wire::read(&mut recv).await?.kind {
         Some(peer_frame::Kind::Hello(h)) => h,
         _ => {
             conn.close(close::PROTOCOL.into(), b"expected hello");
             bail!("peer did not start with a hello");
         }
     };
+    // The name is the peer's own choice: it goes into logs and `meshctl` output escaped and
+    // cut to size.
+    theirs.name = crate::text::shown(&theirs.name);
     if theirs.protocol != PROTOCOL {
         return Err(refuse(
             conn,

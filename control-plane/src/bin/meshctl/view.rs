@@ -1,5 +1,6 @@
 //! How meshctl prints what meshd answers: tables for people, JSON for scripts.
 
+use mesh::text::{shown, shown_max};
 use mesh_proto::v1::{Fdb, Peers, Routes, Status};
 use serde_json::{Value, json};
 
@@ -152,26 +153,6 @@ pub fn peers_json(p: &Peers) -> Value {
     )
 }
 
-/// `s` as it may go to a terminal: names, addresses and errors come from other machines
-/// (a peer chooses its own name), so control characters are escaped (`\u{1b}`), never
-/// interpreted, and overlong strings are cut.
-pub fn shown(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut out = String::with_capacity(s.len().min(MAX + 3));
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 pub fn print_peers(p: &Peers) {
     if p.peers.is_empty() {
         println!("no peers known; connect with `meshctl connect HOST[:PORT]`");
@@ -217,11 +198,11 @@ pub fn print_peers(p: &Peers) {
             },
             traffic(r.tx_packets, r.tx_bytes),
             traffic(r.rx_packets, r.rx_bytes),
-            shown(&r.addresses.join(" ")),
+            shown_max(&r.addresses.join(" "), 400),
             if r.last_error.is_empty() || r.state == "established" {
                 String::new()
             } else {
-                format!("  ({})", shown(&r.last_error))
+                format!("  ({})", shown_max(&r.last_error, 400))
             }
         );
     }
@@ -298,20 +279,5 @@ pub fn print_fdb(f: &Fdb) {
             shown(&e.peer),
             e.age_ms as f64 / 1000.0
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shown;
-
-    #[test]
-    fn strings_from_peers_cannot_drive_the_terminal() {
-        assert_eq!(shown("host-1"), "host-1");
-        assert_eq!(shown("evil\u{1b}[2J\u{7}"), "evil\\u{1b}[2J\\u{7}");
-        assert_eq!(shown("a\nb\rc"), "a\\nb\\rc");
-        let long = "x".repeat(200);
-        assert_eq!(shown(&long), format!("{}...", "x".repeat(64)));
-        assert!(!shown("\u{9b}31m").contains('\u{9b}'), "C1 CSI too");
     }
 }
