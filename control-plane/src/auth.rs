@@ -189,6 +189,14 @@ impl ServerCertVerifier for CaSigned {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_millis(200)));
+    // One control stream per connection, and small buffers: what a connection that never
+    // authenticates can make us hold is bounded (quinn's defaults allow 100 streams of
+    // 1.25 MB). Gossip moves well within these.
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((256u32 * 1024).into());
+    t.receive_window((512u32 * 1024).into());
+    t.send_window(2 * 1024 * 1024);
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(std::time::Duration::from_millis(1200))
             .expect("small timeout is valid"),

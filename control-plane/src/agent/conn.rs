@@ -122,7 +122,10 @@ pub async fn handshake(
         trusts_you: local.trusts(conn.remote_address().ip()),
     };
     wire::write(&mut send, &frame(peer_frame::Kind::Hello(hello))).await?;
-    let mut theirs = match wire::read(&mut recv).await?.kind {
+    let mut theirs = match wire::read_capped(&mut recv, wire::MAX_HANDSHAKE_FRAME)
+        .await?
+        .kind
+    {
         Some(peer_frame::Kind::Hello(h)) => h,
         _ => {
             conn.close(close::PROTOCOL.into(), b"expected hello");
@@ -162,13 +165,19 @@ pub async fn handshake(
             .map_err(|_| anyhow!("TLS exporter unavailable"))?;
         let (pake, msg) = Pake::start(password, exporter);
         wire::write(&mut send, &frame(peer_frame::Kind::Pake(msg))).await?;
-        let their_msg = match wire::read(&mut recv).await?.kind {
+        let their_msg = match wire::read_capped(&mut recv, wire::MAX_HANDSHAKE_FRAME)
+            .await?
+            .kind
+        {
             Some(peer_frame::Kind::Pake(m)) => m,
             _ => return Err(refuse(conn, close::PROTOCOL, "expected a PAKE message")),
         };
         let (key, confirm) = pake.finish(&their_msg, dialer)?;
         wire::write(&mut send, &frame(peer_frame::Kind::PakeConfirm(confirm))).await?;
-        let their_confirm = match wire::read(&mut recv).await?.kind {
+        let their_confirm = match wire::read_capped(&mut recv, wire::MAX_HANDSHAKE_FRAME)
+            .await?
+            .kind
+        {
             Some(peer_frame::Kind::PakeConfirm(c)) => c,
             _ => return Err(refuse(conn, close::PROTOCOL, "expected a key confirmation")),
         };

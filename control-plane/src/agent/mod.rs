@@ -136,9 +136,21 @@ pub struct Agent {
     /// had to wait.
     auth_failures: u64,
     throttled: u64,
+    /// Incoming handshakes in progress, per source address, and those turned away (Retry or
+    /// refusal) because too many were.
+    pending: std::collections::HashMap<std::net::IpAddr, usize>,
+    busy: u64,
     /// When discovery last ran, and for which (gossip generation, connection count).
     last_survey: ((u64, usize), Instant),
 }
+
+/// Incoming connections still authenticating, at most this many at once, and this many from
+/// one source address: an outsider who never finishes costs a bounded amount, and a member
+/// still finds a place.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+const MAX_PENDING_PER_SOURCE: usize = 4;
+/// An incoming connection has this long from its first packet to a finished authentication.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the data path was last given: the gossip generation and the connection ids.
 type Published = Option<(u64, Vec<u64>)>;
@@ -280,6 +292,8 @@ impl Agent {
             throttle: throttle::Throttle::default(),
             auth_failures: 0,
             throttled: 0,
+            pending: Default::default(),
+            busy: 0,
             last_survey: ((u64::MAX, 0), Instant::now()),
         };
         agent.store.save(&agent.targets)?;
@@ -334,16 +348,41 @@ impl Agent {
             incoming.refuse();
             return;
         }
+        let ip = incoming.remote_address().ip();
+        let total: usize = self.pending.values().sum();
+        let mine = self.pending.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_PENDING_HANDSHAKES || mine >= MAX_PENDING_PER_SOURCE {
+            self.busy += 1;
+            // Make an unproven source show it receives at its address (QUIC Retry) before it
+            // may queue at all; a proven one that is still too many is refused.
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.refuse();
+            }
+            return;
+        }
+        *self.pending.entry(ip).or_default() += 1;
         let local = self.local.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let result = async {
+            let result = tokio::time::timeout(HANDSHAKE_DEADLINE, async {
                 let conn = incoming.await.context("QUIC/TLS handshake")?;
-                let est = conn::handshake(&conn, false, &local).await?;
+                let est = conn::handshake(&conn, false, &local)
+                    .await
+                    .inspect_err(|_| {
+                        conn.close(close::PROTOCOL.into(), b"handshake failed");
+                    })?;
                 Ok::<_, anyhow::Error>((conn, est))
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "no authentication within {} s",
+                    HANDSHAKE_DEADLINE.as_secs()
+                ))
+            });
             let _ = events.send(handshake_event(result, None, remote));
         });
     }
@@ -377,7 +416,31 @@ impl Agent {
         });
     }
 
+    /// An incoming handshake from `ip` ended (either way): its place in the queue is free.
+    fn handshake_done(&mut self, ip: std::net::IpAddr) {
+        if let Some(n) = self.pending.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&ip);
+            }
+        }
+    }
+
     fn handle(&mut self, ev: Event) {
+        if let Event::HandshakeFailed {
+            target: None,
+            remote,
+            ..
+        } = &ev
+        {
+            self.handshake_done(remote.ip());
+        }
+        if let Event::Established {
+            conn, dialed: None, ..
+        } = &ev
+        {
+            self.handshake_done(conn.remote_address().ip());
+        }
         match ev {
             Event::Established { conn, est, dialed } => self.established(conn, est, dialed),
             Event::HandshakeFailed {

@@ -280,6 +280,11 @@ impl Agent {
             handshake_counters: [
                 ("handshake_failed_auth", self.auth_failures),
                 ("handshake_refused_throttled", self.throttled),
+                ("handshake_refused_busy", self.busy),
+                (
+                    "handshakes_pending",
+                    self.pending.values().sum::<usize>() as u64,
+                ),
             ]
             .into_iter()
             .map(|(name, value)| Counter {

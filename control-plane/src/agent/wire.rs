@@ -18,7 +18,15 @@ pub async fn write(send: &mut quinn::SendStream, frame: &PeerFrame) -> Result<()
         .context("sending to the peer")
 }
 
+/// Largest frame read before the peer has authenticated (a hello, a PAKE message).
+pub const MAX_HANDSHAKE_FRAME: usize = 16 * 1024;
+
 pub async fn read(recv: &mut quinn::RecvStream) -> Result<PeerFrame> {
+    read_capped(recv, MAX_FRAME).await
+}
+
+/// [`read`], refusing frames over `cap` bytes before reading them.
+pub async fn read_capped(recv: &mut quinn::RecvStream, cap: usize) -> Result<PeerFrame> {
     // Varint length prefix, one byte at a time (at most 10 bytes).
     let mut len: u64 = 0;
     for shift in (0..70).step_by(7) {
@@ -32,8 +40,8 @@ pub async fn read(recv: &mut quinn::RecvStream) -> Result<PeerFrame> {
         }
     }
     let len = len as usize;
-    if len > MAX_FRAME {
-        bail!("peer sent a {len}-byte frame (limit {MAX_FRAME})");
+    if len > cap {
+        bail!("peer sent a {len}-byte frame (limit {cap})");
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf)
