@@ -27,7 +27,7 @@ impl Identity {
     pub fn load_or_create(state_dir: &Path) -> Result<Identity> {
         let path = state_dir.join(IDENTITY_FILE);
         let key = match read_private(&path) {
-            Ok(pem) => rcgen::KeyPair::from_pem(&pem).with_context(|| {
+            Ok(pem) => key_from_pem(&pem).with_context(|| {
                 format!(
                     "{} is not a valid key; move it away to create a new identity",
                     path.display()
@@ -59,6 +59,11 @@ impl Identity {
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
     }
+}
+
+/// The identity key in `identity.key`'s PEM text.
+pub fn key_from_pem(pem: &str) -> Result<rcgen::KeyPair> {
+    Ok(rcgen::KeyPair::from_pem(pem)?)
 }
 
 /// The peer id for a public key: the first 8 bytes of SHA-256 over its SubjectPublicKeyInfo.

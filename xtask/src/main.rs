@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -26,6 +27,9 @@ enum Task {
     Demo(demo::Args),
     /// Measure mesh side by side with the reference systems (kernel VXLAN, boringtun).
     Bench(bench::Args),
+    /// Run every fuzz target (decoders of network and disk input) for a while; fails on a
+    /// crash and reports executions per target.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(args),
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }

@@ -41,6 +41,7 @@ pub fn run(_args: Args) -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     boringtun()?;
+    cargo_fuzz()?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -174,6 +175,24 @@ fn boringtun() -> Result<()> {
         "--locked",
         "--version",
         BORINGTUN_VERSION,
+    ]))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (the fuzz targets build with the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> Result<()> {
+    if probe(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (for `cargo xtask fuzz`)");
+    exec(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
     ]))
 }
 

@@ -22,6 +22,7 @@ use conn::{Local, close};
 use mesh_gossip::{Config as GossipConfig, Gossip, PeerId};
 use mesh_proto::v1::{GossipMessage, request, response};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use targets::parse_peer_list;
 use targets::{State, Store, Target};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};

@@ -113,6 +113,11 @@ impl Target {
     }
 }
 
+/// The contents of `peers.json`: a JSON list of peer addresses.
+pub fn parse_peer_list(bytes: &[u8]) -> Result<Vec<String>> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 /// The operator's targets, persisted in `<state_dir>/peers.json`.
 pub struct Store {
     path: PathBuf,
@@ -127,7 +132,7 @@ impl Store {
 
     pub fn load(&self) -> Result<Vec<String>> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            Ok(bytes) => parse_peer_list(&bytes).with_context(|| {
                 format!(
                     "{} is not a JSON list of peer addresses; fix or remove it",
                     self.path.display()
