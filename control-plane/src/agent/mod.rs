@@ -613,26 +613,7 @@ impl Agent {
     /// targets whose peer left the topology.
     fn discover(&mut self) {
         let entries = self.gossip.entries();
-        let mut found: Vec<(String, PeerId)> = Vec::new();
-        for (id, e) in entries {
-            if *id == self.local.id || self.links.contains_key(id) {
-                continue;
-            }
-            for a in &e.addresses {
-                found.push((a.clone(), *id));
-            }
-        }
-        for e in entries.values() {
-            for l in &e.links {
-                let id = PeerId(l.peer);
-                if id != self.local.id
-                    && !self.links.contains_key(&id)
-                    && !l.observed_addr.is_empty()
-                {
-                    found.push((l.observed_addr.clone(), id));
-                }
-            }
-        }
+        let found = targets::discovered(entries, self.local.id, |id| self.links.contains_key(&id));
         for (addr, id) in found {
             self.targets
                 .entry(addr)

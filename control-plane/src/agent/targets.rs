@@ -113,6 +113,58 @@ impl Target {
     }
 }
 
+/// Dial targets taken from gossip for one peer, and in all: every address a member advertises
+/// would otherwise become a target dialled forever.
+pub const MAX_DISCOVERED_PER_PEER: usize = 4;
+pub const MAX_DISCOVERED: usize = 512;
+
+/// Whether `addr`, as gossip carries it, may be dialled: an IP literal and a port (a name would
+/// make us resolve whatever a member wrote), and an address a peer can have (not unspecified,
+/// multicast or broadcast, port not 0).
+pub fn dialable(addr: &str) -> bool {
+    let Ok(a) = addr.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let ip = a.ip().to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    a.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
+/// Targets for the peers in `entries` we have no link to (`linked`), other than `me`: each
+/// one's advertised addresses, then the addresses its neighbours observe it at, dialable ones
+/// only, at most [`MAX_DISCOVERED_PER_PEER`] per peer and [`MAX_DISCOVERED`] in all.
+pub fn discovered(
+    entries: &BTreeMap<PeerId, mesh_gossip::PeerEntry>,
+    me: PeerId,
+    linked: impl Fn(PeerId) -> bool,
+) -> Vec<(String, PeerId)> {
+    let mut per_peer: BTreeMap<PeerId, Vec<String>> = BTreeMap::new();
+    let mut add = |id: PeerId, addr: &str| {
+        if id == me || linked(id) || !dialable(addr) {
+            return;
+        }
+        let list = per_peer.entry(id).or_default();
+        if list.len() < MAX_DISCOVERED_PER_PEER && !list.iter().any(|a| a == addr) {
+            list.push(addr.to_owned());
+        }
+    };
+    for (id, e) in entries {
+        for a in &e.addresses {
+            add(*id, a);
+        }
+    }
+    for e in entries.values() {
+        for l in &e.links {
+            add(PeerId(l.peer), &l.observed_addr);
+        }
+    }
+    per_peer
+        .into_iter()
+        .flat_map(|(id, addrs)| addrs.into_iter().map(move |a| (a, id)))
+        .take(MAX_DISCOVERED)
+        .collect()
+}
+
 /// The contents of `peers.json`: a JSON list of peer addresses.
 pub fn parse_peer_list(bytes: &[u8]) -> Result<Vec<String>> {
     Ok(serde_json::from_slice(bytes)?)
@@ -173,5 +225,61 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(store.load().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gossip_gives_few_and_only_dialable_targets() {
+        use mesh_gossip::PeerEntry;
+        use mesh_proto::v1::Link;
+        let entry = |id: u64, addresses: Vec<String>, links: Vec<Link>| PeerEntry {
+            id,
+            name: String::new(),
+            version: 1,
+            links,
+            addresses,
+            short_id: 1,
+        };
+        let many: Vec<String> = (1..=16).map(|p| format!("198.18.0.9:{p}")).collect();
+        let entries = BTreeMap::from([
+            (PeerId(1), entry(1, vec!["198.18.0.1:6783".into()], vec![])),
+            (PeerId(2), entry(2, many, vec![])),
+            (
+                PeerId(3),
+                entry(
+                    3,
+                    vec![
+                        "evil.example:6783".into(),
+                        "0.0.0.0:6783".into(),
+                        "224.0.0.1:6783".into(),
+                        "255.255.255.255:6783".into(),
+                        "198.18.0.3:0".into(),
+                        "[2001:db8::3]:6783".into(),
+                    ],
+                    vec![Link {
+                        peer: 4,
+                        observed_addr: "198.18.0.4:40000".into(),
+                        datapath_down: false,
+                    }],
+                ),
+            ),
+            (PeerId(5), entry(5, vec!["198.18.0.5:6783".into()], vec![])),
+        ]);
+        let found = discovered(&entries, PeerId(1), |id| id == PeerId(5));
+        let of = |id: u64| -> Vec<&str> {
+            found
+                .iter()
+                .filter(|(_, p)| *p == PeerId(id))
+                .map(|(a, _)| a.as_str())
+                .collect()
+        };
+        assert!(of(1).is_empty(), "not ourselves");
+        assert_eq!(of(2).len(), MAX_DISCOVERED_PER_PEER);
+        assert_eq!(
+            of(3),
+            ["[2001:db8::3]:6783"],
+            "names and unusable addresses are skipped"
+        );
+        assert_eq!(of(4), ["198.18.0.4:40000"], "observed addresses count");
+        assert!(of(5).is_empty(), "linked peers need no target");
     }
 }
