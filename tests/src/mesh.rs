@@ -296,6 +296,12 @@ pub fn kernel_pair(
     Ok((hosts, containers, nodes))
 }
 
+/// A control-plane counter from `meshctl status` (`group`: "handshake_counters",
+/// "gossip_counters"; 0 when absent).
+pub fn status_counter(node: &Meshd, group: &str, name: &str) -> u64 {
+    status(node).map_or(0, |s| s[group][name].as_u64().unwrap_or(0))
+}
+
 /// A TAP data-path counter from `meshctl status` (0 when absent).
 pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
     status(node).map_or(0, |s| {

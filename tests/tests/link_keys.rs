@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     net::UdpSocket,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -76,27 +75,8 @@ fn a_short_id_collision_reuses_no_nonce_and_the_older_link_keeps_working() {
         .unwrap()));
 
     // Capture what kb sends ka on the underlay, from before the collision to after it.
-    let file = lab.dir().join("kb-to-ka.pcap");
     let filter = format!("udp port 6784 and src {} and dst {}", hb.addr, ha.addr);
-    let dump = lab
-        .spawn(
-            &ha.ns,
-            Path::new("/usr/bin/tcpdump"),
-            &[
-                "-i",
-                &ha.underlay_if,
-                "-U",
-                "--immediate-mode",
-                "-n",
-                "-w",
-                file.to_str().unwrap(),
-                &filter,
-            ],
-        )
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || lab
-        .log(dump)
-        .contains("listening on")));
+    let capture = pcap::start(&mut lab, &ha, "kb-to-ka", &filter).unwrap();
 
     // Sealed traffic kb -> ka all along: a datagram every 2 ms from cb to ca.
     let listener = netns::run_in(&ca.ns, || UdpSocket::bind(("0.0.0.0", PORT)))
@@ -157,9 +137,9 @@ fn a_short_id_collision_reuses_no_nonce_and_the_older_link_keeps_working() {
     assert!(received(500), "traffic flows after the collision");
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
-    lab.terminate(dump, Duration::from_secs(3)).unwrap();
-
-    let sealed: Vec<Vec<u8>> = pcap::udp_payloads(&std::fs::read(&file).unwrap())
+    let sealed: Vec<Vec<u8>> = capture
+        .finish(&mut lab)
+        .unwrap()
         .into_iter()
         .filter(|(_, _, p)| p.len() >= 36 && p[0] & 0x04 != 0)
         .map(|(_, _, p)| p)

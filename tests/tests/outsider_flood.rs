@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::{
     Lab, bins,
-    mesh::{Meshd, peer, sees_established, status},
+    mesh::{Meshd, peer, sees_established, status_counter},
     wait_until,
 };
 
@@ -20,7 +20,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn handshakes(node: &Meshd, name: &str) -> u64 {
-    status(node).map_or(0, |s| s["handshake_counters"][name].as_u64().unwrap_or(0))
+    status_counter(node, "handshake_counters", name)
 }
 
 #[test]

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::{
     Lab, bins,
-    mesh::{Meshd, status},
+    mesh::{Meshd, status_counter},
 };
 
 fn counter(node: &Meshd, name: &str) -> u64 {
-    status(node).map_or(0, |s| s["handshake_counters"][name].as_u64().unwrap_or(0))
+    status_counter(node, "handshake_counters", name)
 }
 
 /// One `meshd --probe` of `target` from `ns` with the password in `pw`: its combined output.

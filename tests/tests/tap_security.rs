@@ -4,7 +4,6 @@
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
-    path::Path,
     time::Duration,
 };
 
@@ -81,28 +80,7 @@ fn setup(label: &str, insecure: bool) -> Setup {
 /// Captures the data port on s2's underlay while c1 sends marker datagrams to c2; returns the
 /// UDP payloads captured, as (source, destination port, payload).
 fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
-    let pcap = s.lab.dir().join("underlay.pcap");
-    let dump = s
-        .lab
-        .spawn(
-            &s.h2.ns,
-            Path::new("/usr/bin/tcpdump"),
-            &[
-                "-i",
-                &s.h2.underlay_if,
-                "-U",
-                "--immediate-mode",
-                "-n",
-                "-w",
-                pcap.to_str().unwrap(),
-                "udp port 6784",
-            ],
-        )
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || s
-        .lab
-        .log(dump)
-        .contains("listening on")));
+    let capture = pcap::start(&mut s.lab, &s.h2, "underlay", "udp port 6784").unwrap();
     let c2 = s.c2.addr.unwrap();
     let sender = netns::run_in(&s.c1.ns, || UdpSocket::bind(("0.0.0.0", 0)))
         .unwrap()
@@ -118,8 +96,7 @@ fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
     let got = datagrams(&s.listener);
     assert_eq!(got.len(), 10, "c2 should get every marker: {got:?}");
     std::thread::sleep(Duration::from_millis(200));
-    s.lab.terminate(dump, Duration::from_secs(3)).unwrap();
-    pcap::udp_payloads(&std::fs::read(&pcap).unwrap())
+    capture.finish(&mut s.lab).unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

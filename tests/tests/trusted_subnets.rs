@@ -2,7 +2,7 @@
 //! inside their trusted subnets carries data frames unsealed — through the kernel datapath
 //! where both run it — while every other link stays sealed in meshd.
 
-use std::{net::UdpSocket, path::Path, time::Duration};
+use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
     Lab,
@@ -98,26 +98,8 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
     );
 
     // On t1's underlay: what t1 sends t2 is readable, what it sends t3 is not.
-    let file = lab.dir().join("t1.pcap");
-    let dump = lab
-        .spawn(
-            &h1.ns,
-            Path::new("/usr/bin/tcpdump"),
-            &[
-                "-i",
-                &h1.underlay_if,
-                "-U",
-                "--immediate-mode",
-                "-n",
-                "-w",
-                file.to_str().unwrap(),
-                &format!("udp port 6784 and src {}", h1.addr),
-            ],
-        )
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || lab
-        .log(dump)
-        .contains("listening on")));
+    let filter = format!("udp port 6784 and src {}", h1.addr);
+    let capture = pcap::start(&mut lab, h1, "t1", &filter).unwrap();
     let listeners = [udp_listener(&c[1], PORT), udp_listener(&c[2], PORT)];
     let sender = netns::run_in(&c[0].ns, || UdpSocket::bind(("0.0.0.0", 0)))
         .unwrap()
@@ -132,8 +114,7 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
         let got = mesh_tests::datagrams(&listeners[i]);
         assert_eq!(got.len(), 5, "every marker to tc{} arrives: {got:?}", i + 2);
     }
-    lab.terminate(dump, Duration::from_secs(3)).unwrap();
-    let captured = pcap::udp_payloads(&std::fs::read(&file).unwrap());
+    let captured = capture.finish(&mut lab).unwrap();
     // Exactly the five markers sent to tc2 are readable; the five to tc3 were sealed.
     let markers = captured
         .iter()
