@@ -37,6 +37,8 @@ pub struct Local {
     pub kernel_datapath: bool,
     /// Peers seen at addresses inside these may get plaintext links (`--trusted-subnets`).
     pub trusted_subnets: Vec<ipnet::IpNet>,
+    /// Our data path's UDP port, told to peers in the hello.
+    pub data_port: u16,
 }
 
 impl Local {
@@ -120,6 +122,7 @@ pub async fn handshake(
         listen_port: local.listen_port.into(),
         kernel_datapath: local.kernel_datapath,
         trusts_you: local.trusts(conn.remote_address().ip()),
+        data_port: local.data_port.into(),
     };
     wire::write(&mut send, &frame(peer_frame::Kind::Hello(hello))).await?;
     let mut theirs = match wire::read_capped(&mut recv, wire::MAX_HANDSHAKE_FRAME)

@@ -216,6 +216,7 @@ pub async fn probe(
         auth,
         kernel_datapath: false,
         trusted_subnets: Vec::new(),
+        data_port: 0,
     };
     let remote = conn::resolve(target, mesh_common::DEFAULT_CONTROL_PORT).await?;
     let c = endpoint
@@ -270,6 +271,7 @@ impl Agent {
                 auth: cfg.auth,
                 kernel_datapath: cfg.mode.name == "ebpf",
                 trusted_subnets: cfg.trusted_subnets,
+                data_port: cfg.data_port,
             }),
             listen,
             endpoint,
@@ -556,7 +558,14 @@ impl Agent {
             dp.set_me(me);
             let spec = crate::tap::LinkSpec {
                 peer: short,
-                addr: SocketAddr::new(remote.ip(), self.data_port),
+                // Where its data path listens, as its hello says (an older peer: ours).
+                addr: SocketAddr::new(
+                    remote.ip(),
+                    u16::try_from(est.hello.data_port)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .unwrap_or(self.data_port),
+                ),
                 secret: est.data_secret.take().map(|s| (s, est.i_dialed)),
                 peer_kernel: est.hello.kernel_datapath,
             };
