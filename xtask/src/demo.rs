@@ -178,11 +178,12 @@ pub fn run(args: Args) -> Result<()> {
         "\n   What exists: meshd instances that authenticate each other (password, SPAKE2 over \
          QUIC), gossip the topology and compute routes; the kernel datapath (Rust eBPF at TC: \
          encapsulation with GSO kept, decapsulation, relaying, a bounded kernel FDB; pinned, so \
-         it survives a meshd restart) for plaintext links; the TAP datapath for everything else \
-         (floods, sealed links, hosts without BPF), which seals every frame (ChaCha20-Poly1305, \
-         per-link keys), answers oversize packets with ICMP, probes each link's MTU, and batches \
-         TCP; meshctl; this lab.\n   Not built yet: sealed frames in the kernel (no AEAD in \
-         this kernel's BPF; encrypted links go through meshd), trusted subnets."
+         it survives a meshd restart) for plaintext links (--insecure, or --trusted-subnets \
+         both ways); the TAP datapath for everything else (floods, sealed links, hosts without \
+         BPF), which seals every frame (ChaCha20-Poly1305, per-link keys), answers oversize \
+         packets with ICMP, probes each link's MTU, and batches TCP; meshctl; this lab.\n   \
+         Not built yet: sealed frames in the kernel (no AEAD in this kernel's BPF; encrypted \
+         links go through meshd), signed gossip."
     );
 
     if args.hold {
