@@ -156,3 +156,57 @@ fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
         "no half-written identity may be left behind"
     );
 }
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    f.iter().sum()
+}
+
+#[test]
+fn running_out_of_file_descriptors_on_the_api_socket_does_not_spin() {
+    let mut lab = Lab::new("ops-emfile").unwrap();
+    let h = lab.add_host("fd1").unwrap();
+    // A small descriptor table, so API connections exhaust it.
+    let node = lab
+        .start_meshd_via(
+            &h,
+            &["/usr/bin/prlimit", "--nofile=64:64"],
+            &["--insecure", "--datapath", "tap"],
+        )
+        .unwrap();
+    let pid = lab.pid(node.proc).unwrap();
+    // Positive control: the API answers.
+    assert!(meshctl(&node.socket, &["status"], true).is_ok());
+    // Hold more connections than meshd has descriptors left; none sends a request.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&node.socket).ok())
+        .collect();
+    assert!(held.len() > 64, "{} connections", held.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, start) = (cpu_ticks(pid), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = (cpu_ticks(pid) - t0) as f64 / 100.0 / start.elapsed().as_secs_f64();
+    println!(
+        "meshd used {:.0}% of a core while out of descriptors",
+        used * 100.0
+    );
+    // A loop retrying accept(2) at once burns a whole core; waiting between tries, a few %.
+    assert!(used < 0.3, "meshd spun: {:.0}% of a core", used * 100.0);
+    // Once the connections close, the API works again.
+    drop(held);
+    assert!(wait_until(Duration::from_secs(10), || meshctl(
+        &node.socket,
+        &["status"],
+        true
+    )
+    .is_ok()));
+}

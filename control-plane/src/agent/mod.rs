@@ -137,6 +137,8 @@ pub struct Agent {
     /// had to wait.
     auth_failures: u64,
     throttled: u64,
+    /// Lines logged about refused handshakes (rate-limited).
+    auth_log: throttle::LogBudget,
     /// Incoming handshakes in progress, per source address, and those turned away (Retry or
     /// refusal) because too many were.
     pending: std::collections::HashMap<std::net::IpAddr, usize>,
@@ -295,6 +297,7 @@ impl Agent {
             throttle: throttle::Throttle::default(),
             auth_failures: 0,
             throttled: 0,
+            auth_log: throttle::LogBudget::default(),
             pending: Default::default(),
             busy: 0,
             last_survey: ((u64::MAX, 0), Instant::now()),
@@ -453,7 +456,15 @@ impl Agent {
                 auth,
             } => {
                 if auth {
-                    warn!(%remote, target = target.as_deref().unwrap_or("-"), error, "peer refused");
+                    match self.auth_log.take(Instant::now()) {
+                        throttle::Log::Write { held_back } => {
+                            if held_back > 0 {
+                                warn!(held_back, "earlier refusals not logged (rate limit)");
+                            }
+                            warn!(%remote, target = target.as_deref().unwrap_or("-"), error, "peer refused");
+                        }
+                        throttle::Log::Skip => {}
+                    }
                     if target.is_none() {
                         self.auth_failures += 1;
                         self.throttle.failed(remote.ip(), Instant::now());

@@ -82,6 +82,50 @@ impl Throttle {
     }
 }
 
+/// Log lines about what outsiders do (refused handshakes), at most [`LOG_BURST`] per
+/// [`LOG_WINDOW`]: a flood of failures must not become a flood of log lines. What is held
+/// back is counted and said in one line when the next window opens.
+pub const LOG_BURST: u32 = 10;
+pub const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct LogBudget {
+    window: Option<Instant>,
+    used: u32,
+    held_back: u64,
+}
+
+/// What to do with one more line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Log {
+    /// Write it; before it, say how many earlier ones were held back (if any).
+    Write {
+        held_back: u64,
+    },
+    Skip,
+}
+
+impl LogBudget {
+    pub fn take(&mut self, now: Instant) -> Log {
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= LOG_WINDOW)
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used < LOG_BURST {
+            self.used += 1;
+            Log::Write {
+                held_back: std::mem::take(&mut self.held_back),
+            }
+        } else {
+            self.held_back += 1;
+            Log::Skip
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +180,19 @@ mod tests {
             t.failed(IpAddr::from(u32::to_be_bytes(0x0a00_0000 + i)), now);
         }
         assert_eq!(t.by_source.len(), CAPACITY);
+    }
+
+    #[test]
+    fn log_lines_about_outsiders_are_rate_limited_and_the_rest_counted() {
+        let mut b = LogBudget::default();
+        let now = Instant::now();
+        for _ in 0..LOG_BURST {
+            assert_eq!(b.take(now), Log::Write { held_back: 0 });
+        }
+        for _ in 0..500 {
+            assert_eq!(b.take(now), Log::Skip);
+        }
+        assert_eq!(b.take(now + LOG_WINDOW), Log::Write { held_back: 500 });
+        assert_eq!(b.take(now + LOG_WINDOW), Log::Write { held_back: 0 });
     }
 }

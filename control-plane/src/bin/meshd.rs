@@ -315,9 +315,23 @@ async fn run(args: Args) -> Result<()> {
 
     let events = agent.events();
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    failing = false;
+                    stream
+                }
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or the like: retrying at once would
+                    // spin a core. Say it once, then wait for connections to close.
+                    if !failing {
+                        tracing::warn!(error = %e, "accepting on the API socket failed; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let events = events.clone();
             tokio::spawn(async move {
