@@ -663,7 +663,7 @@ impl Agent {
     fn check_data_paths(&mut self, now: u64) {
         let Some(dp) = &self.datapath else { return };
         for (id, link) in &mut self.links {
-            let down = dp.link(LinkId(link.conn_id)).is_some_and(|r| !r.up);
+            let down = dp.link_up(LinkId(link.conn_id)) == Some(false);
             if down != link.datapath_down {
                 link.datapath_down = down;
                 if down {

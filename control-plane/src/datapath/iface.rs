@@ -63,6 +63,11 @@ pub trait Datapath: Send {
     /// every agent tick, `changed` when the table or the links changed since the last call.
     fn sync(&mut self, changed: bool) -> Result<()>;
     fn link(&self, link: LinkId) -> Option<LinkReport>;
+    /// Only whether `link`'s heartbeats arrive: what the agent checks every tick, without the
+    /// counters (the kernel's cost a map read per link).
+    fn link_up(&self, link: LinkId) -> Option<bool> {
+        self.link(link).map(|r| r.up)
+    }
     fn counters(&self) -> Result<DatapathCounters>;
     /// The MAC table, freshest entry per MAC: (MAC, peer, age in ms).
     fn fdb(&self) -> Vec<(Mac, ShortId, u64)>;

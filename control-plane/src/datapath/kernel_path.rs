@@ -123,6 +123,10 @@ impl Datapath for KernelPath {
         Some(r)
     }
 
+    fn link_up(&self, link: LinkId) -> Option<bool> {
+        self.tap.link_up(link)
+    }
+
     fn counters(&self) -> Result<DatapathCounters> {
         Ok(DatapathCounters {
             kernel: self.kernel.counters()?,
