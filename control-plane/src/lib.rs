@@ -1,7 +1,8 @@
 //! The library behind `meshd` and `meshctl`.
 //!
 //! - [`agent`]: the control plane at run time (QUIC connections, dialling, gossip).
-//! - [`auth`], [`identity`]: who a node is and who may join.
+//! - [`auth`], [`identity`]: who a node is and who may join; [`entry_sign`]: its gossip entry
+//!   signed with its key, so members speak only for themselves.
 //! - [`datapath`]: loads mesh's eBPF object, attaches its programs, reads its counters.
 //! - [`local_api`]: the Unix-socket API between meshctl and meshd.
 //! - [`paths`]: where an instance keeps its files, so several meshd on one machine never collide.
@@ -9,6 +10,7 @@
 pub mod agent;
 pub mod auth;
 pub mod datapath;
+pub mod entry_sign;
 pub mod identity;
 pub mod local_api;
 pub mod paths;

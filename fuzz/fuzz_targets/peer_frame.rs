@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_gossip::{Config, Gossip, PeerId};
+use mesh_gossip::{Gossip, PeerId};
 use mesh_proto::{
     Message,
     v1::{PeerFrame, peer_frame},
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(peer_frame::Kind::Gossip(msg)) = frame.kind {
-        let mut g = Gossip::new(PeerId(1), "me", vec![], 1_000_000, Config::default());
+        let mut g = Gossip::new(PeerId(1), "me", vec![], 1_000_000, mesh_gossip::sim::config());
         g.link_up(PeerId(2), None, 1_000_000);
         g.receive(PeerId(2), msg, 1_000_000);
         let _ = g.routes();

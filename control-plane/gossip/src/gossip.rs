@@ -11,14 +11,18 @@
 //! Outgoing updates are coalesced per neighbour until [`Gossip::take_outbox`], keeping only the
 //! newest version of each entry: bursts of changes cost one message per neighbour.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use mesh_proto::v1::{Digest, GossipMessage, Link, PeerEntry, Update, Version, gossip_message};
 
 use crate::{
-    PeerId, Routes,
+    PeerId, Routes, SHORT_ID_ATTEMPTS,
     limits::{self, Limits, Refusal},
     routes,
+    sign::EntryAuth,
 };
 
 #[derive(Clone, Debug)]
@@ -29,14 +33,19 @@ pub struct Config {
     pub departed_after_ms: u64,
     /// What entries may hold, and how many.
     pub limits: Limits,
+    /// Signs our entry and checks the others': only an entry's owner can make a version of it
+    /// that is stored and passed on.
+    pub auth: Arc<dyn EntryAuth>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// The defaults, with entries signed and checked by `auth`.
+    pub fn new(auth: Arc<dyn EntryAuth>) -> Self {
         Config {
             anti_entropy_ms: 1_000,
             departed_after_ms: 60_000,
             limits: Limits::default(),
+            auth,
         }
     }
 }
@@ -70,14 +79,16 @@ pub struct Gossip {
 
 impl Gossip {
     pub fn new(me: PeerId, name: &str, addresses: Vec<String>, now_ms: u64, cfg: Config) -> Self {
-        let own = PeerEntry {
+        let mut own = PeerEntry {
             id: me.0,
             name: name.to_owned(),
             version: now_ms.max(1),
             links: Vec::new(),
             addresses,
             short_id: crate::short_id_candidate(me, 0),
+            signature: None,
         };
+        cfg.auth.sign(&mut own);
         Gossip {
             me,
             next_anti_entropy: now_ms + cfg.anti_entropy_ms,
@@ -149,11 +160,14 @@ impl Gossip {
             .map(|(_, e)| e.short_id)
             .collect();
         let me = self.me;
-        let next = (1..)
+        // With at most `max_entries` (4096) peers in 16M ids, 63 candidates all taken does not
+        // happen by chance; if it does, we keep ours and the lower id wins the data path.
+        if let Some(next) = (1..SHORT_ID_ATTEMPTS)
             .map(|attempt| crate::short_id_candidate(me, attempt))
             .find(|c| !taken.contains(c))
-            .expect("an unused 24-bit id exists");
-        self.edit_own(now_ms, |own| own.short_id = next);
+        {
+            self.edit_own(now_ms, |own| own.short_id = next);
+        }
     }
 
     /// Routes for the current topology (recomputed only after a change).
@@ -234,6 +248,7 @@ impl Gossip {
             .expect("own entry always present");
         f(own);
         own.version = own.version.saturating_add(1).max(now_ms);
+        self.cfg.auth.sign(own);
         let own = own.clone();
         self.topology_changed();
         for n in self.neighbours.clone() {
@@ -283,13 +298,29 @@ impl Gossip {
                 *self.refused.entry(why).or_default() += 1;
                 continue;
             }
+            // Only what would change our state is worth a signature check (the expensive
+            // part); repeats of what we hold are dropped unverified.
+            let newer = if id == self.me {
+                e.version >= self.entries[&self.me].version
+            } else {
+                self.tombstones.get(&id).is_none_or(|(v, _)| e.version > *v)
+                    && self
+                        .entries
+                        .get(&id)
+                        .is_none_or(|old| old.version < e.version)
+            };
+            if !newer {
+                continue;
+            }
+            if !self.cfg.auth.verify(&e) {
+                *self.refused.entry(Refusal::BadSignature).or_default() += 1;
+                continue;
+            }
             if id == self.me {
                 // An older incarnation of us is still circulating with a version at least as
                 // new as ours (we restarted): move past it, so ours wins everywhere.
-                if e.version >= self.entries[&self.me].version {
-                    let v = e.version;
-                    self.edit_own(now_ms.max(v.saturating_add(1)), |_| {});
-                }
+                let v = e.version;
+                self.edit_own(now_ms.max(v.saturating_add(1)), |_| {});
                 continue;
             }
             if !self.entries.contains_key(&id) && self.entries.len() >= self.cfg.limits.max_entries
@@ -297,20 +328,9 @@ impl Gossip {
                 *self.refused.entry(Refusal::TooManyEntries).or_default() += 1;
                 continue;
             }
-            if let Some(&(v, _)) = self.tombstones.get(&id) {
-                if e.version <= v {
-                    continue;
-                }
-                self.tombstones.remove(&id);
-            }
-            if self
-                .entries
-                .get(&id)
-                .is_none_or(|old| old.version < e.version)
-            {
-                self.entries.insert(id, e.clone());
-                changed.push(e);
-            }
+            self.tombstones.remove(&id);
+            self.entries.insert(id, e.clone());
+            changed.push(e);
         }
         if changed.is_empty() {
             return;

@@ -12,12 +12,14 @@
 mod gossip;
 pub mod limits;
 pub mod routes;
+pub mod sign;
 pub mod sim;
 
 use std::fmt;
 
 pub use gossip::{Config, Gossip};
 pub use limits::{Limits, Refusal};
+pub use sign::EntryAuth;
 
 pub use mesh_proto::v1::{GossipMessage, PeerEntry};
 pub use routes::Routes;
@@ -34,6 +36,10 @@ impl fmt::Display for PeerId {
 
 /// The flood destination on the data path; never a peer's short id.
 pub const SHORT_ID_FLOOD: u32 = 0x00ff_ffff;
+
+/// How many short id candidates a peer may try: enough that one is free in any mesh of the
+/// allowed size, few enough that nobody can claim an arbitrary id (see `limits`).
+pub const SHORT_ID_ATTEMPTS: u32 = 64;
 
 /// The `attempt`-th short id candidate of `peer`: its low 24 bits first, then scrambled
 /// variants, skipping 0 and the flood id.

@@ -4,7 +4,7 @@
 
 use mesh_proto::{Message, v1::PeerEntry};
 
-use crate::SHORT_ID_FLOOD;
+use crate::{PeerId, SHORT_ID_ATTEMPTS, SHORT_ID_FLOOD, short_id_candidate};
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -20,6 +20,9 @@ pub struct Limits {
     /// How far ahead of our clock a version may be (versions are the owner's wall-clock
     /// milliseconds): clocks disagree a little, not by days.
     pub max_future_ms: u64,
+    /// Bytes of the owner's public key and of its signature (an RSA-4096 key, the largest in
+    /// use, is 550 bytes of SubjectPublicKeyInfo and 512 of signature).
+    pub max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
             max_name_bytes: 64,
             max_address_bytes: 64,
             max_future_ms: 10 * 60 * 1000,
+            max_key_bytes: 600,
         }
     }
 }
@@ -44,15 +48,22 @@ pub enum Refusal {
     Oversize,
     /// It claims the flood id as its short id.
     ReservedShortId,
+    /// Its short id is none its owner may pick (not one of the candidates derived from its
+    /// peer id): a claim on somebody else's.
+    ForeignShortId,
+    /// It is not signed by the key behind its id: a member speaking for another.
+    BadSignature,
     /// We already keep as many entries as we allow.
     TooManyEntries,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::FutureVersion,
         Refusal::Oversize,
         Refusal::ReservedShortId,
+        Refusal::ForeignShortId,
+        Refusal::BadSignature,
         Refusal::TooManyEntries,
     ];
 
@@ -61,13 +72,16 @@ impl Refusal {
             Refusal::FutureVersion => "gossip_refused_future_version",
             Refusal::Oversize => "gossip_refused_oversize",
             Refusal::ReservedShortId => "gossip_refused_reserved_short_id",
+            Refusal::ForeignShortId => "gossip_refused_foreign_short_id",
+            Refusal::BadSignature => "gossip_refused_bad_signature",
             Refusal::TooManyEntries => "gossip_refused_too_many_entries",
         }
     }
 }
 
 impl Limits {
-    /// Whether `e` may be stored and passed on, judged at `now_ms` (entry count aside).
+    /// Whether `e` may be stored and passed on, judged at `now_ms` (entry count and signature
+    /// aside: both cost more and are checked only for entries newer than what we hold).
     pub fn check(&self, e: &PeerEntry, now_ms: u64) -> Result<(), Refusal> {
         if e.version > now_ms.saturating_add(self.max_future_ms) {
             return Err(Refusal::FutureVersion);
@@ -81,9 +95,15 @@ impl Limits {
             || e.addresses.iter().any(|a| a.len() > self.max_address_bytes)
             || e.links
                 .iter()
-                .any(|l| l.observed_addr.len() > self.max_address_bytes);
+                .any(|l| l.observed_addr.len() > self.max_address_bytes)
+            || e.signature.as_ref().is_some_and(|s| {
+                s.public_key.len() > self.max_key_bytes || s.value.len() > self.max_key_bytes
+            });
         if oversize {
             return Err(Refusal::Oversize);
+        }
+        if !(0..SHORT_ID_ATTEMPTS).any(|a| short_id_candidate(PeerId(e.id), a) == e.short_id) {
+            return Err(Refusal::ForeignShortId);
         }
         Ok(())
     }
@@ -96,6 +116,8 @@ impl Limits {
             + 16
             + self.max_links * link
             + self.max_addresses * (self.max_address_bytes + 4)
+            + 16
+            + 2 * (self.max_key_bytes + 4)
     }
 }
 
@@ -135,6 +157,7 @@ mod tests {
             links: vec![],
             addresses: vec!["198.18.0.1:6783".into()],
             short_id: 7,
+            signature: None,
         }
     }
 
@@ -161,6 +184,20 @@ mod tests {
             ..entry()
         };
         assert_eq!(l.check(&flood, 1_000), Err(Refusal::ReservedShortId));
+        let foreign = PeerEntry {
+            short_id: 8,
+            ..entry()
+        };
+        assert_eq!(l.check(&foreign, 1_000), Err(Refusal::ForeignShortId));
+        let moved = PeerEntry {
+            short_id: short_id_candidate(PeerId(7), SHORT_ID_ATTEMPTS - 1),
+            ..entry()
+        };
+        assert_eq!(
+            l.check(&moved, 1_000),
+            Ok(()),
+            "a moved short id is its own"
+        );
         for big in [
             PeerEntry {
                 name: "x".repeat(65),
@@ -176,6 +213,13 @@ mod tests {
             },
             PeerEntry {
                 addresses: vec!["1".repeat(65)],
+                ..entry()
+            },
+            PeerEntry {
+                signature: Some(mesh_proto::v1::EntrySignature {
+                    public_key: vec![0; 601],
+                    ..Default::default()
+                }),
                 ..entry()
             },
         ] {
@@ -197,6 +241,11 @@ mod tests {
                 l.max_links
             ],
             addresses: vec!["a".repeat(l.max_address_bytes); l.max_addresses],
+            signature: Some(mesh_proto::v1::EntrySignature {
+                public_key: vec![0xff; l.max_key_bytes],
+                scheme: u32::MAX,
+                value: vec![0xff; l.max_key_bytes],
+            }),
             ..entry()
         };
         assert_eq!(l.check(&largest, 1_000), Ok(()));

@@ -57,6 +57,12 @@ pub fn random_graph(peers: usize, extra: usize, seed: u64) -> BTreeSet<(usize, u
     edges
 }
 
+/// The gossip configuration of simulated peers: the defaults, with the checksum stand-in for
+/// signatures (the same size as Ed25519's, a fraction of the cost).
+pub fn config() -> Config {
+    Config::new(std::sync::Arc::new(crate::sign::Checksum))
+}
+
 pub struct Sim {
     pub nodes: Vec<Option<Gossip>>,
     now: u64,
@@ -73,7 +79,7 @@ fn id(i: usize) -> PeerId {
 impl Sim {
     /// Starts `peers` peers and brings up every link of `edges` at time zero.
     pub fn new(peers: usize, edges: &BTreeSet<(usize, usize)>) -> Sim {
-        let cfg = Config::default();
+        let cfg = config();
         let mut nodes: Vec<Option<Gossip>> = (0..peers)
             .map(|i| Some(Gossip::new(id(i), &format!("p{i}"), vec![], 0, cfg.clone())))
             .collect();

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use mesh_gossip::{
-    Config, Gossip, PeerId,
+    Gossip, PeerId,
     sim::{self, ROUND_MS, Sim},
 };
 
@@ -132,7 +132,7 @@ fn broadcast_trees_agree_across_a_converged_mesh() {
 
 #[test]
 fn a_restarted_peer_supersedes_its_old_entry() {
-    let cfg = Config::default();
+    let cfg = mesh_gossip::sim::config();
     let (a, b) = (PeerId(1), PeerId(2));
     let mut ga = Gossip::new(a, "a", vec![], 1_000, cfg.clone());
     let mut gb = Gossip::new(b, "b", vec![], 1_000, cfg.clone());
@@ -171,7 +171,7 @@ fn departed_peers_age_out_and_do_not_come_back() {
     sim.run_until_converged(20).unwrap();
     sim.kill(2);
     // Ageing runs once per anti-entropy period, so allow two of those on top of the timeout.
-    let cfg = Config::default();
+    let cfg = mesh_gossip::sim::config();
     let departed_rounds = (cfg.departed_after_ms + 2 * cfg.anti_entropy_ms) / ROUND_MS;
     for _ in 0..departed_rounds {
         sim.round();
@@ -203,7 +203,7 @@ fn departed_peers_age_out_and_do_not_come_back() {
 fn two_peers_claiming_one_short_id_end_with_distinct_ones_agreed_by_both() {
     // Same low 24 bits: the same first short id candidate.
     let (a_id, b_id) = (PeerId(0x1111_0000_00ab_cdef), PeerId(0x2222_0000_00ab_cdef));
-    let cfg = Config::default();
+    let cfg = mesh_gossip::sim::config();
     let mut a = Gossip::new(a_id, "a", vec![], 0, cfg.clone());
     let mut b = Gossip::new(b_id, "b", vec![], 0, cfg);
     assert_eq!(a.short_id(a_id), b.short_id(b_id));

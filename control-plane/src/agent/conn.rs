@@ -14,7 +14,10 @@ use crate::{
     identity,
 };
 
-pub const PROTOCOL: u32 = 1;
+/// The control protocol's version. 2: gossip entries are signed by their owners
+/// (`PeerEntry.signature`); a version-1 peer's unsigned entries would all be refused, so the
+/// two do not connect at all and say why.
+pub const PROTOCOL: u32 = 2;
 
 /// Application close codes, so the other side can say why it was refused.
 pub mod close {

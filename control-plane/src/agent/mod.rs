@@ -208,35 +208,93 @@ pub async fn probe(
     key: PrivateKeyDer<'static>,
     target: &str,
 ) -> Result<Probed> {
-    let client = crate::auth::client_config(&auth, chain, key)?;
-    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("opening a UDP socket to dial from")?;
-    let local = Local {
-        id,
-        name,
-        listen_port: 0,
-        auth,
-        kernel_datapath: false,
-        trusted_subnets: Vec::new(),
-        data_port: 0,
+    let session = Session::join(id, name, auth, chain, key, target).await?;
+    let probed = Probed {
+        peer: session.peer,
+        name: session.peer_name.clone(),
     };
-    let remote = conn::resolve(target, mesh_common::DEFAULT_CONTROL_PORT).await?;
-    let c = endpoint
-        .connect_with(client, remote, "mesh")?
-        .await
-        .map_err(|e| anyhow::anyhow!(conn::describe_close(&e)))?;
-    let est = conn::handshake(&c, true, &local).await?;
-    c.close(close::SHUTDOWN.into(), b"probe done");
-    endpoint.wait_idle().await;
-    Ok(Probed {
-        peer: est.peer,
-        name: est.hello.name,
-    })
+    session.close(b"probe done").await;
+    Ok(probed)
+}
+
+/// One authenticated control connection driven by hand, outside an agent: what `probe` uses,
+/// and what a test uses to play a member that lies (tests/src/bin/rogue-member.rs). No
+/// gossip state machine, no data path: frames go out exactly as given.
+pub struct Session {
+    pub peer: PeerId,
+    pub peer_name: String,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Session {
+    /// Dials `target` and completes the handshake as node `id`.
+    pub async fn join(
+        id: PeerId,
+        name: String,
+        auth: AuthMode,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        target: &str,
+    ) -> Result<Session> {
+        let client = crate::auth::client_config(&auth, chain, key)?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .context("opening a UDP socket to dial from")?;
+        let local = Local {
+            id,
+            name,
+            listen_port: 0,
+            auth,
+            kernel_datapath: false,
+            trusted_subnets: Vec::new(),
+            data_port: 0,
+        };
+        let remote = conn::resolve(target, mesh_common::DEFAULT_CONTROL_PORT).await?;
+        let c = endpoint
+            .connect_with(client, remote, "mesh")?
+            .await
+            .map_err(|e| anyhow::anyhow!(conn::describe_close(&e)))?;
+        let est = conn::handshake(&c, true, &local).await?;
+        Ok(Session {
+            peer: est.peer,
+            peer_name: est.hello.name,
+            endpoint,
+            conn: c,
+            send: est.send,
+            recv: est.recv,
+        })
+    }
+
+    pub async fn send_gossip(&mut self, msg: GossipMessage) -> Result<()> {
+        let frame = mesh_proto::v1::PeerFrame {
+            kind: Some(mesh_proto::v1::peer_frame::Kind::Gossip(msg)),
+        };
+        wire::write(&mut self.send, &frame).await
+    }
+
+    /// The next gossip message from the peer.
+    pub async fn recv_gossip(&mut self) -> Result<GossipMessage> {
+        loop {
+            if let Some(mesh_proto::v1::peer_frame::Kind::Gossip(g)) =
+                wire::read(&mut self.recv).await?.kind
+            {
+                return Ok(g);
+            }
+        }
+    }
+
+    pub async fn close(self, why: &[u8]) {
+        self.conn.close(close::SHUTDOWN.into(), why);
+        self.endpoint.wait_idle().await;
+    }
 }
 
 impl Agent {
     /// Binds the QUIC endpoint. Returns the agent and the sender the API uses.
     pub fn start(cfg: Config) -> Result<(Agent, mpsc::UnboundedReceiver<Event>)> {
+        let signer = crate::entry_sign::EntrySigner::new(&cfg.chain[0], &cfg.key)?;
         let server = crate::auth::server_config(&cfg.auth, cfg.chain.clone(), cfg.key.clone_key())?;
         let client = crate::auth::client_config(&cfg.auth, cfg.chain, cfg.key)?;
         let endpoint = quinn::Endpoint::server(server, cfg.listen).with_context(|| {
@@ -262,7 +320,7 @@ impl Agent {
             &cfg.name,
             addresses,
             now_ms(),
-            GossipConfig::default(),
+            GossipConfig::new(Arc::new(signer)),
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let agent = Agent {

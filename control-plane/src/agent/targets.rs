@@ -238,6 +238,7 @@ mod tests {
             links,
             addresses,
             short_id: 1,
+            signature: None,
         };
         let many: Vec<String> = (1..=16).map(|p| format!("198.18.0.9:{p}")).collect();
         let entries = BTreeMap::from([
