@@ -183,6 +183,33 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_signed_from_the_documented_format_alone_verifies() {
+        // fuzz/corpus/peer_frame/gossip_update_signed was made by a few lines of Python
+        // (`cryptography`'s Ed25519) from docs/wire-format.md, "Signed entries": another
+        // implementation of the format, and the fuzzer's seed of a valid signature.
+        use mesh_proto::{
+            Message,
+            v1::{PeerFrame, gossip_message, peer_frame},
+        };
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/peer_frame/gossip_update_signed"
+        );
+        let frame = PeerFrame::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        let Some(peer_frame::Kind::Gossip(g)) = frame.kind else {
+            panic!("not gossip")
+        };
+        let Some(gossip_message::Kind::Update(u)) = g.kind else {
+            panic!("not an update")
+        };
+        let (_, verifier) = node("doc");
+        let mut e = u.entries[0].clone();
+        assert!(verifier.verify(&e));
+        e.name.push('!');
+        assert!(!verifier.verify(&e));
+    }
+
+    #[test]
     fn certificate_mode_keys_sign_too() {
         // An ECDSA P-256 node certificate issued by a CA, as `--cert/--key` would give.
         let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

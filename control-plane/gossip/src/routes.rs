@@ -19,6 +19,9 @@ pub struct Routes {
     /// For every reachable source (ourselves included): the neighbours we forward that
     /// source's broadcasts to (our children in its tree).
     pub broadcast: BTreeMap<PeerId, Vec<PeerId>>,
+    /// For every reachable source but ourselves: our parent in its tree, the neighbour its
+    /// broadcasts arrive from.
+    pub parent: BTreeMap<PeerId, PeerId>,
 }
 
 /// The symmetric-link graph, neighbours sorted by id.
@@ -114,6 +117,9 @@ pub fn compute(entries: &BTreeMap<PeerId, PeerEntry>, me: PeerId) -> Routes {
             .map(|(c, _)| *c)
             .collect();
         routes.broadcast.insert(source, children);
+        if let Some(Some(p)) = t.get(&me) {
+            routes.parent.insert(source, *p);
+        }
     }
     routes
 }
@@ -199,6 +205,8 @@ mod tests {
                 let at = peers.iter().position(|p| *p == reached[i]).unwrap();
                 for c in &all[at].broadcast[&source] {
                     assert!(!reached.contains(c), "{c} reached twice from {source}");
+                    let child = peers.iter().position(|p| p == c).unwrap();
+                    assert_eq!(all[child].parent[&source], reached[i], "{c}'s parent");
                     reached.push(*c);
                 }
                 i += 1;

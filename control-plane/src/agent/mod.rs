@@ -787,6 +787,11 @@ impl Agent {
                 .iter()
                 .map(|(s, cs)| (short(*s), cs.iter().map(|c| short(*c)).collect()))
                 .collect(),
+            parent: routes
+                .parent
+                .iter()
+                .map(|(s, p)| (short(*s), short(*p)))
+                .collect(),
         };
         let me = short(self.local.id);
         let peers: Vec<(LinkId, crate::switch::ShortId)> = self

@@ -216,6 +216,7 @@ mod tests {
             me: Some(s(1)),
             next_hop: HashMap::from([(s(2), s(2)), (s(3), s(2)), (s(4), s(4))]),
             children: HashMap::new(),
+            parent: HashMap::new(),
         }
     }
 

@@ -4,7 +4,11 @@
 //!
 //! - From the local bridge: a known destination MAC goes to its peer along the unicast route;
 //!   broadcast, multicast and unknown destinations are flooded along *our* broadcast tree.
-//! - From a peer: the source MAC is learned behind the frame's origin. A flooded frame is
+//! - From a peer: the source MAC is learned behind the frame's origin — only when the frame
+//!   came the way the origin's frames come: from the origin itself, or from our parent in the
+//!   origin's broadcast tree. The origin field is the sender's word; a member relaying (or
+//!   inventing) a frame with another peer's origin cannot teach us where a MAC lives. A
+//!   flooded frame is
 //!   delivered locally and passed on to our children in the *origin's* tree; a unicast frame for
 //!   us is delivered; a unicast frame for someone else is relayed towards it and not delivered
 //!   (a relay does not put other hosts' traffic on its own bridge).
@@ -26,6 +30,9 @@ pub struct Table {
     pub next_hop: HashMap<ShortId, ShortId>,
     /// Our children in each origin's broadcast tree.
     pub children: HashMap<ShortId, Vec<ShortId>>,
+    /// Our parent in each origin's broadcast tree (none for our own): the neighbour its
+    /// floods arrive from.
+    pub parent: HashMap<ShortId, ShortId>,
 }
 
 /// Why a frame from a peer was not forwarded.
@@ -87,11 +94,12 @@ pub fn from_local(
     true
 }
 
-/// A frame from a peer. Returns whether to deliver it to the local bridge, or why it was
-/// dropped.
+/// A frame from neighbour `from`. Returns whether to deliver it to the local bridge, or why it
+/// was dropped.
 pub fn from_peer(
     table: &Table,
     fdb: &mut Fdb,
+    from: ShortId,
     header: Header,
     frame: &[u8],
     now_ms: u64,
@@ -102,7 +110,9 @@ pub fn from_peer(
         return Err(Dropped::OwnOrigin);
     }
     let (_, src) = macs(frame).ok_or(Dropped::Malformed)?;
-    fdb.learn(src, header.origin, now_ms);
+    if from == header.origin || table.parent.get(&header.origin) == Some(&from) {
+        fdb.learn(src, header.origin, now_ms);
+    }
     let onward = Header {
         hops: header.hops.saturating_sub(1),
         ..header
@@ -152,6 +162,7 @@ mod tests {
                 (s(3), vec![s(1)]),
                 (s(2), vec![s(1), s(3)]),
             ]),
+            parent: HashMap::from([(s(1), s(1)), (s(3), s(3))]),
         }
     }
 
@@ -184,7 +195,7 @@ mod tests {
         };
         let mut deliver = false;
         let sent = collect(|send| {
-            deliver = from_peer(&t, &mut fdb, h, &frame(BCAST, M1), 0, send).unwrap();
+            deliver = from_peer(&t, &mut fdb, s(1), h, &frame(BCAST, M1), 0, send).unwrap();
         });
         assert!(deliver);
         assert_eq!(sent, vec![(s(3), Header { hops: 31, ..h })]);
@@ -193,6 +204,34 @@ mod tests {
             Some(s(1)),
             "source learned behind the origin"
         );
+    }
+
+    #[test]
+    fn only_frames_that_came_the_origins_way_teach_where_its_macs_live() {
+        let t = middle();
+        let mut fdb = Fdb::new(100, 60_000);
+        // 3 claims a frame of 1's (a member lying about the origin, or relaying the wrong
+        // way): delivered, passed on along 1's tree, but M1 is not learned behind 1.
+        for destination in [ShortId::FLOOD, s(2)] {
+            let h = Header {
+                origin: s(1),
+                destination,
+                hops: 32,
+                heartbeat: false,
+            };
+            let deliver = from_peer(&t, &mut fdb, s(3), h, &frame(BCAST, M1), 0, |_, _| {});
+            assert_eq!(deliver, Ok(true));
+            assert_eq!(fdb.lookup(&M1, 0), None, "learned from the wrong neighbour");
+        }
+        // The same from 1 itself teaches it.
+        let h = Header {
+            origin: s(1),
+            destination: s(2),
+            hops: 32,
+            heartbeat: false,
+        };
+        from_peer(&t, &mut fdb, s(1), h, &frame(M3, M1), 0, |_, _| {}).unwrap();
+        assert_eq!(fdb.lookup(&M1, 0), Some(s(1)));
     }
 
     #[test]
@@ -207,7 +246,7 @@ mod tests {
         };
         let mut deliver = true;
         let sent = collect(|send| {
-            deliver = from_peer(&t, &mut fdb, h, &frame(M3, M1), 0, send).unwrap();
+            deliver = from_peer(&t, &mut fdb, s(1), h, &frame(M3, M1), 0, send).unwrap();
         });
         assert!(!deliver, "not for this host's bridge");
         assert_eq!(sent, vec![(s(3), Header { hops: 31, ..h })]);
@@ -249,9 +288,15 @@ mod tests {
             heartbeat: false,
         };
         assert_eq!(
-            from_peer(&t, &mut fdb, own, &frame(BCAST, M1), 0, |_, _| panic!(
-                "sent"
-            )),
+            from_peer(
+                &t,
+                &mut fdb,
+                s(1),
+                own,
+                &frame(BCAST, M1),
+                0,
+                |_, _| panic!("sent")
+            ),
             Err(Dropped::OwnOrigin)
         );
         let tired = Header {
@@ -261,7 +306,7 @@ mod tests {
             heartbeat: false,
         };
         assert_eq!(
-            from_peer(&t, &mut fdb, tired, &frame(M3, M1), 0, |_, _| panic!(
+            from_peer(&t, &mut fdb, s(1), tired, &frame(M3, M1), 0, |_, _| panic!(
                 "sent"
             )),
             Err(Dropped::HopLimit)
@@ -273,7 +318,9 @@ mod tests {
             heartbeat: false,
         };
         assert_eq!(
-            from_peer(&t, &mut fdb, lost, &frame(M3, M1), 0, |_, _| panic!("sent")),
+            from_peer(&t, &mut fdb, s(1), lost, &frame(M3, M1), 0, |_, _| panic!(
+                "sent"
+            )),
             Err(Dropped::NoRoute)
         );
     }

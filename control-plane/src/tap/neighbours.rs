@@ -378,12 +378,13 @@ impl Neighbours {
 
     /// Checks a received datagram: who sent it (a neighbour), that it is well-formed and, in
     /// an encrypted mesh, authentic and fresh (decrypting it in place). Heartbeats are taken in
-    /// here. Returns the header and where the inner frame is in `datagram`.
+    /// here. Returns the header, where the inner frame is in `datagram`, and the neighbour it
+    /// came from (its short id).
     pub fn accept(
         &mut self,
         datagram: &mut [u8],
         from: SocketAddr,
-    ) -> Result<(Header, Range<usize>), DropReason> {
+    ) -> Result<(Header, Range<usize>, ShortId), DropReason> {
         let len = datagram.len() as u64;
         let sealed = datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0);
         let (link, header, inner) = if sealed {
@@ -440,7 +441,7 @@ impl Neighbours {
                 n.last_heartbeat = Some(now);
             }
         }
-        Ok((header, inner))
+        Ok((header, inner, id))
     }
 
     /// Whether `link`'s data path works: a heartbeat arrived recently, or it became a
@@ -506,7 +507,7 @@ mod tests {
         let inner = [0xabu8; 64];
         na.prepare(b, &frame_header(1), &inner, &mut out, 0)
             .unwrap();
-        let (h, r) = nb.accept(&mut out.clone(), FROM).unwrap();
+        let (h, r, _) = nb.accept(&mut out.clone(), FROM).unwrap();
         assert_eq!(h, frame_header(1));
         assert_eq!(r.len(), 64);
         assert_eq!(nb.accept(&mut out, FROM), Err(DropReason::Replay));

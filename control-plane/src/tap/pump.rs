@@ -197,7 +197,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             let accepted = shared.neighbours().accept(&mut buf[at..end], from);
             let chunk = at;
             at = end;
-            let (header, inner) = match accepted {
+            let (header, inner, neighbour) = match accepted {
                 Ok(r) => r,
                 Err(why) => {
                     shared.counters.dropped(why);
@@ -212,9 +212,15 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             let frame = &buf[inner.clone()];
             let decision = {
                 let mut fdb = shared.fdb.lock().expect("fdb lock");
-                forward::from_peer(&table, &mut fdb, header, frame, shared.now_ms(), |to, h| {
-                    sends.push((to, h))
-                })
+                forward::from_peer(
+                    &table,
+                    &mut fdb,
+                    neighbour,
+                    header,
+                    frame,
+                    shared.now_ms(),
+                    |to, h| sends.push((to, h)),
+                )
             };
             match decision {
                 Ok(deliver) => {
