@@ -64,6 +64,7 @@ fn datapath() -> KernelDatapath {
             (s(UNRESOLVED), s(UNRESOLVED)),
         ]),
         children: HashMap::new(),
+        parent: HashMap::new(),
     };
     let link = |peer: u32, ip: [u8; 4], port: u16, kernel: bool, mac: Option<[u8; 6]>| LinkView {
         peer: s(peer),
