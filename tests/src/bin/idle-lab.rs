@@ -1,0 +1,78 @@
+//! Idle meshd in one lab, for finding control-plane storms by hand: `idle-lab PEERS SECONDS
+//! [EXTRA MESHD ARGS...]`. Starts PEERS meshd (password mode, each given the first as its
+//! peer), waits for the full mesh, then prints every 5 s each process's CPU over that window
+//! (mean and max, percent of one core) for SECONDS, and removes everything. The pids are
+//! printed first, for `perf record -p`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mesh_tests::{
+    Lab,
+    mesh::{Meshd, full_mesh},
+    wait_until,
+};
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(peers), Some(secs)) = (args.first(), args.get(1)) else {
+        bail!("usage: idle-lab PEERS SECONDS [EXTRA MESHD ARGS...]");
+    };
+    let peers: usize = peers.parse().context("PEERS")?;
+    let secs: u64 = secs.parse().context("SECONDS")?;
+    let extra: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+    let mut lab = Lab::new("idle")?;
+    let hosts = (1..=peers)
+        .map(|i| lab.add_host(&format!("i{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let pw = lab.password_file("idle", "idle lab")?;
+    let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
+    let seed = hosts[0].addr.to_string();
+    let mut nodes: Vec<Meshd> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let mut a = vec!["--password-file", pw.as_str()];
+        a.extend_from_slice(&extra);
+        if i > 0 {
+            a.push(&seed);
+        }
+        nodes.push(lab.start_meshd(h, &a)?);
+    }
+    let t0 = Instant::now();
+    if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
+        bail!("no full mesh within 60 s");
+    }
+    println!("full mesh of {peers} after {:.1} s", t0.elapsed().as_secs_f64());
+    let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
+    println!("pids {pids:?}");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        let el = t.elapsed().as_secs_f64();
+        let cpu: Vec<f64> = pids
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| (cpu_ticks(*p) - b) as f64 / hz / el * 100.0)
+            .collect();
+        let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+        let max = cpu.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "t={:>5.1}s cpu mean {mean:5.2}% max {max:5.2}% established {}",
+            t0.elapsed().as_secs_f64(),
+            full_mesh(&nodes)
+        );
+    }
+    Ok(())
+}
