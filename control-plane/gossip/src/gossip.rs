@@ -301,7 +301,12 @@ impl Gossip {
             // Only what would change our state is worth a signature check (the expensive
             // part); repeats of what we hold are dropped unverified.
             let newer = if id == self.me {
-                e.version >= self.entries[&self.me].version
+                // Our own entry comes back to us whenever a neighbour heard it from another
+                // neighbour first (a race that load makes likely). The very same entry is not
+                // news; taking it for an older incarnation bumped our version, which flooded
+                // and came back again: a storm that fed on the load it made.
+                let own = &self.entries[&self.me];
+                e.version > own.version || (e.version == own.version && e != *own)
             } else {
                 self.tombstones.get(&id).is_none_or(|(v, _)| e.version > *v)
                     && self

@@ -165,6 +165,46 @@ fn a_restarted_peer_supersedes_its_old_entry() {
 }
 
 #[test]
+fn our_own_entry_coming_back_is_not_news() {
+    // a pushes its entry to b and c at once; c hears it from b first (a race that load makes
+    // common) and passes it back to a. Before, a took that for an older incarnation of itself,
+    // made a new version, flooded it, got it back... the idle storm of issue 10.
+    let cfg = sim::config();
+    let (a, b, c) = (PeerId(1), PeerId(2), PeerId(3));
+    let mut ga = Gossip::new(a, "a", vec![], 1_000, cfg.clone());
+    let mut gb = Gossip::new(b, "b", vec![], 1_000, cfg.clone());
+    ga.link_up(b, None, 1_000);
+    gb.link_up(a, None, 1_000);
+    ga.link_up(c, None, 1_000);
+    gb.link_up(c, None, 1_000);
+    for (_, m) in ga.take_outbox() {
+        gb.receive(a, m, 1_000);
+    }
+    let own = ga.entries()[&a].clone();
+    assert_eq!(gb.entries()[&a], own);
+    let generation = ga.generation();
+    // c passes it back as it heard it.
+    ga.receive(
+        c,
+        mesh_gossip::GossipMessage {
+            kind: Some(mesh_proto::v1::gossip_message::Kind::Update(
+                mesh_proto::v1::Update {
+                    entries: vec![own.clone()],
+                },
+            )),
+        },
+        1_001,
+    );
+    assert_eq!(ga.entries()[&a], own, "our entry stays as it was");
+    assert_eq!(ga.generation(), generation, "nothing changed");
+    assert!(
+        ga.take_outbox().is_empty(),
+        "nothing to flood: {:?}",
+        ga.entries()[&a].version
+    );
+}
+
+#[test]
 fn departed_peers_age_out_and_do_not_come_back() {
     let edges = BTreeSet::from([(0, 1), (1, 2)]);
     let mut sim = Sim::new(3, &edges);

@@ -50,7 +50,10 @@ fn main() -> Result<()> {
     if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
         bail!("no full mesh within 60 s");
     }
-    println!("full mesh of {peers} after {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "full mesh of {peers} after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
     println!("pids {pids:?}");
     // SAFETY: sysconf has no preconditions.
