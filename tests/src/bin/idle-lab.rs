@@ -2,7 +2,9 @@
 //! [EXTRA MESHD ARGS...]`. Starts PEERS meshd (password mode, each given the first as its
 //! peer), waits for the full mesh, then prints every 5 s each process's CPU over that window
 //! (mean and max, percent of one core) for SECONDS, and removes everything. The pids are
-//! printed first, for `perf record -p`.
+//! printed first, for `perf record -p`. With `IDLE_LAB_STOP=S` in the environment, the last
+//! meshd is SIGSTOPped S seconds into the run for 5 s, and the time until the mesh is whole
+//! again after SIGCONT is printed.
 
 use std::time::{Duration, Instant};
 
@@ -58,8 +60,29 @@ fn main() -> Result<()> {
     println!("pids {pids:?}");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let stop_at: Option<u64> = std::env::var("IDLE_LAB_STOP")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut stopped = false;
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
+        if let Some(at) = stop_at
+            && !stopped
+            && t0.elapsed() >= Duration::from_secs(at)
+        {
+            stopped = true;
+            let pid = *pids.last().expect("peers > 0") as i32;
+            // SAFETY: signalling a child process we started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(Duration::from_secs(5));
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            let resumed = Instant::now();
+            let whole = wait_until(Duration::from_secs(60), || full_mesh(&nodes));
+            println!(
+                "stopped the last meshd for 5 s; mesh whole again {:.1} s after SIGCONT ({whole})",
+                resumed.elapsed().as_secs_f64()
+            );
+        }
         let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
         let t = Instant::now();
         std::thread::sleep(Duration::from_secs(5));
