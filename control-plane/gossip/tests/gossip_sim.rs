@@ -12,14 +12,18 @@ use mesh_gossip::{
 fn a_thousand_peers_converge_in_logarithmic_rounds_with_bounded_bytes() {
     let r = sim::run(1000, 2, 7).expect("the simulation converges");
     println!("{r:?}");
-    // A random graph of 1000 peers with degree ~6 has a diameter around 5-7 hops; flooding
-    // reaches everyone in about that many rounds. 3 * log2(1000) ~ 30 is a generous bound that a
-    // linear-time protocol would blow through.
-    assert!(r.rounds_to_converge <= 30, "{r:?}");
-    assert!(r.rounds_to_reconverge_after_failure <= 30, "{r:?}");
-    // Each peer's own entry (~100 bytes) reaches each peer over a handful of links: the
-    // per-peer cost grows with N (the state is N entries), but stays in the megabyte range.
-    assert!(r.bytes_per_peer_max < 4_000_000, "{r:?}");
+    // The simulation is deterministic (seeded graph, no clock), so these bounds are the
+    // measured figures with a little room, not guesses: a random graph of 1000 peers with
+    // degree ~6 has a diameter of 5-7 hops, and flooding converges in 7 rounds (6 after the
+    // best-connected peer dies). A protocol that floods in loops or replays old versions
+    // blows through these.
+    assert!(r.rounds_to_converge <= 8, "{r:?}");
+    assert!(r.rounds_to_reconverge_after_failure <= 8, "{r:?}");
+    // Each peer's entry (~100 bytes, plus a 44-byte key and a 64-byte signature) reaches each
+    // peer over a handful of links: measured 1036 KiB per peer on average, 2028 KiB at most
+    // (docs/architecture.md).
+    assert!(r.bytes_per_peer_mean < 1.1 * 1024.0 * 1024.0, "{r:?}");
+    assert!(r.bytes_per_peer_max < 2_200_000, "{r:?}");
 }
 
 #[test]

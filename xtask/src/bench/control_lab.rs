@@ -29,6 +29,93 @@ pub struct ControlLab {
     pub rss_kib_max: u64,
 }
 
+/// Each process's CPU over the next `window`, percent of one core.
+fn cpu_percent(pids: &[u32], window: Duration) -> Vec<f64> {
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let hz = clock_ticks_per_second();
+    pids.iter()
+        .zip(&before)
+        .map(|(p, b)| (cpu_ticks(*p) - b) as f64 / hz / elapsed * 100.0)
+        .collect()
+}
+
+/// A lab of idle meshd, the shape that once stormed (issue 10): each given only the first
+/// as its peer, password mode, no traffic.
+#[derive(Debug, Serialize)]
+pub struct IdleLab {
+    pub peers: usize,
+    /// How long after the full mesh formed the measurement started.
+    pub settle_s: u64,
+    /// CPU per meshd over the measurement window, percent of one core.
+    pub cpu_percent_mean: f64,
+    pub cpu_percent_max: f64,
+    /// One meshd SIGSTOPped for 5 s, then resumed: until every meshd sees every other
+    /// established again, and the CPU per meshd over the window after that.
+    pub stopped_rejoin_s: Option<f64>,
+    pub cpu_percent_mean_after_stop: Option<f64>,
+    pub cpu_percent_max_after_stop: Option<f64>,
+}
+
+fn mean_max(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().sum::<f64>() / v.len().max(1) as f64,
+        v.iter().copied().fold(0.0, f64::max),
+    )
+}
+
+pub fn idle(peers: usize, settle_s: u64, window_s: u64, stop_one: bool) -> Result<IdleLab> {
+    let mut lab = Lab::new("bench-idle")?;
+    let hosts = (1..=peers)
+        .map(|i| lab.add_host(&format!("i{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let pw = lab.password_file("bench", "bench password")?;
+    let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
+    let seed = hosts[0].addr.to_string();
+    let mut nodes: Vec<Meshd> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let mut args = vec!["--password-file", pw.as_str()];
+        if i > 0 {
+            args.push(&seed);
+        }
+        nodes.push(lab.start_meshd(h, &args)?);
+    }
+    if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
+        bail!("{peers} meshd did not form a full mesh within 60 s");
+    }
+    std::thread::sleep(Duration::from_secs(settle_s));
+    let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
+    let window = Duration::from_secs(window_s);
+    let (cpu_percent_mean, cpu_percent_max) = mean_max(&cpu_percent(&pids, window));
+    let mut out = IdleLab {
+        peers,
+        settle_s,
+        cpu_percent_mean,
+        cpu_percent_max,
+        stopped_rejoin_s: None,
+        cpu_percent_mean_after_stop: None,
+        cpu_percent_max_after_stop: None,
+    };
+    if stop_one {
+        let pid = *pids.last().context("at least one meshd")? as i32;
+        // SAFETY: signals to a meshd this lab started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(5));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let resumed = Instant::now();
+        if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
+            bail!("the mesh was not whole within 60 s of resuming a stopped meshd");
+        }
+        out.stopped_rejoin_s = Some(resumed.elapsed().as_secs_f64());
+        let (mean, max) = mean_max(&cpu_percent(&pids, window));
+        out.cpu_percent_mean_after_stop = Some(mean);
+        out.cpu_percent_max_after_stop = Some(max);
+    }
+    Ok(out)
+}
+
 /// utime + stime of `pid` in clock ticks (0 once it is gone).
 fn cpu_ticks(pid: u32) -> u64 {
     proc_cpu_ticks(pid).unwrap_or(0)
@@ -60,16 +147,7 @@ pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
     // Let the joins settle (duplicate connections from simultaneous dials are being resolved).
     std::thread::sleep(Duration::from_secs(5));
     let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
-    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(idle_secs));
-    let elapsed = t0.elapsed().as_secs_f64();
-    let hz = clock_ticks_per_second();
-    let cpu: Vec<f64> = pids
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| (cpu_ticks(*p) - b) as f64 / hz / elapsed * 100.0)
-        .collect();
+    let cpu = cpu_percent(&pids, Duration::from_secs(idle_secs));
     let rss: Vec<u64> = pids.iter().filter_map(|p| proc_rss_kib(*p)).collect();
 
     // Reroute: n1 and n2 can no longer talk directly.

@@ -252,10 +252,24 @@ pub fn run(args: Args) -> Result<()> {
                 Ok(l) => (Some(l), Status::Measured),
                 Err(e) => (None, Status::Failed(format!("{e:#}"))),
             };
+            // The shape that once stormed: measured after the mesh settled, and after one
+            // meshd was stopped for 5 s (quick: a short look, for CI).
+            let (settle, window) = if args.quick { (3, 3) } else { (30, 20) };
+            let sizes: &[usize] = if args.quick { &[16] } else { &[16, 24] };
+            let (mut idle, mut idle_failed) = (Vec::new(), Vec::new());
+            for &n in sizes {
+                println!("bench: {n} idle meshd, {settle} s after the mesh formed");
+                match control_lab::idle(n, settle, window, n == 16) {
+                    Ok(l) => idle.push(l),
+                    Err(e) => idle_failed.push(format!("idle lab of {n}: {e:#}")),
+                }
+            }
             ControlPlane {
                 simulation,
                 lab,
                 lab_status,
+                idle,
+                idle_failed,
             }
         },
     };
@@ -293,6 +307,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Status::Failed(why) = &report.control_plane.lab_status {
         failures.push(format!("control plane lab: {why}"));
     }
+    failures.extend(report.control_plane.idle_failed.iter().cloned());
     if !failures.is_empty() {
         bail!(
             "some systems could not be measured:\n{}",

@@ -23,6 +23,10 @@ pub struct ControlPlane {
     /// Join, failure detection and reroute timings in the namespace lab, and meshd's cost at
     /// rest with that many peers.
     pub lab: Option<super::control_lab::ControlLab>,
+    /// Idle labs of 16 and 24 meshd (issue 10's storm): CPU per meshd at rest.
+    pub idle: Vec<super::control_lab::IdleLab>,
+    /// Idle labs that could not be measured, and why.
+    pub idle_failed: Vec<String>,
     pub lab_status: Status,
 }
 
@@ -210,6 +214,22 @@ impl Report {
                 l.rss_kib_max as f64 / 1024.0,
             ),
             (None, status) => println!("control plane (lab timings): {status:?}"),
+        }
+        for l in &self.control_plane.idle {
+            print!(
+                "control plane (idle lab, {} meshd, {} s after forming): each meshd {:.2}% CPU mean, {:.2}% max (target < 1.5%)",
+                l.peers, l.settle_s, l.cpu_percent_mean, l.cpu_percent_max
+            );
+            match (
+                l.stopped_rejoin_s,
+                l.cpu_percent_mean_after_stop,
+                l.cpu_percent_max_after_stop,
+            ) {
+                (Some(r), Some(m), Some(x)) => println!(
+                    "; one meshd stopped 5 s: whole again {r:.2} s after SIGCONT, then {m:.2}% mean, {x:.2}% max"
+                ),
+                _ => println!(),
+            }
         }
         println!(
             "cpu/Gbps: CPU cores used by the overlay's own processes per Gbit/s (1 stream); '-' where it has none"
