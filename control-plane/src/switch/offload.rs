@@ -265,6 +265,23 @@ fn tcp_layout(frame: &[u8]) -> Option<(bool, usize, usize)> {
     Some((v6, tcp_at, tcp_at + tcp_len))
 }
 
+/// Whether the IPv4 header checksum (if any) and the TCP checksum of `frame` are right. A
+/// super-frame goes to the TAP marked "checksum to be computed", which vouches for every byte
+/// in it: a segment damaged on the way (the UDP checksum is 0, and a plaintext link has no
+/// AEAD) must not be joined, so that the receiving stack checks it alone and drops it.
+fn checksums_ok(frame: &[u8], v6: bool, tcp_at: usize) -> bool {
+    let tcp_len = (frame.len() - tcp_at) as u64;
+    let pseudo = if v6 {
+        sum16(0, &frame[ETH + 8..ETH + 40]) + tcp_len + 6
+    } else {
+        if fold(sum16(0, &frame[ETH..tcp_at])) != 0xffff {
+            return false;
+        }
+        sum16(0, &frame[ETH + 12..ETH + 20]) + tcp_len + 6
+    };
+    fold(sum16(pseudo, &frame[tcp_at..])) == 0xffff
+}
+
 impl Coalescer {
     /// Adds `frame` to the current run, or starts one. False: it cannot join (finish the run
     /// and write `frame` as it is).
@@ -272,6 +289,9 @@ impl Coalescer {
         let Some((v6, tcp_at, hdrs)) = tcp_layout(frame) else {
             return false;
         };
+        if !checksums_ok(frame, v6, tcp_at) {
+            return false;
+        }
         let payload = frame.len() - hdrs;
         let flags = frame[tcp_at + 13];
         // Plain ACK with data, or ACK|PSH (which ends a run).
@@ -560,5 +580,32 @@ mod tests {
         assert_eq!(&lone[VNET_HDR_LEN..], &segs[2][..]);
         assert!(!c.push(&[0u8; 20]), "not TCP");
         assert!(c.finish().is_none());
+    }
+
+    #[test]
+    fn a_damaged_segment_is_not_joined_and_vouched_for() {
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        wire_frames(&hdr, &mut tcp4(3000, false), &mut Vec::new(), |s| {
+            segs.push(s.to_vec())
+        })
+        .unwrap();
+        let mut damaged = segs[1].clone();
+        damaged[ETH + 20 + 20 + 100] ^= 0x40; // one payload bit
+        let mut c = Coalescer::default();
+        assert!(c.push(&segs[0]));
+        assert!(!c.push(&damaged), "a segment with a bad TCP checksum");
+        // It goes to the TAP alone, as it came (no "checksum to be computed"): the stack
+        // checks it and drops it, and the sender retransmits.
+        c.finish();
+        assert!(!c.push(&damaged), "not the start of a run either");
+        let mut bad_ip = segs[1].clone();
+        bad_ip[ETH + 8] -= 1; // TTL, without fixing the header checksum
+        assert!(!c.push(&bad_ip), "a bad IPv4 header checksum");
+        assert!(c.push(&segs[1]), "the intact segment still joins");
     }
 }
