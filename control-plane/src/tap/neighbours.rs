@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     time::{Duration, Instant},
 };
@@ -109,6 +109,10 @@ pub struct Neighbours {
     /// The links claiming each short id, oldest first; the first one carries frames to it.
     /// Two links share a short id only until gossip settles who keeps it.
     by_peer: HashMap<ShortId, Vec<LinkId>>,
+    /// Plaintext links by their neighbour's IP: without keys the source address is how a
+    /// plain frame's sender is known. Usually one link per IP; two hosts behind one NAT share
+    /// it (and are told apart by port, then by the frame's origin).
+    plain_by_ip: HashMap<IpAddr, Vec<LinkId>>,
     /// Whether the mesh authenticates (a password or certificates): links are sealed unless
     /// both ends trust each other's subnet.
     encrypted: bool,
@@ -128,6 +132,7 @@ impl Neighbours {
         Neighbours {
             links: HashMap::new(),
             by_peer: HashMap::new(),
+            plain_by_ip: HashMap::new(),
             encrypted,
             max_datagram: overlay_mtu + overhead,
             min_datagram: min_overlay_mtu + overhead,
@@ -224,6 +229,12 @@ impl Neighbours {
             },
         );
         self.index(link, spec.peer);
+        if !self.links[&link].sealed() {
+            self.plain_by_ip
+                .entry(spec.addr.ip())
+                .or_default()
+                .push(link);
+        }
         true
     }
 
@@ -231,6 +242,32 @@ impl Neighbours {
     pub fn remove_link(&mut self, link: LinkId) {
         if let Some(n) = self.links.remove(&link) {
             self.unindex(link, n.peer);
+            if !n.sealed() {
+                self.unindex_plain(link, n.addr.ip());
+            }
+        }
+    }
+
+    fn unindex_plain(&mut self, link: LinkId, ip: IpAddr) {
+        if let Some(links) = self.plain_by_ip.get_mut(&ip) {
+            links.retain(|l| *l != link);
+            if links.is_empty() {
+                self.plain_by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// The plaintext link a plain datagram from `from` with `header` came over: the one link
+    /// at that IP; among several (one NAT in front of more than one host) the one at exactly
+    /// that address, else the one whose peer the frame names as its sender.
+    fn plain_link(&self, from: SocketAddr, header: &Header) -> Option<LinkId> {
+        match self.plain_by_ip.get(&from.ip())?.as_slice() {
+            [one] => Some(*one),
+            several => several
+                .iter()
+                .find(|l| self.links[l].addr == from)
+                .or_else(|| several.iter().find(|l| self.links[l].peer == header.origin))
+                .copied(),
         }
     }
 
@@ -396,17 +433,20 @@ impl Neighbours {
         } else {
             // Without keys, the source address is all there is to go by: only plaintext links
             // take plain frames.
-            let link = self
-                .links
-                .iter()
-                .find(|(_, n)| !n.sealed() && n.addr.ip() == from.ip())
-                .map(|(l, _)| *l)
-                .ok_or(if self.encrypted {
+            let (h, inner) = Header::parse(datagram).map_err(|_| {
+                if self.plain_by_ip.contains_key(&from.ip()) {
+                    DropReason::Malformed
+                } else if self.encrypted {
                     DropReason::Unsealed
                 } else {
                     DropReason::UnknownSender
-                })?;
-            let (h, inner) = Header::parse(datagram).map_err(|_| DropReason::Malformed)?;
+                }
+            })?;
+            let link = self.plain_link(from, &h).ok_or(if self.encrypted {
+                DropReason::Unsealed
+            } else {
+                DropReason::UnknownSender
+            })?;
             (link, h, HEADER_LEN..HEADER_LEN + inner.len())
         };
         let n = self.links.get_mut(&link).expect("found above");
@@ -430,7 +470,7 @@ impl Neighbours {
                     }
                     Seen::Challenged => false,
                 }
-            } else if n.addr.ip() == from.ip() || !n.observed {
+            } else if n.addr.ip() == from.ip() {
                 n.addr = from;
                 true
             } else {
@@ -638,6 +678,46 @@ mod tests {
             Err(DropReason::UnknownSender)
         );
         assert!(plain_nb.accept(&mut plain, from).is_ok());
+    }
+
+    #[test]
+    fn plain_neighbours_behind_one_nat_are_told_apart() {
+        // Peers 1 and 3 behind one NAT address: their data comes from two ports of one IP.
+        let mut nb = Neighbours::new(false, 1450, 1280);
+        nb.set_me(ShortId::from_wire(2));
+        let (p1, p3) = (ShortId::from_wire(1), ShortId::from_wire(3));
+        nb.add_link(LinkId(1), spec(1, 6784, None, false), 0);
+        nb.add_link(LinkId(3), spec(3, 6790, None, false), 0);
+        let at = |port| SocketAddr::from(([198, 18, 0, 1], port));
+        let datagram = |origin: u32, heartbeat: bool| {
+            let mut d = vec![0u8; HEADER_LEN + 60];
+            Header {
+                heartbeat,
+                ..frame_header(origin)
+            }
+            .write((&mut d[..HEADER_LEN]).try_into().unwrap());
+            d
+        };
+        // Each port is its own neighbour, whichever was added first (before: the first link
+        // found at that IP took both).
+        assert_eq!(nb.accept(&mut datagram(1, false), at(6784)).unwrap().2, p1);
+        assert_eq!(nb.accept(&mut datagram(3, false), at(6790)).unwrap().2, p3);
+        assert_eq!(nb.get(LinkId(1)).unwrap().traffic.rx_packets, 1);
+        assert_eq!(nb.get(LinkId(3)).unwrap().traffic.rx_packets, 1);
+        // The NAT rebinds 3 to another port: its heartbeat names it, and its address follows.
+        assert_eq!(nb.accept(&mut datagram(3, true), at(6791)).unwrap().2, p3);
+        assert_eq!(nb.get(LinkId(3)).unwrap().addr, at(6791));
+        assert_eq!(nb.get(LinkId(1)).unwrap().addr, at(6784), "1 stays");
+        // A frame 3 relays for 1 (origin 1) from 3's new address is 3's.
+        assert_eq!(nb.accept(&mut datagram(1, false), at(6791)).unwrap().2, p3);
+        // Gone links are gone from the index.
+        nb.remove_link(LinkId(1));
+        assert_eq!(nb.accept(&mut datagram(3, false), at(6791)).unwrap().2, p3);
+        nb.remove_link(LinkId(3));
+        assert_eq!(
+            nb.accept(&mut datagram(3, false), at(6791)),
+            Err(DropReason::UnknownSender)
+        );
     }
 
     #[test]
