@@ -491,6 +491,13 @@ impl Lab {
         }
     }
 
+    /// The exit code of a process that has ended (None while it runs, or if a signal ended
+    /// it).
+    pub fn exit_code(&mut self, id: ProcId) -> Option<i32> {
+        let c = self.procs[id.0].child.as_mut()?;
+        c.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     /// Kills a process with SIGKILL (a crash, as far as it is concerned) and reaps it.
     pub fn kill(&mut self, id: ProcId) -> Result<()> {
         if let Some(mut c) = self.procs[id.0].child.take() {

@@ -372,13 +372,14 @@ impl Agent {
         self.listen
     }
 
-    /// Runs until `shutdown` resolves; hands back the kernel datapath, for the caller to
-    /// remove or leave in place.
+    /// Runs until `shutdown` resolves, or the datapath fails; hands back the datapath, for the
+    /// caller to remove or leave in place, and the failure if that is why it ended.
     pub async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> Option<Box<dyn Datapath>> {
+    ) -> (Option<Box<dyn Datapath>>, Option<String>) {
+        let mut failure = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         // A starved control thread skips the ticks it missed instead of running them back to
         // back (tokio's default), which only deepens the starvation.
@@ -388,7 +389,13 @@ impl Agent {
             tokio::select! {
                 Some(ev) = rx.recv() => self.handle(ev),
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
-                _ = tick.tick() => self.tick(),
+                _ = tick.tick() => {
+                    failure = self.datapath.as_ref().and_then(|d| d.failure());
+                    if failure.is_some() {
+                        break;
+                    }
+                    self.tick();
+                }
                 _ = &mut shutdown => break,
             }
             self.flush();
@@ -397,7 +404,7 @@ impl Agent {
         self.endpoint
             .close(close::SHUTDOWN.into(), b"meshd shutting down");
         let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
-        self.datapath.take()
+        (self.datapath.take(), failure)
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {

@@ -356,7 +356,15 @@ async fn run(args: Args) -> Result<()> {
             _ = term.recv() => {}
         }
     };
-    let datapath = agent.run(rx, shutdown).await;
+    let (datapath, failure) = agent.run(rx, shutdown).await;
+    let _ = std::fs::remove_file(&socket);
+    if let Some(why) = failure {
+        // Like a crash: pinned kernel state stays (the next meshd adopts it and forwarding
+        // between known peers goes on meanwhile), and the exit status says it failed.
+        bail!(
+            "the data path failed: {why}. meshd exits so that a fresh one is started (systemd:              Restart=on-failure); the peers have stopped sending through this host"
+        );
+    }
     // A clean stop leaves nothing behind: no pinned program or map, no keeper, no TAP device.
     if let Some(d) = datapath
         && let Err(e) = d.stop()
@@ -367,7 +375,6 @@ async fn run(args: Args) -> Result<()> {
         tap::keeper::stop(&args.run_dir);
     }
     tracing::info!("meshd stopped");
-    let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 

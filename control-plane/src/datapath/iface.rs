@@ -72,6 +72,10 @@ pub trait Datapath: Send {
     /// The MAC table, freshest entry per MAC: (MAC, peer, age in ms).
     fn fdb(&self) -> Vec<(Mac, ShortId, u64)>;
     fn info(&self) -> DatapathInfo;
+    /// Why the datapath stopped working, if it did (its TAP device was deleted, a read
+    /// failed). Not recoverable in place: the agent ends meshd with this reason, so that the
+    /// service manager starts a fresh one instead of peers sending into a hole.
+    fn failure(&self) -> Option<String>;
     /// Ends the datapath on a clean stop, removing what it leaves in the system.
     fn stop(self: Box<Self>) -> Result<()>;
 }

@@ -153,6 +153,10 @@ impl Datapath for KernelPath {
         self.tap.info()
     }
 
+    fn failure(&self) -> Option<String> {
+        self.tap.failure()
+    }
+
     fn stop(self: Box<Self>) -> Result<()> {
         // A clean stop leaves no pinned program or map behind.
         Ok(self.kernel.remove()?)

@@ -60,6 +60,10 @@ pub struct Counters {
     pub too_big: AtomicU64,
     /// Oversize IPv4 packets without DF, split into fragments.
     pub fragmented: AtomicU64,
+    /// Writes to the TAP device that failed (the frame is lost).
+    pub tap_write_errors: AtomicU64,
+    /// Datagram sends that failed (their frames are lost).
+    pub send_errors: AtomicU64,
 }
 
 impl Counters {
@@ -76,6 +80,8 @@ impl Counters {
             ("tap_delivered", g(&self.delivered)),
             ("tap_too_big_answered", g(&self.too_big)),
             ("tap_fragmented", g(&self.fragmented)),
+            ("tap_write_errors", g(&self.tap_write_errors)),
+            ("tap_send_errors", g(&self.send_errors)),
         ];
         v.extend(
             DropReason::ALL
@@ -119,9 +125,28 @@ pub struct Shared {
     pub tap_name: String,
     pub bridge: String,
     started: Instant,
+    /// Why the data path stopped, once it has (the TAP device went away, a read failed):
+    /// heartbeats stop with it, and the agent ends meshd (see `Datapath::failure`).
+    failure: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// Records that the data path cannot go on; the first reason is kept.
+    fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(error = why, "the data path stopped");
+            *f = Some(why);
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -250,6 +275,10 @@ impl Datapath for TapDatapath {
         }
     }
 
+    fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
     fn stop(self: Box<Self>) -> Result<()> {
         // The data path thread and the TAP device end with the process.
         Ok(())
@@ -305,6 +334,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         tap_name: cfg.tap.clone(),
         bridge: cfg.bridge.clone(),
         started: Instant::now(),
+        failure: Mutex::new(None),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();

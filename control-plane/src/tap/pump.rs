@@ -19,8 +19,8 @@ use crate::switch::{
 
 pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let a = tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone()));
-    let b = tokio::spawn(net_to_tap(shared.clone(), tap, sock.clone()));
-    let c = tokio::spawn(heartbeats(shared, sock));
+    let b = tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone()));
+    let c = tokio::spawn(heartbeats(shared, tap, sock));
     let _ = tokio::join!(a, b, c);
 }
 
@@ -44,7 +44,10 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         let n = match tap.recv(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(error = %e, "reading the TAP device failed; data path stopped");
+                shared.fail(format!(
+                    "reading the TAP device {} failed: {e}",
+                    shared.tap_name
+                ));
                 return;
             }
         };
@@ -168,7 +171,12 @@ async fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
                     .tx_frames
                     .fetch_add(count as u64, Ordering::Relaxed);
             }
-            Err(e) => tracing::debug!(error = %e, %addr, "sending frames failed"),
+            Err(e) => {
+                // Counted (meshctl status); one peer unreachable for a moment is no news for
+                // the log.
+                bump(&shared.counters.send_errors);
+                tracing::debug!(error = %e, %addr, "sending frames failed");
+            }
         }
     }
     batcher.clear();
@@ -280,14 +288,22 @@ async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) 
         tap.send(bytes).await
     };
     if let Err(e) = written {
-        tracing::debug!(error = %e, "writing to the TAP device");
+        bump(&shared.counters.tap_write_errors);
+        match e.raw_os_error() {
+            // The device is gone or detached: nothing written from now on arrives.
+            Some(libc::EBADFD | libc::ENODEV | libc::EIO) => shared.fail(format!(
+                "writing to the TAP device {} failed: {e}",
+                shared.tap_name
+            )),
+            _ => tracing::debug!(error = %e, "writing to the TAP device"),
+        }
     }
 }
 
 /// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our
 /// data path works, and the largest datagram it got through to us lately; some are padded into
 /// path-MTU probes.
-async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
+async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     // Late heartbeats are not made up for in a burst (see the agent's tick).
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,6 +312,14 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
     let mut challenge = Vec::with_capacity(65536);
     loop {
         tick.tick().await;
+        // Heartbeats say "my data path works": they stop when it does not, so that peers
+        // route around this host while its control connections still look fine.
+        if let Err(e) = tap.attached() {
+            shared.fail(format!("the TAP device {} is gone: {e}", shared.tap_name));
+        }
+        if shared.failure().is_some() {
+            return;
+        }
         let Some(me) = shared.table.read().expect("table lock").me else {
             continue;
         };
@@ -328,10 +352,14 @@ async fn heartbeats(shared: Arc<Shared>, sock: Arc<DataSocket>) {
                 (addr, candidate)
             };
             if let Some(addr) = addr {
-                let _ = sock.send_to(&out, addr).await;
+                if sock.send_to(&out, addr).await.is_err() {
+                    bump(&shared.counters.send_errors);
+                }
             }
             if let Some(candidate) = candidate {
-                let _ = sock.send_to(&challenge, candidate).await;
+                if sock.send_to(&challenge, candidate).await.is_err() {
+                    bump(&shared.counters.send_errors);
+                }
             }
         }
     }

@@ -86,6 +86,18 @@ impl Tap {
         Ok(Tap { fd })
     }
 
+    /// Whether the device is still there: deleting it (`ip link del`) detaches our queue
+    /// without waking a pending read, so a blocked reader alone would never notice.
+    pub fn attached(&self) -> io::Result<()> {
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF fills an ifreq.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNGETIFF, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Reads one frame, its virtio-net header first.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.fd
