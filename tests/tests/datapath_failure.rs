@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, Mode, full_mesh, peer, pings, start_mesh_in},
+    mesh::{Meshd, Mode, full_mesh, peer, pings, start_mesh_in, tap_counter},
     wait_until,
 };
 
@@ -63,4 +63,55 @@ fn a_tap_device_deleted_under_meshd_ends_it_with_the_reason_and_peers_route_arou
         state(&nodes[0], "gb") != "established" && state(&nodes[2], "gb") != "established"
     }));
     assert!(pings(&lab, &ca, &cc));
+}
+
+#[test]
+fn sends_that_fail_are_counted_and_meshd_recovers_when_the_underlay_returns() {
+    let mut lab = Lab::new("sendfail").unwrap();
+    let hosts = [lab.add_host("sa").unwrap(), lab.add_host("sb").unwrap()];
+    let ca = lab
+        .add_container(&hosts[0], "sca", Some("10.53.0.1/24"))
+        .unwrap();
+    let cb = lab
+        .add_container(&hosts[1], "scb", Some("10.53.0.2/24"))
+        .unwrap();
+    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapSealed).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || pings(
+        &lab, &ca, &cb
+    )));
+    assert_eq!(tap_counter(&nodes[0], "tap_send_errors"), 0);
+
+    // sa's underlay goes down: its route goes with it, and every send fails at once
+    // (ENETUNREACH) until the control connection times out and the link is dropped.
+    let ip = |lab: &Lab, args: &[&str]| {
+        let out = lab.exec(&hosts[0].ns, "ip", args).unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    ip(&lab, &["link", "set", "u0", "down"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            tap_counter(&nodes[0], "tap_send_errors") > 0
+        }),
+        "failed sends were not counted"
+    );
+    assert!(
+        lab.is_running(nodes[0].proc),
+        "a failing send is no reason to stop"
+    );
+    ip(&lab, &["link", "set", "u0", "up"]);
+    ip(
+        &lab,
+        &[
+            "addr",
+            "replace",
+            &format!("{}/24", hosts[0].addr),
+            "dev",
+            "u0",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(30), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || pings(
+        &lab, &ca, &cb
+    )));
 }

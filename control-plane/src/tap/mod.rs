@@ -17,7 +17,7 @@ mod vnet;
 
 use std::{
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -131,6 +131,10 @@ pub struct Shared {
 }
 
 impl Shared {
+    // Locks are taken through `PoisonError::into_inner`: a panic on the data path thread (a
+    // bug) poisons them, and the agent must still be able to read them, see the failure
+    // (`failure`) and end meshd with the reason, instead of panicking on the lock.
+
     /// Records that the data path cannot go on; the first reason is kept.
     fn fail(&self, why: String) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,12 +156,14 @@ impl Shared {
     }
 
     fn neighbours(&self) -> std::sync::MutexGuard<'_, Neighbours> {
-        self.neighbours.lock().expect("neighbours lock")
+        self.neighbours
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Installs a new forwarding table (after a topology change).
     pub fn set_table(&self, table: Table) {
-        *self.table.write().expect("table lock") = Arc::new(table);
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
     }
 
     /// Our own short id (first set, or moved by gossip).
@@ -200,13 +206,16 @@ impl Shared {
 
     /// The forwarding table last published.
     pub fn table(&self) -> Arc<Table> {
-        self.table.read().expect("table lock").clone()
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The MAC table: (mac, peer, age in ms).
     pub fn fdb_entries(&self) -> Vec<([u8; 6], ShortId, u64)> {
         let now = self.now_ms();
-        let fdb = self.fdb.lock().expect("fdb lock");
+        let fdb = self.fdb.lock().unwrap_or_else(PoisonError::into_inner);
         fdb.entries()
             .map(|(m, (p, t))| (*m, *p, now.saturating_sub(*t)))
             .collect()

@@ -4,7 +4,11 @@
 //! 64 KiB TCP super-frame, cut into segments that leave in one GSO send; one socket read may
 //! carry many coalesced datagrams.
 
-use std::{ops::Range, sync::Arc, sync::atomic::Ordering, time::Instant};
+use std::{
+    ops::Range,
+    sync::{Arc, PoisonError, atomic::Ordering},
+    time::Instant,
+};
 
 use mesh_common::DropReason;
 
@@ -18,10 +22,32 @@ use crate::switch::{
 };
 
 pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
-    let a = tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone()));
-    let b = tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone()));
-    let c = tokio::spawn(heartbeats(shared, tap, sock));
-    let _ = tokio::join!(a, b, c);
+    let mut a = tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone()));
+    let mut b = tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone()));
+    let mut c = tokio::spawn(heartbeats(shared.clone(), tap, sock));
+    // None of them ends while the data path works: whichever ends first (an error it
+    // recorded, or a panic) ends the data path, and the agent ends meshd with the reason.
+    let (which, ended) = tokio::select! {
+        r = &mut a => ("reading the TAP device", r),
+        r = &mut b => ("receiving from peers", r),
+        r = &mut c => ("sending heartbeats", r),
+    };
+    let why = match ended {
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("the data path's task {which} panicked (a bug; please report it): {msg}")
+        }
+        _ => format!("the data path's task {which} ended"),
+    };
+    shared.fail(why);
+    for t in [a, b, c] {
+        t.abort();
+    }
 }
 
 /// What processing one TAP read produced besides datagrams: ICMP answers for the bridge.
@@ -56,7 +82,11 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             shared.counters.dropped(DropReason::Malformed);
             continue;
         };
-        let table = shared.table.read().expect("table lock").clone();
+        let table = shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let frame = &mut buf[VNET_HDR_LEN..n];
         let made = offload::wire_frames(&hdr, frame, &mut segments, |f| {
             local_frame(&shared, &table, f, &mut local)
@@ -94,7 +124,7 @@ fn local_frame(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) 
 /// path to a next hop is answered like any oversize frame (ICMP, or split).
 fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
     {
-        let fdb = shared.fdb.lock().expect("fdb lock");
+        let fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
         forward::from_local(table, &fdb, frame, shared.now_ms(), |to, h| {
             local.sends.push((to, h))
         });
@@ -198,7 +228,11 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             }
         };
         bump(&shared.counters.udp_receives);
-        let table = shared.table.read().expect("table lock").clone();
+        let table = shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut at = 0;
         while at < n {
             let end = (at + seg.max(1)).min(n);
@@ -219,7 +253,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             let inner = chunk + inner.start..chunk + inner.end;
             let frame = &buf[inner.clone()];
             let decision = {
-                let mut fdb = shared.fdb.lock().expect("fdb lock");
+                let mut fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
                 forward::from_peer(
                     &table,
                     &mut fdb,
@@ -320,7 +354,12 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         if shared.failure().is_some() {
             return;
         }
-        let Some(me) = shared.table.read().expect("table lock").me else {
+        let Some(me) = shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .me
+        else {
             continue;
         };
         // Every link, also one whose short id is still being settled: it stays alive.
@@ -351,15 +390,15 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 });
                 (addr, candidate)
             };
-            if let Some(addr) = addr {
-                if sock.send_to(&out, addr).await.is_err() {
-                    bump(&shared.counters.send_errors);
-                }
+            if let Some(addr) = addr
+                && sock.send_to(&out, addr).await.is_err()
+            {
+                bump(&shared.counters.send_errors);
             }
-            if let Some(candidate) = candidate {
-                if sock.send_to(&challenge, candidate).await.is_err() {
-                    bump(&shared.counters.send_errors);
-                }
+            if let Some(candidate) = candidate
+                && sock.send_to(&challenge, candidate).await.is_err()
+            {
+                bump(&shared.counters.send_errors);
             }
         }
     }
