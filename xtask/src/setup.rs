@@ -17,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "procps",
+    // tests/tests/slow_disk.rs makes fsync slow with strace's fault injection.
+    "strace",
     // The boringtun reference lab (`cargo xtask bench`) configures boringtun with `wg`.
     "wireguard-tools",
     // The bench chart's font.

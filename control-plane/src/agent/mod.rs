@@ -567,9 +567,14 @@ impl Agent {
                     }
                 }
             }
-            Event::Api { request, reply } => {
-                let _ = reply.send(self.answer(request));
-            }
+            Event::Api { request, reply } => match request {
+                // These change peers.json: the answer waits for the write, the agent does not.
+                request::Kind::Connect(t) => self.connect(t.targets, reply),
+                request::Kind::Forget(t) => self.forget(t.targets, reply),
+                other => {
+                    let _ = reply.send(self.answer(other));
+                }
+            },
         }
     }
 
@@ -824,16 +829,30 @@ impl Agent {
             },
             request::Kind::Peers(_) => response::Kind::Peers(self.peers()),
             request::Kind::Routes(_) => response::Kind::Routes(self.routes()),
-            request::Kind::Connect(t) => self.connect(t.targets),
-            request::Kind::Forget(t) => self.forget(t.targets),
+            request::Kind::Connect(_) | request::Kind::Forget(_) => {
+                unreachable!("answered by connect/forget")
+            }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
         }
     }
 
-    fn connect(&mut self, list: Vec<String>) -> response::Kind {
+    /// Answers `reply` with `done` once peers.json is written, or with why it could not be.
+    fn persist_then_reply(&mut self, reply: oneshot::Sender<response::Kind>, done: response::Kind) {
+        let saved = self.store.save_in_background(&self.targets);
+        tokio::spawn(async move {
+            let answer = match saved.await {
+                Ok(()) => done,
+                Err(e) => response::Kind::Error(format!("{e:#}")),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn connect(&mut self, list: Vec<String>, reply: oneshot::Sender<response::Kind>) {
         for t in &list {
             if let Err(e) = validate_target(t) {
-                return response::Kind::Error(format!("{e:#}"));
+                let _ = reply.send(response::Kind::Error(format!("{e:#}")));
+                return;
             }
         }
         for t in &list {
@@ -844,13 +863,11 @@ impl Agent {
             target.persistent = true;
             target.next_attempt = Instant::now();
         }
-        if let Err(e) = self.store.save(&self.targets) {
-            return response::Kind::Error(format!("{e:#}"));
-        }
-        response::Kind::Done(format!("connecting to {}", list.join(", ")))
+        let done = response::Kind::Done(format!("connecting to {}", list.join(", ")));
+        self.persist_then_reply(reply, done);
     }
 
-    fn forget(&mut self, list: Vec<String>) -> response::Kind {
+    fn forget(&mut self, list: Vec<String>, reply: oneshot::Sender<response::Kind>) {
         let mut unknown = Vec::new();
         for t in &list {
             match self.targets.remove(t) {
@@ -863,16 +880,14 @@ impl Agent {
                 None => unknown.push(t.clone()),
             }
         }
-        if let Err(e) = self.store.save(&self.targets) {
-            return response::Kind::Error(format!("{e:#}"));
-        }
-        if unknown.is_empty() {
+        let done = if unknown.is_empty() {
             response::Kind::Done(format!("forgot {}", list.join(", ")))
         } else {
             response::Kind::Error(format!(
                 "not known: {} (see `meshctl peers` for the addresses in use)",
                 unknown.join(", ")
             ))
-        }
+        };
+        self.persist_then_reply(reply, done);
     }
 }

@@ -173,13 +173,57 @@ pub fn parse_peer_list(bytes: &[u8]) -> Result<Vec<String>> {
 /// The operator's targets, persisted in `<state_dir>/peers.json`.
 pub struct Store {
     path: PathBuf,
+    /// Writes in flight are numbered; the number of the newest list written so far (a write
+    /// that finds a newer one already on disk skips its older list).
+    written: std::sync::Arc<std::sync::Mutex<u64>>,
+    next: u64,
 }
 
 impl Store {
     pub fn new(state_dir: &Path) -> Store {
         Store {
             path: state_dir.join(PEERS_FILE),
+            written: Default::default(),
+            next: 0,
         }
+    }
+
+    /// Writes the persistent targets off the calling thread (the agent's, which drives the
+    /// keep-alives of every connection: an fsync on a slow SD card must not stall it past the
+    /// peers' idle timeout). Resolves once the list, or a newer one, is on disk.
+    pub fn save_in_background(
+        &mut self,
+        targets: &BTreeMap<String, Target>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        self.next += 1;
+        let (seq, written, path) = (self.next, self.written.clone(), self.path.clone());
+        let list = Self::persistent(targets);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut last = written.lock().unwrap_or_else(|p| p.into_inner());
+                if *last > seq {
+                    return Ok(());
+                }
+                Self::write(&path, &list)?;
+                *last = seq;
+                Ok(())
+            })
+            .await
+            .context("the state writer ended")?
+        }
+    }
+
+    fn persistent(targets: &BTreeMap<String, Target>) -> Vec<String> {
+        targets
+            .iter()
+            .filter(|(_, t)| t.persistent)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn write(path: &Path, list: &[String]) -> Result<()> {
+        // The peers an operator configured say where the mesh runs: not for other users.
+        write_atomic(path, &serde_json::to_vec_pretty(list)?, 0o600)
     }
 
     pub fn load(&self) -> Result<Vec<String>> {
@@ -195,14 +239,9 @@ impl Store {
         }
     }
 
+    /// Writes the persistent targets now (at start, before any connection depends on us).
     pub fn save(&self, targets: &BTreeMap<String, Target>) -> Result<()> {
-        let list: Vec<&String> = targets
-            .iter()
-            .filter(|(_, t)| t.persistent)
-            .map(|(k, _)| k)
-            .collect();
-        // The peers an operator configured say where the mesh runs: not for other users.
-        write_atomic(&self.path, &serde_json::to_vec_pretty(&list)?, 0o600)
+        Self::write(&self.path, &Self::persistent(targets))
     }
 }
 
