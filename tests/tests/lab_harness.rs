@@ -80,14 +80,23 @@ fn nat_router_lets_only_outbound_flows_through() {
         .spawn(
             &cloud.ns,
             Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", &cloud.addr.to_string(), "-p", "5201"],
+            // Unbuffered output: the log is read while the server may still run.
+            &[
+                "-s",
+                "-1",
+                "--forceflush",
+                "-B",
+                &cloud.addr.to_string(),
+                "-p",
+                "5201",
+            ],
         )
         .unwrap();
     assert!(
         lab.ping(&home.ns, cloud.addr, 1).unwrap(),
         "home -> cloud through NAT"
     );
-    let conntrack_seen = wait_until(Duration::from_secs(3), || {
+    let conntrack_seen = wait_until(Duration::from_secs(15), || {
         let out = lab.exec(
             &home.ns,
             "iperf3",
@@ -96,8 +105,12 @@ fn nat_router_lets_only_outbound_flows_through() {
         out.is_ok_and(|o| o.status.success())
     });
     assert!(conntrack_seen, "TCP from home to cloud through NAT");
+    // The server writes its log as it pleases (it may still be flushing when the client is
+    // done): wait for it rather than read it once.
     assert!(
-        lab.log(server).contains(&nat.wan_addr.to_string()),
+        wait_until(Duration::from_secs(15), || lab
+            .log(server)
+            .contains(&nat.wan_addr.to_string())),
         "cloud should see the NAT's address; iperf3 log:\n{}",
         lab.log(server)
     );

@@ -165,13 +165,15 @@ fn basic_scenario(label: &str, mode: Mode) {
             // ARP requests are broadcasts: every host delivered frames from peers.
             assert!(nodes.iter().all(|n| counter(n, "tap_delivered") > 0));
             // The stream was batched: TCP super-frames read from t1's TAP, coalesced into t3's.
+            // (Counted as such: frame-per-call ratios are met by ARP floods alone, one read
+            // going to two peers.)
             assert!(
-                counter(t1, "tap_tx_frames") > counter(t1, "tap_reads"),
-                "no TAP read carried more than one frame"
+                counter(t1, "tap_gso_reads") > 0,
+                "no TCP super-frame was read from the TAP"
             );
             assert!(
-                counter(t3, "tap_delivered") > counter(t3, "tap_writes"),
-                "no TAP write carried more than one frame"
+                counter(t3, "tap_coalesced_writes") > 0,
+                "no coalesced super-frame was written to the TAP"
             );
         }
         Mode::Kernel => {
@@ -313,7 +315,17 @@ fn nat_scenario(label: &str, home_first: bool, mode: Mode) {
     // Nodes in the order cloud1, cloud2, home.
     let nodes = if home_first {
         let h = start(&mut lab, &home, 2);
-        std::thread::sleep(Duration::from_secs(1));
+        // The case is about home dialling before cloud1 listens: its first dial must fail
+        // (else this is the other order again).
+        assert!(
+            wait_until(Duration::from_secs(15), || peers(&h).is_ok_and(|ps| ps
+                .iter()
+                .any(|p| p["addresses"].to_string().contains(&c1_addr)
+                    && p["state"] != "established"
+                    && !p["last_error"].as_str().unwrap_or("").is_empty()))),
+            "home's first dial of cloud1 did not fail: {:#?}",
+            peers(&h)
+        );
         let n1 = start(&mut lab, &cloud1, 0);
         let n2 = start(&mut lab, &cloud2, 1);
         vec![n1, n2, h]

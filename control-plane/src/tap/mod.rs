@@ -60,6 +60,10 @@ pub struct Counters {
     pub too_big: AtomicU64,
     /// Oversize IPv4 packets without DF, split into fragments.
     pub fragmented: AtomicU64,
+    /// TCP super-frames read from the TAP (cut into segments here), and super-frames of
+    /// coalesced segments written to it.
+    pub gso_reads: AtomicU64,
+    pub coalesced_writes: AtomicU64,
     /// Writes to the TAP device that failed (the frame is lost).
     pub tap_write_errors: AtomicU64,
     /// Datagram sends that failed (their frames are lost).
@@ -80,6 +84,8 @@ impl Counters {
             ("tap_delivered", g(&self.delivered)),
             ("tap_too_big_answered", g(&self.too_big)),
             ("tap_fragmented", g(&self.fragmented)),
+            ("tap_gso_reads", g(&self.gso_reads)),
+            ("tap_coalesced_writes", g(&self.coalesced_writes)),
             ("tap_write_errors", g(&self.tap_write_errors)),
             ("tap_send_errors", g(&self.send_errors)),
         ];

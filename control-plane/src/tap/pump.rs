@@ -82,6 +82,9 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             shared.counters.dropped(DropReason::Malformed);
             continue;
         };
+        if hdr.gso_size > 0 {
+            bump(&shared.counters.gso_reads);
+        }
         let table = shared
             .table
             .read()
@@ -316,6 +319,9 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
 
 async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) {
     bump(&shared.counters.tap_writes);
+    if with_header && VnetHdr::parse(bytes).is_some_and(|h| h.gso_size > 0) {
+        bump(&shared.counters.coalesced_writes);
+    }
     let written = if with_header {
         tap.send_with_header(bytes).await
     } else {
