@@ -19,7 +19,7 @@ fn a_restarted_meshd_reconnects_from_its_state_dir_alone() {
     let n2 = lab
         .start_meshd(&h2, &["--password-file", pw, &h1.addr.to_string()])
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || sees_established(
+    assert!(wait_until(Duration::from_secs(15), || sees_established(
         &n2,
         &["r1"]
     )));
@@ -29,7 +29,7 @@ fn a_restarted_meshd_reconnects_from_its_state_dir_alone() {
     lab.terminate(n2.proc, Duration::from_secs(3)).unwrap();
     let n2 = lab.start_meshd(&h2, &["--password-file", pw]).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || sees_established(&n2, &["r1"])
+        wait_until(Duration::from_secs(15), || sees_established(&n2, &["r1"])
             && sees_established(&n1, &["r2"])),
         "{:#?}",
         peers(&n2)
@@ -57,7 +57,7 @@ fn meshctl_connect_and_forget_change_what_meshd_dials() {
     assert!(text.contains("auth         NONE"), "{text}");
     let target = h1.addr.to_string();
     meshctl(&n2.socket, &["connect", &target], false).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || sees_established(
+    assert!(wait_until(Duration::from_secs(15), || sees_established(
         &n2,
         &["c1"]
     )));
@@ -74,7 +74,7 @@ fn meshctl_connect_and_forget_change_what_meshd_dials() {
         })
     };
     assert!(
-        wait_until(Duration::from_secs(5), dialled),
+        wait_until(Duration::from_secs(15), dialled),
         "{:#?}",
         peers(&n2)
     );

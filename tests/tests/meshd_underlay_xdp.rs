@@ -103,7 +103,7 @@ fn meshd_counts_real_underlay_traffic_and_passes_it() {
             .unwrap()
     };
     assert!(
-        wait_until(Duration::from_secs(2), || refused(
+        wait_until(Duration::from_secs(15), || refused(
             &status(&socket).unwrap()
         ) - refused(&before)
             == 50),

@@ -68,7 +68,10 @@ fn saving_peers_on_a_slow_disk_keeps_every_peer_and_the_api_responsive() {
     // The fsync was slow (the injection works: the positive control)...
     assert!(took >= Duration::from_secs(3), "connect took {took:?}");
     // ...and nothing else waited for it.
-    assert!(slowest < Duration::from_secs(2), "status took {slowest:?}");
+    assert!(
+        slowest * 2 < took,
+        "status took {slowest:?}, connect {took:?}"
+    );
     assert_eq!(
         peer(nb, "da").unwrap()["since"],
         since,

@@ -52,7 +52,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         })
         .collect();
     let nodes = start_mesh_in(&mut lab, &hosts, mode).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     // Nothing BPF-based that the datapath does not need: no observe-only XDP.
     let st = status(&nodes[0]).unwrap();
     let datapath = if mode == Mode::TapSealed {
@@ -66,7 +66,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         for b in &containers {
             if a.name != b.name {
                 assert!(
-                    wait_until(Duration::from_secs(5), || pings(&lab, a, b)),
+                    wait_until(Duration::from_secs(15), || pings(&lab, a, b)),
                     "{} cannot reach {}; status: {}",
                     a.name,
                     b.name,
@@ -113,7 +113,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         .iter()
         .map(|c| {
             let mut a = None;
-            assert!(wait_until(Duration::from_secs(5), || {
+            assert!(wait_until(Duration::from_secs(15), || {
                 a = link_local(&lab, c);
                 a.is_some()
             }));
@@ -124,7 +124,7 @@ fn basic_scenario(label: &str, mode: Mode) {
         let b = (i + 3) % 6;
         let target = format!("{}%eth0", ll[b]);
         assert!(
-            wait_until(Duration::from_secs(5), || lab
+            wait_until(Duration::from_secs(15), || lab
                 .exec(&a.ns, "ping", &["-6", "-n", "-c", "1", "-W", "1", &target])
                 .unwrap()
                 .status
@@ -352,7 +352,7 @@ fn nat_scenario(label: &str, home_first: bool, mode: Mode) {
     // Then the rest, both ways.
     for (a, b) in [(&hc, &cc1), (&cc1, &hc), (&hc, &cc2), (&cc2, &hc)] {
         assert!(
-            wait_until(Duration::from_secs(5), || pings(&lab, a, b)),
+            wait_until(Duration::from_secs(15), || pings(&lab, a, b)),
             "{} cannot reach {}",
             a.name,
             b.name
@@ -422,8 +422,10 @@ fn health_scenario(label: &str, mode: Mode) {
         .add_container(&hosts[2], "xc3", Some("10.44.0.3/24"))
         .unwrap();
     let nodes = start_mesh_in(&mut lab, &hosts, mode).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
-    assert!(wait_until(Duration::from_secs(5), || pings(&lab, &c1, &c3)));
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || pings(
+        &lab, &c1, &c3
+    )));
     // A firewall between x1 and x3 that lets QUIC through but not the data port.
     lab.drop_udp_port_between(&hosts[0], &hosts[2], 6784)
         .unwrap();
@@ -439,8 +441,11 @@ fn health_scenario(label: &str, mode: Mode) {
         peers(&nodes[0])
     );
     let before = relayed(&nodes[1]);
-    assert!(wait_until(Duration::from_secs(5), || pings(&lab, &c1, &c3)
-        && pings(&lab, &c3, &c1)));
+    assert!(wait_until(Duration::from_secs(15), || pings(
+        &lab, &c1, &c3
+    ) && pings(
+        &lab, &c3, &c1
+    )));
     assert!(relayed(&nodes[1]) > before, "x2 relayed");
     // Open again: the direct data path comes back.
     lab.allow_between(&hosts[0], &hosts[2]).unwrap();

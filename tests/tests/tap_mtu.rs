@@ -26,7 +26,7 @@ fn mtu_scenario(label: &str, mode: Mode) {
     let c1 = lab.add_container(&h1, "mc1", Some("10.41.0.1/24")).unwrap();
     let c2 = lab.add_container(&h2, "mc2", Some("10.41.0.2/24")).unwrap();
     let nodes = start_mesh_in(&mut lab, &[h1.clone(), h2.clone()], mode).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     let underlay = lab
         .exec(
             &h1.ns,
@@ -42,7 +42,7 @@ fn mtu_scenario(label: &str, mode: Mode) {
     assert!(mtu >= 1400, "overlay MTU {mtu} is below 1400");
     assert_eq!(mtu, if mode.sealed() { 1422 } else { 1450 });
     let target = c2.addr.unwrap().to_string();
-    assert!(wait_until(Duration::from_secs(5), || lab
+    assert!(wait_until(Duration::from_secs(15), || lab
         .ping(&c1.ns, c2.addr.unwrap(), 1)
         .unwrap()));
 
@@ -103,7 +103,7 @@ fn pmtu_scenario(label: &str, mode: Mode) {
     // p2 sits behind a 1400-byte path; the hosts' own NICs stay at 1500.
     lab.narrow_path(&h2, 1400).unwrap();
     let nodes = start_mesh_in(&mut lab, &[h1.clone(), h2.clone(), h3.clone()], mode).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     let mtu = status(&nodes[0]).unwrap()["datapath"]["overlay_mtu"]
         .as_u64()
         .unwrap();
@@ -123,7 +123,7 @@ fn pmtu_scenario(label: &str, mode: Mode) {
     let df_ping =
         |to: &mesh_tests::Container, size: u64| df_ping(&lab, &c1, to.addr.unwrap(), size);
     let probed = link_mtu("p2").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || df_ping(
+    assert!(wait_until(Duration::from_secs(15), || df_ping(
         &c2,
         probed - 28
     )
@@ -136,7 +136,7 @@ fn pmtu_scenario(label: &str, mode: Mode) {
         "a full-size packet to p2 should be answered with its link MTU: {said}"
     );
     // The wide path still carries the full overlay MTU.
-    assert!(wait_until(Duration::from_secs(5), || df_ping(
+    assert!(wait_until(Duration::from_secs(15), || df_ping(
         &c3,
         mtu - 28
     )

@@ -55,8 +55,8 @@ fn setup(label: &str, insecure: bool) -> Setup {
         )
         .unwrap()
     };
-    assert!(wait_until(Duration::from_secs(5), || full_mesh(&nodes)));
-    assert!(wait_until(Duration::from_secs(5), || lab
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    assert!(wait_until(Duration::from_secs(15), || lab
         .ping(&c1.ns, c2.addr.unwrap(), 1)
         .unwrap()));
     let listener = netns::run_in(&c2.ns, || UdpSocket::bind(("0.0.0.0", PORT)))
@@ -195,7 +195,7 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
     // the replay were accepted, the listener would get a marker again.
     let marker_frame = from_s1.iter().max_by_key(|p| p.len()).unwrap();
     send_from(&s.h1.ns, s.h1.addr, s2, marker_frame.to_vec());
-    assert!(wait_until(Duration::from_secs(2), || tap_counter(
+    assert!(wait_until(Duration::from_secs(15), || tap_counter(
         n2,
         "tap_dropped_replay"
     ) == replays + 1));
@@ -242,7 +242,7 @@ fn an_encrypted_mesh_hides_content_and_refuses_replays_and_injection() {
             && before("tap_dropped_malformed") == malformed + 1
     };
     assert!(
-        wait_until(Duration::from_secs(2), counted),
+        wait_until(Duration::from_secs(15), counted),
         "{}",
         status(n2).unwrap()["datapath"]["tap_counters"]
     );
