@@ -33,12 +33,26 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
     }
 }
 
-/// The datagrams waiting on `sock`, as text, read until its read timeout passes without one.
-pub fn datagrams(sock: &std::net::UdpSocket) -> Vec<String> {
+/// The datagrams on `sock`, as text, read until one equal to `end` arrives: the sender sends
+/// `end` last, along the same path as the rest, so everything before it has had its chance
+/// (a positive control, not a timeout taken for "everything arrived"). Panics if `end` does
+/// not come within `deadline`. `sock` needs a read timeout (see `mesh::udp_listener`).
+pub fn datagrams_until(
+    sock: &std::net::UdpSocket,
+    end: &str,
+    deadline: std::time::Duration,
+) -> Vec<String> {
+    let until = std::time::Instant::now() + deadline;
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    while std::time::Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text == end {
+                return got;
+            }
+            got.push(text);
+        }
     }
-    got
+    panic!("{end:?} did not arrive within {deadline:?}; got {got:?}");
 }

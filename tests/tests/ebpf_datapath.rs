@@ -6,7 +6,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
-    Container, Host, Lab, bins, datagrams,
+    Container, Host, Lab, bins, datagrams_until,
     mesh::{
         Meshd, full_mesh, kernel_counter as kcounter, kernel_pair, meshctl_json, peer, peers,
         pings, relayed, status, tap_counter, tcp_transfer, udp_listener,
@@ -192,9 +192,11 @@ fn kernel_and_tap_hosts_share_one_mesh_and_relay_for_each_other() {
             ("10.45.0.255", 7001),
         )
         .unwrap();
+        // Last, along the same tree: when it is in, a duplicate would have been too.
+        s.send_to(b"end", ("10.45.0.255", 7001)).unwrap();
         for (j, sock) in socks.iter().enumerate() {
             // The sender's own socket hears its broadcast locally: not the mesh's doing.
-            let got = datagrams(sock);
+            let got = datagrams_until(sock, "end", Duration::from_secs(15));
             if j != i {
                 assert_eq!(got, vec![format!("from {}", from.name)], "{}", c[j].name);
             }

@@ -8,7 +8,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use mesh_tests::{
-    Container, Lab, datagrams,
+    Container, Lab, datagrams_until,
     mesh::{
         Meshd, Mode, full_mesh, kernel_counter, meshctl_json, peer, peers, pings, relayed,
         start_mesh_in, status, tap_counter as counter, tcp_transfer, udp_listener,
@@ -91,8 +91,10 @@ fn basic_scenario(label: &str, mode: Mode) {
             .unwrap();
     }
     sender.send_to(b"broadcast", ("10.40.0.255", 7000)).unwrap();
+    // Last, along the broadcast tree too: when it is in, a duplicate would have been too.
+    sender.send_to(b"end", ("10.40.0.255", 7000)).unwrap();
     for (c, s) in containers.iter().zip(&socks).skip(1) {
-        let got = datagrams(s);
+        let got = datagrams_until(s, "end", Duration::from_secs(15));
         assert!(
             got.contains(&format!("unicast to {}", c.name)),
             "{}: {got:?}",

@@ -111,7 +111,8 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
                 .send_to(msg.as_bytes(), (to.addr.unwrap(), PORT))
                 .unwrap();
         }
-        let got = mesh_tests::datagrams(&listeners[i]);
+        sender.send_to(b"end", (to.addr.unwrap(), PORT)).unwrap();
+        let got = mesh_tests::datagrams_until(&listeners[i], "end", Duration::from_secs(15));
         assert_eq!(got.len(), 5, "every marker to tc{} arrives: {got:?}", i + 2);
     }
     let captured = capture.finish(&mut lab).unwrap();
