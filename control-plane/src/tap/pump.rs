@@ -22,17 +22,35 @@ use crate::switch::{
 };
 
 pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
-    let mut a = tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone()));
-    let mut b = tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone()));
-    let mut c = tokio::spawn(heartbeats(shared.clone(), tap, sock));
-    // None of them ends while the data path works: whichever ends first (an error it
-    // recorded, or a panic) ends the data path, and the agent ends meshd with the reason.
-    let (which, ended) = tokio::select! {
-        r = &mut a => ("reading the TAP device", r),
-        r = &mut b => ("receiving from peers", r),
-        r = &mut c => ("sending heartbeats", r),
-    };
-    let why = match ended {
+    let why = supervise(vec![
+        (
+            "reading the TAP device",
+            tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone())),
+        ),
+        (
+            "receiving from peers",
+            tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone())),
+        ),
+        (
+            "sending heartbeats",
+            tokio::spawn(heartbeats(shared.clone(), tap, sock)),
+        ),
+    ])
+    .await;
+    shared.fail(why);
+}
+
+/// Waits for the first of `tasks` to end (none ends while the data path works: an error it
+/// recorded, or a panic), stops the others, and says which ended and how; the agent then
+/// ends meshd with that reason.
+async fn supervise(tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>) -> String {
+    let (names, handles): (Vec<_>, Vec<_>) = tasks.into_iter().unzip();
+    let (ended, i, rest) = futures_util::future::select_all(handles).await;
+    for t in rest {
+        t.abort();
+    }
+    let which = names[i];
+    match ended {
         Err(e) if e.is_panic() => {
             let p = e.into_panic();
             let msg = p
@@ -43,10 +61,6 @@ pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             format!("the data path's task {which} panicked (a bug; please report it): {msg}")
         }
         _ => format!("the data path's task {which} ended"),
-    };
-    shared.fail(why);
-    for t in [a, b, c] {
-        t.abort();
     }
 }
 
@@ -407,5 +421,49 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 bump(&shared.counters.send_errors);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_panicking_task_ends_the_data_path_with_its_message_and_stops_the_others() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let forever = tokio::spawn(async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            });
+            let watch = forever.abort_handle();
+            let lock = Arc::new(std::sync::Mutex::new(0u32));
+            let held = lock.clone();
+            let why = supervise(vec![
+                ("looping", forever),
+                (
+                    "crashing",
+                    tokio::spawn(async move {
+                        // Poisons the lock, as a bug on the data path thread would.
+                        let _guard = held.lock().unwrap();
+                        panic!("index out of bounds");
+                    }),
+                ),
+            ])
+            .await;
+            assert!(why.contains("crashing panicked"), "{why}");
+            assert!(why.contains("index out of bounds"), "{why}");
+            tokio::task::yield_now().await;
+            assert!(watch.is_finished(), "the other task was stopped");
+            // The poisoned lock is still readable the way Shared reads its locks.
+            assert!(lock.is_poisoned());
+            assert_eq!(*lock.lock().unwrap_or_else(PoisonError::into_inner), 0);
+        });
     }
 }
