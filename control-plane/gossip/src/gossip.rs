@@ -75,6 +75,11 @@ pub struct Gossip {
     generation: u64,
     /// Entries refused, by reason.
     refused: BTreeMap<Refusal, u64>,
+    /// Traffic, to tell an idle mesh from a storm: messages in and out, and entries that
+    /// were news.
+    messages_received: u64,
+    messages_sent: u64,
+    entries_accepted: u64,
 }
 
 impl Gossip {
@@ -103,6 +108,9 @@ impl Gossip {
             reachable: None,
             generation: 0,
             refused: BTreeMap::new(),
+            messages_received: 0,
+            messages_sent: 0,
+            entries_accepted: 0,
         }
     }
 
@@ -116,6 +124,15 @@ impl Gossip {
             .iter()
             .map(|r| (r.name(), self.refused.get(r).copied().unwrap_or(0)))
             .collect()
+    }
+
+    /// Gossip traffic so far: messages received and sent, entries taken in as news.
+    pub fn traffic(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("gossip_messages_received", self.messages_received),
+            ("gossip_messages_sent", self.messages_sent),
+            ("gossip_entries_accepted", self.entries_accepted),
+        ]
     }
 
     /// The limits entries are held to (our own included: see `meshd`'s checks).
@@ -283,6 +300,7 @@ impl Gossip {
 
     /// Handles a message from neighbour `from`.
     pub fn receive(&mut self, from: PeerId, msg: GossipMessage, now_ms: u64) {
+        self.messages_received += 1;
         match msg.kind {
             Some(gossip_message::Kind::Update(u)) => self.receive_update(from, u, now_ms),
             Some(gossip_message::Kind::Digest(d)) => self.receive_digest(from, d),
@@ -335,6 +353,7 @@ impl Gossip {
             }
             self.tombstones.remove(&id);
             self.entries.insert(id, e.clone());
+            self.entries_accepted += 1;
             changed.push(e);
         }
         if changed.is_empty() {
@@ -462,6 +481,7 @@ impl Gossip {
                 ));
             }
         }
+        self.messages_sent += out.len() as u64;
         out
     }
 }

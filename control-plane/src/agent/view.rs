@@ -296,6 +296,7 @@ impl Agent {
                 .gossip
                 .refusals()
                 .into_iter()
+                .chain(self.gossip.traffic())
                 .map(|(name, value)| Counter {
                     name: name.into(),
                     value,
