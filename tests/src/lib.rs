@@ -14,6 +14,7 @@ mod lab;
 pub mod mesh;
 pub mod netns;
 pub mod pcap;
+pub mod procstat;
 pub mod registry;
 pub mod sh;
 

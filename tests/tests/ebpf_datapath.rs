@@ -11,7 +11,9 @@ use mesh_tests::{
         Meshd, full_mesh, kernel_counter as kcounter, kernel_pair, meshctl_json, peer, peers,
         pings, relayed, status, tap_counter, tcp_transfer, udp_listener,
     },
-    netns, wait_until,
+    netns,
+    procstat::{cpu_ticks, rss_kib},
+    wait_until,
 };
 
 /// The BPF objects a meshd holds open (programs, maps, links), from its file descriptors:
@@ -541,27 +543,6 @@ fn send_invented_macs(ns: &str, count: u32) -> Duration {
 }
 
 /// CPU ticks (user + system) a process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_flood_of_invented_macs_is_bounded_and_costs_no_stall() {
     let mut lab = Lab::new("ebpf-macflood").unwrap();

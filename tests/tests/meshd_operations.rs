@@ -5,6 +5,7 @@ use std::{process::Command, time::Duration};
 use mesh_tests::{
     Lab,
     mesh::{meshctl, meshd_fails, peer, peers, sees_established},
+    procstat::cpu_ticks,
     wait_until,
 };
 
@@ -158,19 +159,6 @@ fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
 }
 
 /// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    f.iter().sum()
-}
-
 #[test]
 fn running_out_of_file_descriptors_on_the_api_socket_does_not_spin() {
     let mut lab = Lab::new("ops-emfile").unwrap();

@@ -7,17 +7,9 @@ use std::time::{Duration, Instant};
 use mesh_tests::{
     Lab, bins,
     mesh::{Meshd, peer, sees_established, status_counter},
+    procstat::rss_kib,
     wait_until,
 };
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn handshakes(node: &Meshd, name: &str) -> u64 {
     status_counter(node, "handshake_counters", name)

@@ -12,17 +12,9 @@ use anyhow::{Context, Result, bail};
 use mesh_tests::{
     Lab,
     mesh::{Meshd, full_mesh},
+    procstat::{cpu_ticks, ticks_per_second},
     wait_until,
 };
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,8 +50,7 @@ fn main() -> Result<()> {
     );
     let pids: Vec<u32> = nodes.iter().filter_map(|n| lab.pid(n.proc)).collect();
     println!("pids {pids:?}");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = ticks_per_second();
     let stop_at: Option<u64> = std::env::var("IDLE_LAB_STOP")
         .ok()
         .and_then(|v| v.parse().ok());
