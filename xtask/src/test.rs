@@ -9,6 +9,11 @@ use crate::cmd::{cargo, exec};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Run the fault suite instead (tests/tests/faults.rs: link flaps, SIGKILL and SIGSTOP of
+    /// meshd, partitions, hosts joining and leaving, an underlay address change; each followed
+    /// by recovery, duplicate and storm checks). About 5 minutes.
+    #[arg(long)]
+    faults: bool,
     /// Only run tests whose name contains this string.
     filter: Option<String>,
     /// Extra arguments passed to the test binaries (after `--`).
@@ -24,10 +29,19 @@ pub fn run(args: Args) -> Result<()> {
     // The end-to-end tests start the real binaries; build them first so they are current.
     exec(cargo().args(["build", "--bins"]))?;
     let mut test = cargo();
-    test.args(["test", "--workspace", "--exclude", "mesh-ebpf"]);
+    if args.faults {
+        test.args(["test", "-p", "mesh-tests", "--test", "faults"]);
+    } else {
+        test.args(["test", "--workspace", "--exclude", "mesh-ebpf"]);
+    }
     if let Some(f) = &args.filter {
         test.arg(f);
     }
     test.arg("--").args(&args.test_args);
+    if args.faults {
+        // One at a time: each measures CPU and gossip at rest, which a neighbour's fault
+        // would disturb.
+        test.args(["--ignored", "--test-threads=1", "--nocapture"]);
+    }
     exec(&mut test)
 }
