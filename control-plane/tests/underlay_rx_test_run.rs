@@ -1,6 +1,8 @@
 //! The underlay receive program, fed crafted frames through the kernel (BPF_PROG_TEST_RUN):
 //! every frame must be passed, and land in exactly the right counter. Needs root (loads BPF).
 
+mod mutate;
+
 use mesh::datapath::{Counters, UnderlayRx};
 use mesh_common::{DEFAULT_DATA_PORT, UnderlayCounter as C};
 
@@ -151,4 +153,42 @@ fn the_kernel_refuses_frames_shorter_than_ethernet() {
     // guard for that case is only reachable by real traffic; this pins the kernel behaviour.
     let rx = loaded();
     assert!(rx.run_frame(&[0u8; 10]).is_err());
+}
+
+#[test]
+fn mutated_frames_are_always_passed_and_counted_once() {
+    let rx = UnderlayRx::load(DEFAULT_DATA_PORT).unwrap();
+    let bases = vec![
+        udp_frame(5, DEFAULT_DATA_PORT, &[0x09, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+        udp_frame(6, 53, b"dns"),
+        ethernet(0x0806),
+        ethernet(0x86dd),
+    ];
+    let seed = 0x6d65_7368_0003;
+    let mut rng = mutate::Rng(seed);
+    let mut seen = std::collections::BTreeMap::new();
+    for n in 0..3000 {
+        let mut frame = mutate::mutated(&mut rng, &bases);
+        frame.resize(frame.len().max(14), 0);
+        let before = rx.counters().unwrap();
+        let action = rx
+            .run_frame(&frame)
+            .unwrap_or_else(|e| panic!("frame {n} (seed {seed}): {e:?} {frame:02x?}"));
+        let delta = rx.counters().unwrap().since(&before);
+        assert_eq!(action, XDP_PASS, "frame {n} (seed {seed}): {frame:02x?}");
+        assert_eq!(delta.get(C::Total), 1, "frame {n} (seed {seed})");
+        let classes: Vec<C> = C::ALL
+            .into_iter()
+            .filter(|c| *c != C::Total && delta.get(*c) > 0)
+            .collect();
+        assert_eq!(
+            classes.len(),
+            1,
+            "frame {n} (seed {seed}): {classes:?} {frame:02x?}"
+        );
+        assert_eq!(delta.get(classes[0]), 1);
+        *seen.entry(classes[0].name()).or_insert(0u32) += 1;
+    }
+    println!("underlay_rx: 3000 mutated frames (seed {seed}), outcomes {seen:?}");
+    assert!(seen.len() >= 4, "{seen:?}");
 }
