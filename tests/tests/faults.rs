@@ -338,3 +338,47 @@ fn a_hosts_underlay_address_changing() {
     ip(&["addr", "add", &format!("{new}/24"), "dev", &h.underlay_if]);
     m.recovered("underlay address change", Instant::now(), before);
 }
+
+#[test]
+#[ignore = "fault suite: cargo xtask test --faults"]
+fn twenty_four_idle_meshd_settle() {
+    // The shape that once stormed: each meshd given only the first as its peer, no traffic.
+    let mut lab = Lab::new("idle24").unwrap();
+    let hosts: Vec<Host> = (1..=24)
+        .map(|i| lab.add_host(&format!("i{i}")).unwrap())
+        .collect();
+    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapSealed).unwrap();
+    let t0 = Instant::now();
+    assert!(wait_until(Duration::from_secs(60), || full_mesh(&nodes)));
+    println!(
+        "24 meshd: full mesh {:.1} s after the last start",
+        t0.elapsed().as_secs_f64()
+    );
+    let m = Mesh {
+        lab,
+        hosts,
+        nodes,
+        containers: Vec::new(),
+    };
+    // Settled: the joins' gossip is over after a few anti-entropy rounds.
+    std::thread::sleep(Duration::from_secs(20));
+    let first = m.idle();
+    std::thread::sleep(Duration::from_secs(10));
+    let later = m.idle();
+    println!("24 idle meshd: {first:?}, 10 s later {later:?}");
+    // At rest each meshd sends one digest a second and answers the ones it gets (about 2
+    // messages a second each); a storm is many times that, and grows.
+    let per_meshd = later.gossip_per_s / 24.0;
+    assert!(
+        per_meshd <= 4.0,
+        "{per_meshd:.1} gossip messages/s per meshd"
+    );
+    assert!(
+        later.gossip_per_s <= 1.5 * first.gossip_per_s + 5.0,
+        "gossip grows at rest: {first:?} then {later:?}"
+    );
+    assert!(
+        later.cpu_max <= 2.0 * first.cpu_max + 2.0,
+        "CPU grows at rest: {first:?} then {later:?}"
+    );
+}
