@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, full_mesh},
+    mesh::{full_mesh, start_mesh},
     procstat::{cpu_ticks, ticks_per_second},
     wait_until,
 };
@@ -28,18 +28,7 @@ fn main() -> Result<()> {
     let hosts = (1..=peers)
         .map(|i| lab.add_host(&format!("i{i}")))
         .collect::<Result<Vec<_>>>()?;
-    let pw = lab.password_file("idle", "idle lab")?;
-    let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
-    let seed = hosts[0].addr.to_string();
-    let mut nodes: Vec<Meshd> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let mut a = vec!["--password-file", pw.as_str()];
-        a.extend_from_slice(&extra);
-        if i > 0 {
-            a.push(&seed);
-        }
-        nodes.push(lab.start_meshd(h, &a)?);
-    }
+    let nodes = start_mesh(&mut lab, &hosts, "idle lab", &extra)?;
     let t0 = Instant::now();
     if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
         bail!("no full mesh within 60 s");

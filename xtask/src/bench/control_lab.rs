@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, full_mesh, peer},
+    mesh::{full_mesh, peer, start_mesh},
     wait_until,
 };
 use serde::Serialize;
@@ -71,17 +71,7 @@ pub fn idle(peers: usize, settle_s: u64, window_s: u64, stop_one: bool) -> Resul
     let hosts = (1..=peers)
         .map(|i| lab.add_host(&format!("i{i}")))
         .collect::<Result<Vec<_>>>()?;
-    let pw = lab.password_file("bench", "bench password")?;
-    let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
-    let seed = hosts[0].addr.to_string();
-    let mut nodes: Vec<Meshd> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let mut args = vec!["--password-file", pw.as_str()];
-        if i > 0 {
-            args.push(&seed);
-        }
-        nodes.push(lab.start_meshd(h, &args)?);
-    }
+    let nodes = start_mesh(&mut lab, &hosts, "bench password", &[])?;
     if !wait_until(Duration::from_secs(60), || full_mesh(&nodes)) {
         bail!("{peers} meshd did not form a full mesh within 60 s");
     }
@@ -126,17 +116,7 @@ pub fn run(peers: usize, idle_secs: u64) -> Result<ControlLab> {
     let hosts = (1..=peers)
         .map(|i| lab.add_host(&format!("n{i}")))
         .collect::<Result<Vec<_>>>()?;
-    let pw = lab.password_file("bench", "bench password")?;
-    let pw = pw.to_str().context("lab dir is not UTF-8")?.to_owned();
-    let seed = hosts[0].addr.to_string();
-    let mut nodes: Vec<Meshd> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let mut args = vec!["--password-file", pw.as_str()];
-        if i > 0 {
-            args.push(&seed);
-        }
-        nodes.push(lab.start_meshd(h, &args)?);
-    }
+    let mut nodes = start_mesh(&mut lab, &hosts, "bench password", &[])?;
     let t0 = Instant::now();
     if !wait_until(Duration::from_secs(30), || full_mesh(&nodes)) {
         bail!("{peers} meshd did not form a full mesh within 30 s");
