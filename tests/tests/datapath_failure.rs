@@ -56,6 +56,10 @@ fn a_tap_device_deleted_under_meshd_ends_it_with_the_reason_and_peers_route_arou
         log.contains("the data path failed") && log.contains("meshtap0"),
         "{log}"
     );
+    assert!(
+        !log.contains('\x1b'),
+        "terminal colours in a log file: {log}"
+    );
     let code = lab.exit_code(nodes[1].proc);
     assert!(code.is_some_and(|c| c != 0), "exit status {code:?}");
     // Its peers see it gone, and carry on between themselves.

@@ -145,6 +145,9 @@ fn main() -> Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colours only for a person at a terminal: in a file or the journal they are noise
+        // that breaks grep.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
