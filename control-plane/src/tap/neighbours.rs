@@ -433,20 +433,20 @@ impl Neighbours {
         } else {
             // Without keys, the source address is all there is to go by: only plaintext links
             // take plain frames.
-            let (h, inner) = Header::parse(datagram).map_err(|_| {
-                if self.plain_by_ip.contains_key(&from.ip()) {
-                    DropReason::Malformed
-                } else if self.encrypted {
-                    DropReason::Unsealed
-                } else {
-                    DropReason::UnknownSender
-                }
-            })?;
-            let link = self.plain_link(from, &h).ok_or(if self.encrypted {
+            let stranger = if self.encrypted {
                 DropReason::Unsealed
             } else {
                 DropReason::UnknownSender
+            };
+            // Garbage from a known address is malformed; from anyone else, a stranger's.
+            let (h, inner) = Header::parse(datagram).map_err(|_| {
+                if self.plain_by_ip.contains_key(&from.ip()) {
+                    DropReason::Malformed
+                } else {
+                    stranger
+                }
             })?;
+            let link = self.plain_link(from, &h).ok_or(stranger)?;
             (link, h, HEADER_LEN..HEADER_LEN + inner.len())
         };
         let n = self.links.get_mut(&link).expect("found above");
