@@ -66,8 +66,10 @@ fn datapath() -> KernelDatapath {
             (s(SEALED), s(SEALED)),
             (s(UNRESOLVED), s(UNRESOLVED)),
         ]),
-        children: HashMap::new(),
-        parent: HashMap::new(),
+        // Our own tree has a sealed child: meshd floods our frames. FAR's frames come through
+        // NEAR (it may teach us FAR's MACs); FAR's tree has no children here.
+        children: HashMap::from([(s(ME), vec![s(NEAR), s(SEALED)])]),
+        parent: HashMap::from([(s(FAR), s(NEAR))]),
     };
     let link = |peer: u32, ip: [u8; 4], port: u16, kernel: bool, mac: Option<[u8; 6]>| LinkView {
         peer: s(peer),
@@ -428,16 +430,17 @@ fn fuzz_program(dp: &KernelDatapath, program: &'static str, bases: &[Vec<u8>], s
         let main: Vec<K> = moved
             .iter()
             .copied()
-            .filter(|k| !matches!(k, K::TxGso | K::RxDeliveredDirect))
+            .filter(|k| !matches!(k, K::TxGso | K::RxDeliveredDirect | K::FloodSkipped))
             .collect();
         let what = format!("{program}, frame {n} (seed {seed}): {frame:02x?}");
         assert!(main.len() <= 1, "{what}: counters {moved:?}");
         match main.first() {
-            Some(K::TxSent | K::RxDelivered | K::RxRelayed) => {
+            Some(K::TxSent | K::RxDelivered | K::RxRelayed | K::RxFlooded) => {
                 assert_eq!(rc, TC_ACT_REDIRECT, "{what}: {main:?}")
             }
             Some(
-                K::RxDropMalformed
+                K::TxFlooded
+                | K::RxDropMalformed
                 | K::RxDropBadFlags
                 | K::RxDropUnknownSender
                 | K::RxDropLoop
@@ -492,4 +495,218 @@ fn mutated_frames_always_get_a_valid_action_and_counters_that_add_up() {
         from_underlay([198, 18, 0, 66], (PLAIN, 5), NEAR, ME, &inner),
     ];
     fuzz_program(&dp, INGRESS, &ingress_bases, 0x6d65_7368_0002);
+}
+
+/// Runs `f` on a thread of its own in a new network namespace holding one veth pair, `fa`
+/// (the underlay the programs send copies out of) and `fb`, whose traffic `f` can read from
+/// an `AF_PACKET` socket. Flood copies really leave (`bpf_clone_redirect` sends at once, even
+/// under BPF_PROG_TEST_RUN): here they go nowhere but `fb`. The namespace goes with the thread.
+fn in_capture_netns<T: Send + 'static>(f: impl FnOnce(Capture) -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscall; it moves only this thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        for args in [
+            &["link", "add", "fa", "type", "veth", "peer", "name", "fb"][..],
+            &["link", "set", "fa", "up"],
+            &["link", "set", "fb", "up"],
+        ] {
+            // A child forked from this thread starts in its namespace.
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "ip {args:?}");
+        }
+        // Until the kernel has seen the carrier come up, a frame sent out of `fa` is dropped
+        // by its placeholder queue.
+        let up = |dev: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["-br", "link", "show", dev])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(" UP ")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !(up("fa") && up("fb")) {
+            assert!(std::time::Instant::now() < deadline, "the veth pair never came up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        f(Capture::open("fb"))
+    })
+    .join()
+    .unwrap()
+}
+
+/// Frames arriving on one interface, as raw Ethernet.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    fn open(interface: &str) -> Capture {
+        use std::os::fd::FromRawFd;
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain syscalls; the fd is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        assert!(fd >= 0, "AF_PACKET socket");
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(interface).unwrap();
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        use std::os::fd::AsRawFd;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind to {interface}");
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Capture(fd)
+    }
+
+    /// The next mesh datagram (UDP from the data port) to arrive, waiting up to 10 s; other
+    /// traffic (IPv6 neighbour discovery on the fresh link) is skipped.
+    fn next_datagram(&self) -> Vec<u8> {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut buf = vec![0u8; 65536];
+        while std::time::Instant::now() < deadline {
+            // SAFETY: a valid buffer of its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            let to_data_port = f.len() >= 42
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && f[34..36] == DEFAULT_DATA_PORT.to_be_bytes();
+            if to_data_port {
+                return f.to_vec();
+            }
+        }
+        panic!("no datagram arrived within 10 s");
+    }
+}
+
+const NEAR2: u32 = 0x000006; // a second kernel neighbour
+const NEAR2_IP: [u8; 4] = [198, 18, 0, 6];
+
+/// ME with two kernel neighbours. Our own tree: NEAR and NEAR2. FAR's tree: its frames come
+/// from NEAR, we pass them on to NEAR2. (Both neighbours sit behind the same underlay router
+/// MAC, so the outer Ethernet header is the same.)
+fn flooding_datapath() -> KernelDatapath {
+    let mut dp = KernelDatapath::load(HostConfig {
+        underlay: "fa".into(),
+        ..host()
+    })
+    .expect("loading the kernel datapath (needs root)");
+    let table = Table {
+        me: Some(s(ME)),
+        next_hop: HashMap::from([(s(NEAR), s(NEAR)), (s(NEAR2), s(NEAR2)), (s(FAR), s(NEAR))]),
+        children: HashMap::from([(s(ME), vec![s(NEAR), s(NEAR2)]), (s(FAR), vec![s(NEAR2)])]),
+        parent: HashMap::from([(s(FAR), s(NEAR)), (s(NEAR), s(NEAR)), (s(NEAR2), s(NEAR2))]),
+    };
+    let link = |peer: u32, ip: [u8; 4], port: u16| LinkView {
+        peer: s(peer),
+        link_id: peer * 100,
+        addr: SocketAddr::from((ip, port)),
+        mtu: MTU,
+        kernel: true,
+        next_hop_mac: Some(NEAR_MAC),
+    };
+    let links = [link(NEAR, NEAR_IP, NEAR_PORT), link(NEAR2, NEAR2_IP, 6784)];
+    dp.sync(ME, compile(&table, &links)).unwrap();
+    dp
+}
+
+#[test]
+fn the_kernel_floods_our_frames_to_every_child_of_our_tree() {
+    in_capture_netns(|cap| {
+        let dp = flooding_datapath();
+        for frame in [
+            inner_ipv4([0xff; 6], 40),
+            inner_ipv4([2, 0, 0, 0, 0, 0x99], 40),
+        ] {
+            // Broadcast, and a unicast nobody has learnt: one copy per child, nothing else.
+            run(&dp, EGRESS, &frame, TC_ACT_SHOT, Some(K::TxFlooded));
+            for (ip, port) in [(NEAR_IP, NEAR_PORT), (NEAR2_IP, 6784)] {
+                let (h, inner) = outer(&cap.next_datagram(), MY_IP, ip, port);
+                assert_eq!(h, WireHeader::new(ME, FLOOD_ID, INITIAL_HOPS, false));
+                assert_eq!(inner, frame);
+            }
+        }
+        // Too big for a child's link: meshd answers it, as in the TAP path.
+        let big = inner_ipv4([0xff; 6], MTU as usize - 28 + 1);
+        assert_eq!(run(&dp, EGRESS, &big, TC_ACT_OK, Some(K::TxTooBig)), big);
+        let stats = dp.link_stats(NEAR2 * 100).unwrap();
+        assert_eq!(stats.tx_packets, 2, "each copy is counted on its link");
+    });
+}
+
+#[test]
+fn a_neighbours_flood_is_passed_on_along_the_origins_tree_and_delivered() {
+    in_capture_netns(|cap| {
+        let dp = flooding_datapath();
+        let mut inner = inner_ipv4([0xff; 6], 40);
+        inner[6..12].copy_from_slice(&REMOTE_MAC);
+        let dgram = from_underlay(NEAR_IP, (PLAIN, 9), FAR, FLOOD_ID, &inner);
+        let out = run(&dp, INGRESS, &dgram, TC_ACT_REDIRECT, Some(K::RxFlooded));
+        assert_eq!(
+            out, inner,
+            "delivered to the bridge: exactly the inner frame"
+        );
+        let (h, carried) = outer(&cap.next_datagram(), MY_IP, NEAR2_IP, 6784);
+        assert_eq!(h, WireHeader::new(FAR, FLOOD_ID, 8, false), "one hop less");
+        assert_eq!(carried, inner);
+        assert!(
+            dp.fdb()
+                .iter()
+                .any(|(m, p, _)| *m == REMOTE_MAC && *p == FAR),
+            "learnt from FAR's parent: {:?}",
+            dp.fdb()
+        );
+
+        // The last hop allowed: delivered, passed on to nobody. The next flood (a positive
+        // control through the same path) is the next datagram out.
+        let last = from_underlay(NEAR_IP, (PLAIN, 1), FAR, FLOOD_ID, &inner);
+        run(&dp, INGRESS, &last, TC_ACT_REDIRECT, Some(K::RxFlooded));
+        let control = from_underlay(NEAR_IP, (PLAIN, 7), FAR, FLOOD_ID, &inner);
+        run(&dp, INGRESS, &control, TC_ACT_REDIRECT, Some(K::RxFlooded));
+        let (h, _) = outer(&cap.next_datagram(), MY_IP, NEAR2_IP, 6784);
+        assert_eq!(h.hops, 6, "the hop-limit-1 flood was not copied");
+
+        // A frame claiming FAR's origin from NEAR2 (not FAR's parent) is delivered but
+        // teaches nothing.
+        let mut liar = inner_ipv4(LOCAL_MAC, 40);
+        let planted = [2, 0, 0, 0, 0, 0x77];
+        liar[6..12].copy_from_slice(&planted);
+        let lie = from_underlay(NEAR2_IP, (PLAIN, 9), FAR, ME, &liar);
+        run(&dp, INGRESS, &lie, TC_ACT_REDIRECT, Some(K::RxDelivered));
+        assert!(
+            !dp.fdb().iter().any(|(m, _, _)| *m == planted),
+            "{:?}",
+            dp.fdb()
+        );
+        // Too big for the onward link: meshd gets it whole.
+        let mut big = inner_ipv4([0xff; 6], MTU as usize - 28 + 1);
+        big[6..12].copy_from_slice(&REMOTE_MAC);
+        let big = from_underlay(NEAR_IP, (PLAIN, 9), FAR, FLOOD_ID, &big);
+        assert_eq!(run(&dp, INGRESS, &big, TC_ACT_OK, Some(K::RxToMeshd)), big);
+    });
 }

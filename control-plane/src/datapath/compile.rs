@@ -7,7 +7,10 @@ use std::{
     net::SocketAddr,
 };
 
-use mesh_common::maps::{NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED, NeighbourEntry, SenderEntry};
+use mesh_common::maps::{
+    FLOOD_IN_KERNEL, FloodEntry, MAX_FLOOD_CHILDREN, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
+    NeighbourEntry, SenderEntry,
+};
 
 use crate::switch::{ShortId, forward::Table};
 
@@ -34,6 +37,7 @@ pub struct MapState {
     pub routes: BTreeMap<u32, u32>,
     pub neighbours: BTreeMap<u32, NeighbourEntry>,
     pub senders: BTreeMap<[u8; 4], SenderEntry>,
+    pub floods: BTreeMap<u32, FloodEntry>,
 }
 
 /// One write to a map.
@@ -42,6 +46,7 @@ pub enum Change {
     Route(u32, Option<u32>),
     Neighbour(u32, Option<NeighbourEntry>),
     Sender([u8; 4], Option<SenderEntry>),
+    Flood(u32, Option<FloodEntry>),
 }
 
 /// Compiles the table and links. Links over IPv6 underlays are left to meshd (the kernel path
@@ -85,7 +90,55 @@ pub fn compile(table: &Table, links: &[LinkView]) -> MapState {
             );
         }
     }
+    s.floods = floods(table, &s.neighbours);
     s
+}
+
+/// Our place in every origin's broadcast tree. The kernel floods an origin's frames itself
+/// only when it can reach every child (a resolved kernel neighbour, at most
+/// `MAX_FLOOD_CHILDREN`); otherwise meshd floods them, all of them: a flood is never split
+/// between the two.
+fn floods(table: &Table, neighbours: &BTreeMap<u32, NeighbourEntry>) -> BTreeMap<u32, FloodEntry> {
+    let origins: BTreeSet<ShortId> = table
+        .children
+        .keys()
+        .chain(table.parent.keys())
+        .chain(table.me.iter())
+        .copied()
+        .collect();
+    let usable = NEIGHBOUR_KERNEL | NEIGHBOUR_RESOLVED;
+    origins
+        .into_iter()
+        .map(|origin| {
+            let children = table
+                .children
+                .get(&origin)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let links: Option<Vec<&NeighbourEntry>> = children
+                .iter()
+                .map(|c| {
+                    neighbours
+                        .get(&c.get())
+                        .filter(|n| n.flags & usable == usable)
+                })
+                .collect();
+            let mut e = FloodEntry {
+                parent: table.parent.get(&origin).map_or(0, |p| p.get()),
+                mtu: u32::MAX,
+                ..FloodEntry::default()
+            };
+            if let Some(links) = links.filter(|l| l.len() <= MAX_FLOOD_CHILDREN) {
+                e.flags = FLOOD_IN_KERNEL;
+                e.count = links.len() as u16;
+                for (slot, c) in e.children.iter_mut().zip(children) {
+                    *slot = c.get();
+                }
+                e.mtu = links.iter().map(|n| n.mtu).min().unwrap_or(u32::MAX);
+            }
+            (origin.get(), e)
+        })
+        .collect()
 }
 
 /// The writes that turn `old` into `new`: removals first, so a key that moves never exists
@@ -101,6 +154,9 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Change> {
     removed(&old.senders, &new.senders, &mut out, |k| {
         Change::Sender(k, None)
     });
+    removed(&old.floods, &new.floods, &mut out, |k| {
+        Change::Flood(k, None)
+    });
     changed(&old.routes, &new.routes, &mut out, |k, v| {
         Change::Route(k, Some(v))
     });
@@ -109,6 +165,9 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Change> {
     });
     changed(&old.senders, &new.senders, &mut out, |k, v| {
         Change::Sender(k, Some(v))
+    });
+    changed(&old.floods, &new.floods, &mut out, |k, v| {
+        Change::Flood(k, Some(v))
     });
     out
 }
@@ -141,6 +200,7 @@ pub enum Key {
     Route(u32),
     Neighbour(u32),
     Sender([u8; 4]),
+    Flood(u32),
 }
 
 /// Since when (ms) each key the kernel holds has been missing from what the agent wants.
@@ -180,6 +240,12 @@ pub fn retain_removed(
             seen.insert(Key::Sender(*k), missing[&Key::Sender(*k)]);
         }
     }
+    for (k, v) in &kernel.floods {
+        if !wanted.floods.contains_key(k) && still(Key::Flood(*k), missing) {
+            wanted.floods.insert(*k, *v);
+            seen.insert(Key::Flood(*k), missing[&Key::Flood(*k)]);
+        }
+    }
     // Forget keys that are wanted again, or gone for good.
     *missing = seen;
     wanted
@@ -215,8 +281,8 @@ mod tests {
         Table {
             me: Some(s(1)),
             next_hop: HashMap::from([(s(2), s(2)), (s(3), s(2)), (s(4), s(4))]),
-            children: HashMap::new(),
-            parent: HashMap::new(),
+            children: HashMap::from([(s(1), vec![s(2), s(4)]), (s(3), vec![s(4)])]),
+            parent: HashMap::from([(s(2), s(2)), (s(3), s(2)), (s(4), s(4))]),
         }
     }
 
@@ -242,6 +308,12 @@ mod tests {
                         st.senders.insert(*k, *v);
                     }
                 }
+                Change::Flood(k, v) => {
+                    st.floods.remove(k);
+                    if let Some(v) = v {
+                        st.floods.insert(*k, *v);
+                    }
+                }
             }
         }
         st
@@ -264,6 +336,65 @@ mod tests {
         assert_eq!(st.senders.len(), 1);
         assert_eq!(st.senders[&[198, 18, 0, 2]].short_id, 2);
         assert_eq!(link_ids(&st), BTreeSet::from([20, 40]));
+    }
+
+    #[test]
+    fn floods_go_to_the_kernel_only_when_every_child_is_a_kernel_neighbour() {
+        let mut small = link(4, 4, true);
+        small.mtu = 1400;
+        let st = compile(&table(), &[link(2, 2, true), small.clone()]);
+        let own = st.floods[&1];
+        assert_eq!(own.flags, FLOOD_IN_KERNEL);
+        assert_eq!(&own.children[..usize::from(own.count)], &[2, 4]);
+        assert_eq!(own.parent, 0, "no parent in our own tree");
+        assert_eq!(own.mtu, 1400, "the smallest child link");
+        assert_eq!((st.floods[&3].parent, st.floods[&3].count), (2, 1));
+        // A leaf in 2's tree: delivers, copies to nobody.
+        assert_eq!(st.floods[&2].flags, FLOOD_IN_KERNEL);
+        assert_eq!((st.floods[&2].count, st.floods[&2].mtu), (0, u32::MAX));
+
+        // One sealed child: meshd floods our frames and 3's; 2's still flood in the kernel.
+        let st = compile(&table(), &[link(2, 2, true), link(4, 4, false)]);
+        assert_eq!(st.floods[&1].flags, 0);
+        assert_eq!(
+            st.floods[&1].count, 0,
+            "no children listed for meshd's floods"
+        );
+        assert_eq!(st.floods[&3].flags, 0);
+        assert_eq!(
+            st.floods[&3].parent, 2,
+            "the parent still says who may teach MACs"
+        );
+        assert_eq!(st.floods[&2].flags, FLOOD_IN_KERNEL);
+        // An unresolved child, or a child with no link at all, is left to meshd too.
+        let unresolved = LinkView {
+            next_hop_mac: None,
+            ..link(4, 4, true)
+        };
+        let st = compile(&table(), &[link(2, 2, true), unresolved]);
+        assert_eq!(st.floods[&1].flags, 0);
+        let st = compile(&table(), &[link(2, 2, true)]);
+        assert_eq!(st.floods[&1].flags, 0);
+    }
+
+    #[test]
+    fn a_tree_with_more_children_than_the_kernel_copies_to_is_left_to_meshd() {
+        let many: Vec<u32> = (2..2 + MAX_FLOOD_CHILDREN as u32 + 1).collect();
+        let table = Table {
+            me: Some(s(1)),
+            next_hop: many.iter().map(|p| (s(*p), s(*p))).collect(),
+            children: HashMap::from([(s(1), many.iter().map(|p| s(*p)).collect())]),
+            parent: HashMap::new(),
+        };
+        let links: Vec<LinkView> = many.iter().map(|p| link(*p, *p as u8, true)).collect();
+        assert_eq!(compile(&table, &links).floods[&1].flags, 0);
+        let fewer = &links[..MAX_FLOOD_CHILDREN];
+        let mut table = table;
+        table.children.get_mut(&s(1)).unwrap().pop();
+        assert_eq!(
+            compile(&table, fewer).floods[&1].count as usize,
+            MAX_FLOOD_CHILDREN
+        );
     }
 
     #[test]
@@ -307,16 +438,22 @@ mod tests {
         let without_4 = compile(
             &Table {
                 next_hop: HashMap::from([(s(2), s(2)), (s(3), s(2))]),
+                children: HashMap::from([(s(1), vec![s(2)])]),
+                parent: HashMap::from([(s(2), s(2)), (s(3), s(2))]),
                 ..table()
             },
             &[link(2, 2, true)],
         );
+        // What stays: everything of 4's; the trees that still exist change at once.
+        let mut kept_4 = full.clone();
+        kept_4.floods = without_4.floods.clone();
+        kept_4.floods.insert(4, full.floods[&4]);
         let mut missing = Missing::new();
         let mut kernel = full.clone();
         // Peer 4 drops out at t=0: kept until 5 s later.
         for t in [0, 1000, 4999] {
             let target = retain_removed(&kernel, without_4.clone(), &mut missing, t, 5000);
-            assert_eq!(target, full, "at {t} ms");
+            assert_eq!(target, kept_4, "at {t} ms");
             kernel = target;
         }
         let target = retain_removed(&kernel, without_4.clone(), &mut missing, 5000, 5000);

@@ -20,7 +20,7 @@ use aya::{
 };
 use mesh_common::{
     DatapathConfig, KERNEL_COUNTER_SLOTS, KernelCounter,
-    maps::{CONFIG_FORWARD, FdbEntry, LinkStats, MacKey, NeighbourEntry, SenderEntry},
+    maps::{CONFIG_FORWARD, FdbEntry, FloodEntry, LinkStats, MacKey, NeighbourEntry, SenderEntry},
     names,
 };
 
@@ -45,7 +45,7 @@ pub struct HostConfig {
 }
 
 /// The maps pinned in the pin directory: all the forwarding state.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     names::DATAPATH_CONFIG_MAP,
     names::KERNEL_COUNTERS_MAP,
     names::NEIGHBOURS_MAP,
@@ -55,6 +55,7 @@ const PINNED_MAPS: [&str; 9] = [
     names::LINK_STATS_MAP,
     names::LOCAL_PORTS_MAP,
     names::PEER_PORTS_MAP,
+    names::FLOODS_MAP,
 ];
 
 /// The attachments: program, which interface of the host, direction, pin name of its link.
@@ -213,6 +214,8 @@ impl KernelDatapath {
         self.state.neighbours = neighbours.iter().filter_map(Result::ok).collect();
         let senders: HashMap<&MapData, [u8; 4], SenderEntry> = self.map(names::SENDERS_MAP)?;
         self.state.senders = senders.iter().filter_map(Result::ok).collect();
+        let floods: HashMap<&MapData, u32, FloodEntry> = self.map(names::FLOODS_MAP)?;
+        self.state.floods = floods.iter().filter_map(Result::ok).collect();
         let stats: PerCpuHashMap<&MapData, u32, LinkStats> = self.map(names::LINK_STATS_MAP)?;
         self.links = stats.keys().filter_map(Result::ok).collect();
         Ok(())
@@ -356,6 +359,11 @@ impl KernelDatapath {
                 Change::Sender(k, v) => {
                     let mut m: HashMap<&mut MapData, [u8; 4], SenderEntry> =
                         self.map_mut(names::SENDERS_MAP)?;
+                    set(&mut m, k, v)?;
+                }
+                Change::Flood(k, v) => {
+                    let mut m: HashMap<&mut MapData, u32, FloodEntry> =
+                        self.map_mut(names::FLOODS_MAP)?;
                     set(&mut m, k, v)?;
                 }
             }

@@ -109,7 +109,8 @@ impl DropReason {
 }
 
 /// What the forwarding programs (`bridge_egress`, `underlay_ingress`) did with a frame: one
-/// slot each in the `KERNEL_COUNTERS` per-CPU array. A frame counts in exactly one slot. Frames
+/// slot each in the `KERNEL_COUNTERS` per-CPU array. A frame counts in exactly one slot (the
+/// GSO, direct-delivery and skipped-copy counters only accompany another). Frames
 /// "to meshd" continue on the userspace path (meshd's TAP device and data socket), which does
 /// everything the kernel leaves to it: sealed links, floods, misses, oversize answers.
 #[repr(u32)]
@@ -119,7 +120,8 @@ pub enum KernelCounter {
     TxSent = 0,
     /// Of those, GSO super-frames (the underlay cuts each into several datagrams).
     TxGso = 1,
-    /// To meshd: broadcast, multicast or unknown destination (flooded by meshd).
+    /// To meshd: broadcast, multicast or unknown destination that meshd floods (our tree has a
+    /// child the kernel cannot send to).
     TxFlood = 2,
     /// To meshd: the destination is no direct kernel-datapath neighbour over a plaintext link
     /// (sealed, TAP-mode, or reached through a relay).
@@ -134,7 +136,8 @@ pub enum KernelCounter {
     RxDelivered = 7,
     /// Datagrams relayed to another peer without touching the local bridge.
     RxRelayed = 8,
-    /// To meshd: heartbeats, sealed frames, floods, relays over sealed links.
+    /// To meshd: heartbeats, sealed frames, floods the kernel leaves to meshd, relays over
+    /// sealed links.
     RxToMeshd = 9,
     /// Dropped: truncated or malformed mesh frame.
     RxDropMalformed = 10,
@@ -149,6 +152,16 @@ pub enum KernelCounter {
     /// Of the delivered, those handed straight to the container's veth (`bpf_redirect_peer`),
     /// past the bridge.
     RxDeliveredDirect = 15,
+    /// Frames from the bridge (broadcast, multicast, unknown destination) flooded along our
+    /// broadcast tree by the kernel, one copy per child.
+    TxFlooded = 16,
+    /// Floods from a neighbour delivered to the local bridge and copied to our children in the
+    /// origin's tree by the kernel.
+    RxFlooded = 17,
+    /// Copies of a flood not sent because the child is no longer a resolved kernel neighbour
+    /// (the maps were changing under the frame); one per child left out, alongside the frame's
+    /// own counter.
+    FloodSkipped = 18,
 }
 
 impl KernelCounter {
@@ -181,6 +194,9 @@ impl KernelCounter {
         KernelCounter::RxDropLoop,
         KernelCounter::RxDropNoRoute,
         KernelCounter::RxDeliveredDirect,
+        KernelCounter::TxFlooded,
+        KernelCounter::RxFlooded,
+        KernelCounter::FloodSkipped,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -202,12 +218,15 @@ impl KernelCounter {
             KernelCounter::RxDropLoop => "kernel_dropped_loop",
             KernelCounter::RxDropNoRoute => "kernel_dropped_no_route",
             KernelCounter::RxDeliveredDirect => "kernel_rx_delivered_direct",
+            KernelCounter::TxFlooded => "kernel_tx_flooded",
+            KernelCounter::RxFlooded => "kernel_rx_flooded",
+            KernelCounter::FloodSkipped => "kernel_flood_copies_skipped",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 16;
+pub const KERNEL_COUNTER_SLOTS: u32 = 19;
 
 #[cfg(test)]
 mod tests {

@@ -37,4 +37,5 @@ pub mod names {
     pub const LINK_STATS_MAP: &str = "LINK_STATS";
     pub const LOCAL_PORTS_MAP: &str = "LOCAL_PORTS";
     pub const PEER_PORTS_MAP: &str = "PEER_PORTS";
+    pub const FLOODS_MAP: &str = "FLOODS";
 }

@@ -126,6 +126,37 @@ pub const LOCAL_PORTS_CAPACITY: u32 = 4096;
 /// A local port entry older than this is not used: the container may have gone.
 pub const LOCAL_PORT_MAX_AGE_NS: u64 = 60 * 1_000_000_000;
 
+/// Most children one node has in a broadcast tree that the kernel still floods to itself; an
+/// origin with more is flooded by meshd (the programs copy a frame once per child, in a
+/// bounded loop).
+pub const MAX_FLOOD_CHILDREN: usize = 16;
+
+/// This node's place in one origin's broadcast tree (`FLOODS` hash map, key: the origin's short
+/// id; our own tree under our own id). meshd writes an entry for every origin it has a tree for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodEntry {
+    /// Our parent in the tree: the neighbour the origin's frames come from. Besides the origin
+    /// itself, only it may teach the kernel where the origin's MACs live (a member relaying a
+    /// frame with another's origin cannot). Zero in our own tree.
+    pub parent: u32,
+    /// `FLOOD_*` bits.
+    pub flags: u16,
+    /// How many of `children` are valid.
+    pub count: u16,
+    /// The smallest overlay MTU of the children's links: a bigger flood goes to meshd, which
+    /// answers or drops it as the TAP path does.
+    pub mtu: u32,
+    /// Our children in the tree: where the origin's floods go next.
+    pub children: [u32; MAX_FLOOD_CHILDREN],
+}
+
+/// The kernel floods this origin's frames itself: delivered to the local bridge and copied to
+/// every child. Set only when every child is a resolved kernel neighbour over IPv4 (and there
+/// are at most [`MAX_FLOOD_CHILDREN`]); otherwise floods go to meshd, which does all of it. A
+/// flood is never split between the two, so no child gets it twice.
+pub const FLOOD_IN_KERNEL: u16 = 1;
+
 /// Per-link traffic through the kernel (`LINK_STATS` per-CPU hash, key: link id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,6 +178,7 @@ mod user {
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::LinkStats {}
     unsafe impl aya::Pod for super::LocalPort {}
+    unsafe impl aya::Pod for super::FloodEntry {}
 }
 
 #[cfg(test)]
@@ -179,5 +211,10 @@ mod tests {
         assert_eq!(size_of::<LinkStats>(), 32);
         assert_eq!(size_of::<LocalPort>(), 16);
         assert_eq!(offset_of!(LocalPort, seen_ns), 8);
+        assert_eq!(size_of::<FloodEntry>(), 12 + 4 * MAX_FLOOD_CHILDREN);
+        assert_eq!(offset_of!(FloodEntry, flags), 4);
+        assert_eq!(offset_of!(FloodEntry, count), 6);
+        assert_eq!(offset_of!(FloodEntry, mtu), 8);
+        assert_eq!(offset_of!(FloodEntry, children), 12);
     }
 }

@@ -2,8 +2,10 @@
 //! mesh. A frame for a MAC the kernel FDB knows, whose route leaves over a kernel-capable
 //! (plaintext) link, is encapsulated here and sent straight out of the underlay, GSO
 //! super-frames staying whole (the underlay cuts them, each segment with its own outer
-//! headers). Everything else goes on to meshd through the TAP, which does the rest exactly as
-//! in the pure-TAP mode: floods, misses, sealed links, ICMP answers to oversize packets.
+//! headers). Broadcast, multicast and unknown destinations are flooded along our broadcast
+//! tree when every child in it is a kernel neighbour (`flood`). Everything else goes on to
+//! meshd through the TAP, which does the rest exactly as in the pure-TAP mode: floods with a
+//! userspace child, sealed links, ICMP answers to oversize packets.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -17,10 +19,11 @@ use mesh_common::{
         CONFIG_FORWARD, FDB_MAX_AGE_NS, FDB_REFRESH_NS, LocalPort, MacKey, NEIGHBOUR_KERNEL,
         NEIGHBOUR_RESOLVED,
     },
-    wire::{ENCAP_IPV4_LEN, ETH_LEN, HEADER_LEN, INITIAL_HOPS, WireHeader},
+    wire::{ENCAP_IPV4_LEN, ETH_LEN, FLOOD_ID, HEADER_LEN, INITIAL_HOPS, WireHeader},
 };
 
 use crate::{
+    flood,
     maps::{FDB, LOCAL_PORTS, NEIGHBOURS, ROUTES, config, count, link_traffic},
     outer::{self, OUTER_LEN},
     packet::{
@@ -62,16 +65,18 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
     let eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| KernelCounter::TxOther)?;
     learn_local(ctx, &eth);
     if eth[0] & 1 != 0 {
-        return Err(KernelCounter::TxFlood);
+        return flood_out(ctx, cfg, &eth);
     }
     let mut dst = [0u8; 6];
     dst.copy_from_slice(&eth[0..6]);
     // SAFETY: the value is only read, and copied out at once.
-    let entry = unsafe { FDB.get(MacKey::new(dst)) }.ok_or(KernelCounter::TxFlood)?;
+    let Some(entry) = (unsafe { FDB.get(MacKey::new(dst)) }).copied() else {
+        return flood_out(ctx, cfg, &eth);
+    };
     let (peer, seen) = (entry.peer, entry.seen_ns);
     // SAFETY: helper without arguments.
     if unsafe { bpf_ktime_get_ns() }.saturating_sub(seen) > FDB_MAX_AGE_NS {
-        return Err(KernelCounter::TxFlood);
+        return flood_out(ctx, cfg, &eth);
     }
     // SAFETY: as above.
     let hop = *unsafe { ROUTES.get(peer) }.ok_or(KernelCounter::TxUserspaceLink)?;
@@ -143,6 +148,38 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
     }
     // SAFETY: helper with plain arguments.
     Ok(unsafe { bpf_redirect(cfg.underlay_ifindex, 0) } as i32)
+}
+
+/// Floods a frame along our broadcast tree when the kernel may (every child a kernel
+/// neighbour); otherwise it goes to meshd, which floods it.
+#[inline(always)]
+fn flood_out(
+    ctx: &TcContext,
+    cfg: &mesh_common::DatapathConfig,
+    eth: &[u8; ETH_LEN],
+) -> Result<i32, KernelCounter> {
+    let entry = flood::in_kernel(cfg.me).ok_or(KernelCounter::TxFlood)?;
+    // SAFETY: reading a field of the context the kernel gave us.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        return Err(KernelCounter::TxFlood);
+    }
+    if packet_len(ctx, eth, 0) > entry.mtu {
+        return Err(KernelCounter::TxTooBig);
+    }
+    let payload = ctx.len() + HEADER_LEN as u32;
+    // SAFETY: helper with plain arguments on our own skb.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, (ENCAP_IPV4_LEN + ETH_LEN) as u32, 0) } != 0 {
+        return Err(KernelCounter::TxOther);
+    }
+    let h = WireHeader::new(cfg.me, FLOOD_ID, INITIAL_HOPS, false);
+    if !flood::copy_to_children(ctx, cfg, &entry, h, payload) {
+        // The frame is half rewritten: it cannot go on as it was.
+        count(KernelCounter::TxOther);
+        return Ok(TC_ACT_SHOT);
+    }
+    count(KernelCounter::TxFlooded);
+    // Every child has its copy; the frame itself goes nowhere else.
+    Ok(TC_ACT_SHOT)
 }
 
 /// Remembers which bridge port the frame's source MAC entered on, so frames for it arriving

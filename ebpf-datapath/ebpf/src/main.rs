@@ -7,6 +7,7 @@
 #![no_main]
 
 mod bridge_egress;
+mod flood;
 mod maps;
 mod outer;
 mod packet;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use mesh_common::{
     DatapathConfig, KERNEL_COUNTER_SLOTS, KernelCounter,
     maps::{
-        FDB_CAPACITY, FdbEntry, LOCAL_PORTS_CAPACITY, LinkStats, LocalPort, MAX_PEERS, MacKey,
-        NeighbourEntry, SenderEntry,
+        FDB_CAPACITY, FdbEntry, FloodEntry, LOCAL_PORTS_CAPACITY, LinkStats, LocalPort, MAX_PEERS,
+        MacKey, NeighbourEntry, SenderEntry,
     },
 };
 
@@ -31,6 +31,10 @@ pub static SENDERS: HashMap<[u8; 4], SenderEntry> = HashMap::with_max_entries(MA
 /// Next hop (short id) towards each peer (short id).
 #[map]
 pub static ROUTES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Our place in each origin's broadcast tree, by the origin's short id.
+#[map]
+pub static FLOODS: HashMap<u32, FloodEntry> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// MAC → origin peer, learnt from delivered frames; bounded, least recently used evicted.
 #[map]

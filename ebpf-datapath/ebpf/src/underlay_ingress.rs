@@ -1,8 +1,10 @@
 //! TC ingress on the underlay NIC: mesh data frames from plaintext neighbours. A frame for this
 //! node is decapsulated and handed to the local bridge through meshd's bridge port (so the
 //! bridge learns the remote MAC behind it); a frame for another peer is relayed straight back
-//! out with new outer headers, never touching the bridge. Floods, heartbeats, sealed frames,
-//! unknown senders and relays over sealed links continue to meshd's data socket. Anything that
+//! out with new outer headers, never touching the bridge; a flood is copied to our children in
+//! the origin's tree and delivered, when every child is a kernel neighbour (`flood`).
+//! Heartbeats, sealed frames, floods with a userspace child, unknown senders and relays over
+//! sealed links continue to meshd's data socket. Anything that
 //! is not for the data port passes untouched after a few header reads.
 //!
 //! At TC (not XDP) because a veth underlay delivers GSO super-frames whole: TC sees one 64 KiB
@@ -27,6 +29,7 @@ use mesh_common::{
 };
 
 use crate::{
+    flood,
     maps::{
         FDB, LOCAL_PORTS, NEIGHBOURS, PEER_PORTS, ROUTES, SENDERS, config, count, link_traffic,
     },
@@ -131,12 +134,18 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     }
     let destination = h.destination();
     if destination == FLOOD_ID {
-        learn(&inner_eth, origin);
-        return Verdict::ToMeshd;
+        learn(&inner_eth, origin, sender.short_id);
+        return flood_in(ctx, cfg, h, &udp, &inner_eth, sender.link_id);
     }
     if destination == cfg.me {
-        learn(&inner_eth, origin);
-        return deliver(ctx, cfg.bridge_port_ifindex, &inner_eth, sender.link_id);
+        learn(&inner_eth, origin, sender.short_id);
+        return deliver(
+            ctx,
+            cfg.bridge_port_ifindex,
+            &inner_eth,
+            sender.link_id,
+            KernelCounter::RxDelivered,
+        );
     }
     relay(ctx, cfg, h, &udp, sender.link_id)
 }
@@ -158,9 +167,46 @@ fn one_inner_packet(ctx: &TcContext, inner_eth: &[u8; ETH_LEN]) -> bool {
     }
 }
 
-/// Remembers that the inner frame's source MAC lives behind `origin`.
+/// A neighbour's flood: copied to our children in the origin's tree (one hop less), then
+/// delivered to the local bridge; or, when a child is not a kernel neighbour, left to meshd.
 #[inline(always)]
-fn learn(inner_eth: &[u8; ETH_LEN], origin: u32) {
+fn flood_in(
+    ctx: &TcContext,
+    cfg: &mesh_common::DatapathConfig,
+    h: WireHeader,
+    udp: &UdpHdr,
+    inner_eth: &[u8; ETH_LEN],
+    from_link: u32,
+) -> Verdict {
+    let Some(entry) = flood::in_kernel(h.origin()) else {
+        return Verdict::ToMeshd;
+    };
+    // SAFETY: reading a field of the context the kernel gave us.
+    let inner_ip_len = ctx.len().saturating_sub((INNER_OFF + ETH_LEN) as u32);
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 || inner_ip_len > entry.mtu {
+        return Verdict::ToMeshd;
+    }
+    let mut onward = h;
+    onward.hops = h.hops - 1;
+    if onward.hops > 0 {
+        let payload = u32::from(u16::from_be_bytes(udp.len_be)).saturating_sub(8);
+        if !flood::copy_to_children(ctx, cfg, &entry, onward, payload) {
+            return Verdict::Drop(KernelCounter::RxDropMalformed);
+        }
+    }
+    deliver(
+        ctx,
+        cfg.bridge_port_ifindex,
+        inner_eth,
+        from_link,
+        KernelCounter::RxFlooded,
+    )
+}
+
+/// Remembers that the inner frame's source MAC lives behind `origin`, when `sender` may say so
+/// (see `flood::may_teach`).
+#[inline(always)]
+fn learn(inner_eth: &[u8; ETH_LEN], origin: u32, sender: u32) {
     let mut src = [0u8; 6];
     src.copy_from_slice(&inner_eth[6..12]);
     if src[0] & 1 != 0 {
@@ -174,6 +220,9 @@ fn learn(inner_eth: &[u8; ETH_LEN], origin: u32) {
         && e.peer == origin
         && now.saturating_sub(e.seen_ns) < FDB_REFRESH_NS
     {
+        return;
+    }
+    if !flood::may_teach(origin, sender) {
         return;
     }
     let _ = FDB.insert(
@@ -190,7 +239,13 @@ fn learn(inner_eth: &[u8; ETH_LEN], origin: u32) {
 /// Strips the outer headers and hands the inner frame to the bridge, as if it arrived on
 /// meshd's bridge port.
 #[inline(always)]
-fn deliver(ctx: &TcContext, port: u32, inner_eth: &[u8; ETH_LEN], link_id: u32) -> Verdict {
+fn deliver(
+    ctx: &TcContext,
+    port: u32,
+    inner_eth: &[u8; ETH_LEN],
+    link_id: u32,
+    counter: KernelCounter,
+) -> Verdict {
     let received = ctx.len() - ETH_LEN as u32;
     // Shrinking at the MAC layer removes the bytes after the first 14: outer IPv4, UDP, the
     // mesh header and the inner Ethernet header, whose copy then replaces the outer one.
@@ -208,7 +263,7 @@ fn deliver(ctx: &TcContext, port: u32, inner_eth: &[u8; ETH_LEN], link_id: u32) 
         return Verdict::Drop(KernelCounter::RxDropMalformed);
     }
     link_traffic(link_id, received, false);
-    count(KernelCounter::RxDelivered);
+    count(counter);
     if let Some(veth) = local_veth(inner_eth) {
         // Straight into the container's namespace: no bridge, no extra backlog queue.
         count(KernelCounter::RxDeliveredDirect);
