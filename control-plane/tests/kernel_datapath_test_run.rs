@@ -528,7 +528,10 @@ fn in_capture_netns<T: Send + 'static>(f: impl FnOnce(Capture) -> T + Send + 'st
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !(up("fa") && up("fb")) {
-            assert!(std::time::Instant::now() < deadline, "the veth pair never came up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the veth pair never came up"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         f(Capture::open("fb"))

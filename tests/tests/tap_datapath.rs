@@ -186,6 +186,20 @@ fn basic_scenario(label: &str, mode: Mode) {
                 assert!(kernel_counter(n, "kernel_tx_sent") > 0, "{st}");
                 assert!(kernel_counter(n, "kernel_rx_delivered") > 0, "{st}");
             }
+            // Broadcasts (ARP, the UDP broadcast, IPv6 neighbour discovery) were flooded by
+            // the kernel along the broadcast trees, sent and received on every host.
+            for n in &nodes {
+                assert!(
+                    kernel_counter(n, "kernel_tx_flooded") > 0,
+                    "{}",
+                    status(n).unwrap()
+                );
+                assert!(
+                    kernel_counter(n, "kernel_rx_flooded") > 0,
+                    "{}",
+                    status(n).unwrap()
+                );
+            }
             // Frames for containers went straight to their veth, past the bridge.
             assert!(kernel_counter(t3, "kernel_rx_delivered_direct") > 0);
             assert!(
@@ -194,7 +208,15 @@ fn basic_scenario(label: &str, mode: Mode) {
                 status(t1).unwrap()
             );
         }
-        Mode::Mixed => {}
+        Mode::Mixed => {
+            // The kernel hosts' own trees have the TAP host as a child: meshd floods their
+            // frames. Each other's floods reach them through the kernel.
+            for n in &nodes[..2] {
+                let st = status(n).unwrap();
+                assert!(kernel_counter(n, "kernel_tx_flood_to_meshd") > 0, "{st}");
+                assert!(kernel_counter(n, "kernel_rx_flooded") > 0, "{st}");
+            }
+        }
     }
     // Every link says how its frames travel, whether they are sealed, that its data path is
     // up, and counts traffic.

@@ -298,7 +298,7 @@ async fn run(args: Args) -> Result<()> {
         mode: mode.clone(),
         trusted_subnets: args.trusted_subnets.clone(),
         datapath: Some(match kernel {
-            Some(k) => Box::new(KernelPath::new(tap::TapDatapath { shared: tap }, k)),
+            Some(k) => Box::new(KernelPath::new(tap::TapDatapath { shared: tap }, k)?),
             None => Box::new(tap::TapDatapath { shared: tap }),
         }),
         data_port: args.data_port,

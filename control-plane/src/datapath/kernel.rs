@@ -4,6 +4,7 @@
 
 use std::{
     net::Ipv4Addr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -20,7 +21,10 @@ use aya::{
 };
 use mesh_common::{
     DatapathConfig, KERNEL_COUNTER_SLOTS, KernelCounter,
-    maps::{CONFIG_FORWARD, FdbEntry, FloodEntry, LinkStats, MacKey, NeighbourEntry, SenderEntry},
+    maps::{
+        CONFIG_FORWARD, FDB_MAX_AGE_NS, FdbEntry, FloodEntry, LinkStats, MacKey, NeighbourEntry,
+        SenderEntry,
+    },
     names,
 };
 
@@ -429,6 +433,35 @@ impl KernelDatapath {
         };
         map.insert(MacKey::new(mac), entry, 0)?;
         Ok(())
+    }
+
+    /// A lookup in the kernel FDB for any thread, on a handle of its own: the peer behind a
+    /// MAC and the entry's age in ms, when it is fresh enough to use.
+    pub fn fdb_lookup(
+        &self,
+    ) -> Result<impl Fn(&[u8; 6]) -> Option<(u32, u64)> + Send + Sync + 'static, DatapathError>
+    {
+        let map = self
+            .ebpf
+            .map(names::FDB_MAP)
+            .ok_or(DatapathError::Missing(names::FDB_MAP))?;
+        let data = match map {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d,
+            _ => return Err(DatapathError::Missing(names::FDB_MAP)),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DatapathError::MapHandle)?;
+        let own = MapData::from_fd(fd)?;
+        let fdb: HashMap<MapData, MacKey, FdbEntry> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(own))?;
+        Ok(move |mac: &[u8; 6]| {
+            let e = fdb.get(&MacKey::new(*mac), 0).ok()?;
+            let age = monotonic_ns().saturating_sub(e.seen_ns);
+            (age < FDB_MAX_AGE_NS).then_some((e.peer, age / 1_000_000))
+        })
     }
 
     /// The kernel FDB: (MAC, peer short id, age in ms).

@@ -36,13 +36,20 @@ pub struct KernelPath {
 }
 
 impl KernelPath {
-    pub fn new(tap: TapDatapath, kernel: KernelDatapath) -> KernelPath {
-        KernelPath {
+    /// meshd's table asks the kernel's about destinations it has not learnt: a frame the
+    /// kernel hands over (a route through a relay or over a sealed link) goes to its peer, not
+    /// to a flood.
+    pub fn new(tap: TapDatapath, kernel: KernelDatapath) -> Result<KernelPath> {
+        let lookup = kernel.fdb_lookup()?;
+        tap.shared.set_mac_lookup(Box::new(move |mac: &Mac| {
+            lookup(mac).map(|(peer, age)| (ShortId::from_wire(peer), age))
+        }));
+        Ok(KernelPath {
             tap,
             kernel,
             kernel_peers: BTreeSet::new(),
             synced: None,
-        }
+        })
     }
 
     /// Whether the kernel forwards a link's frames: plaintext (there is no AEAD in this

@@ -58,6 +58,8 @@ pub enum DatapathError {
     Pins(std::path::PathBuf, #[source] std::io::Error),
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
+    #[error("opening a second handle on a kernel datapath map: {0}")]
+    MapHandle(#[source] std::io::Error),
 }
 
 /// Which datapath moves frames (`--datapath`).

@@ -121,11 +121,17 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Another place a MAC may have been learnt: the kernel datapath's FDB (the frames it delivers
+/// never reach meshd). Gives the peer and how long ago (ms) it was confirmed.
+pub type MacLookup = Box<dyn Fn(&Mac) -> Option<(ShortId, u64)> + Send + Sync>;
+
 /// State shared by the agent and the data path thread.
 pub struct Shared {
     table: RwLock<Arc<Table>>,
     neighbours: Mutex<Neighbours>,
     fdb: Mutex<Fdb>,
+    /// Asked when `fdb` misses a local frame's destination (see [`MacLookup`]).
+    learnt_elsewhere: std::sync::OnceLock<MacLookup>,
     pub counters: Counters,
     pub mtu: u32,
     pub tap_name: String,
@@ -216,6 +222,29 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Makes `lookup` the place to ask about a destination meshd has not learnt itself.
+    pub fn set_mac_lookup(&self, lookup: MacLookup) {
+        let _ = self.learnt_elsewhere.set(lookup);
+    }
+
+    /// The peer behind a local frame's destination MAC from the other lookup, put in meshd's
+    /// table when meshd's own misses (so a frame the kernel hands over for a relayed or sealed
+    /// route is sent to its peer, not flooded).
+    fn learn_elsewhere(&self, fdb: &mut Fdb, frame: &[u8], now_ms: u64) {
+        let Some(lookup) = self.learnt_elsewhere.get() else {
+            return;
+        };
+        let Some(dst) = frame.get(0..6).and_then(|d| <&Mac>::try_from(d).ok()) else {
+            return;
+        };
+        if crate::switch::is_multicast(dst) || fdb.lookup(dst, now_ms).is_some() {
+            return;
+        }
+        if let Some((peer, age_ms)) = lookup(dst) {
+            fdb.learn(*dst, peer, now_ms.saturating_sub(age_ms));
+        }
     }
 
     /// The MAC table: (mac, peer, age in ms).
@@ -344,6 +373,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
             MIN_OVERLAY_MTU as usize,
         )),
         fdb: Mutex::new(Fdb::new(FDB_CAPACITY, FDB_MAX_AGE_MS)),
+        learnt_elsewhere: std::sync::OnceLock::new(),
         counters: Counters::default(),
         mtu,
         tap_name: cfg.tap.clone(),

@@ -141,10 +141,10 @@ fn local_frame(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) 
 /// path to a next hop is answered like any oversize frame (ICMP, or split).
 fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
     {
-        let fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
-        forward::from_local(table, &fdb, frame, shared.now_ms(), |to, h| {
-            local.sends.push((to, h))
-        });
+        let mut fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = shared.now_ms();
+        shared.learn_elsewhere(&mut fdb, frame, now);
+        forward::from_local(table, &fdb, frame, now, |to, h| local.sends.push((to, h)));
     }
     // A flood may meet several narrow links: one answer is enough.
     let mut answered = false;
