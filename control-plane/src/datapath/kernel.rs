@@ -435,33 +435,22 @@ impl KernelDatapath {
         Ok(())
     }
 
-    /// A lookup in the kernel FDB for any thread, on a handle of its own: the peer behind a
-    /// MAC and the entry's age in ms, when it is fresh enough to use.
-    pub fn fdb_lookup(
-        &self,
-    ) -> Result<impl Fn(&[u8; 6]) -> Option<(u32, u64)> + Send + Sync + 'static, DatapathError>
-    {
+    /// A handle on the kernel FDB of its own, for another thread.
+    pub fn fdb_handle(&self) -> Result<FdbHandle, DatapathError> {
         let map = self
             .ebpf
             .map(names::FDB_MAP)
             .ok_or(DatapathError::Missing(names::FDB_MAP))?;
-        let data = match map {
-            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d,
-            _ => return Err(DatapathError::Missing(names::FDB_MAP)),
+        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+            return Err(DatapathError::Missing(names::FDB_MAP));
         };
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
             .map_err(DatapathError::MapHandle)?;
-        let own = MapData::from_fd(fd)?;
-        let fdb: HashMap<MapData, MacKey, FdbEntry> =
-            HashMap::try_from(aya::maps::Map::LruHashMap(own))?;
-        Ok(move |mac: &[u8; 6]| {
-            let e = fdb.get(&MacKey::new(*mac), 0).ok()?;
-            let age = monotonic_ns().saturating_sub(e.seen_ns);
-            (age < FDB_MAX_AGE_NS).then_some((e.peer, age / 1_000_000))
-        })
+        let own = aya::maps::Map::LruHashMap(MapData::from_fd(fd)?);
+        Ok(FdbHandle(HashMap::try_from(own)?))
     }
 
     /// The kernel FDB: (MAC, peer short id, age in ms).
@@ -499,6 +488,18 @@ impl KernelDatapath {
         )?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
+    }
+}
+
+/// The kernel FDB, readable from any thread.
+pub struct FdbHandle(HashMap<MapData, MacKey, FdbEntry>);
+
+impl FdbHandle {
+    /// The peer behind `mac` and the entry's age in ms, when it is fresh enough to use.
+    pub fn lookup(&self, mac: &[u8; 6]) -> Option<(u32, u64)> {
+        let e = self.0.get(&MacKey::new(*mac), 0).ok()?;
+        let age = monotonic_ns().saturating_sub(e.seen_ns);
+        (age < FDB_MAX_AGE_NS).then_some((e.peer, age / 1_000_000))
     }
 }
 

@@ -40,9 +40,10 @@ impl KernelPath {
     /// kernel hands over (a route through a relay or over a sealed link) goes to its peer, not
     /// to a flood.
     pub fn new(tap: TapDatapath, kernel: KernelDatapath) -> Result<KernelPath> {
-        let lookup = kernel.fdb_lookup()?;
+        let fdb = kernel.fdb_handle()?;
         tap.shared.set_mac_lookup(Box::new(move |mac: &Mac| {
-            lookup(mac).map(|(peer, age)| (ShortId::from_wire(peer), age))
+            fdb.lookup(mac)
+                .map(|(peer, age)| (ShortId::from_wire(peer), age))
         }));
         Ok(KernelPath {
             tap,
