@@ -275,6 +275,16 @@ pub fn kernel_pair(
     p: &str,
     subnet: &str,
 ) -> Result<(Vec<Host>, Vec<crate::Container>, Vec<Meshd>)> {
+    pair_in(lab, p, subnet, Mode::Kernel)
+}
+
+/// [`kernel_pair`] with both hosts in `mode`.
+pub fn pair_in(
+    lab: &mut Lab,
+    p: &str,
+    subnet: &str,
+    mode: Mode,
+) -> Result<(Vec<Host>, Vec<crate::Container>, Vec<Meshd>)> {
     let hosts = vec![
         lab.add_host(&format!("{p}1"))?,
         lab.add_host(&format!("{p}2"))?,
@@ -284,7 +294,7 @@ pub fn kernel_pair(
         let name = format!("{p}c{}", i + 1);
         containers.push(lab.add_container(h, &name, Some(&format!("{subnet}.{}/24", i + 1)))?);
     }
-    let nodes = start_mesh_in(lab, &hosts, Mode::Kernel)?;
+    let nodes = start_mesh_in(lab, &hosts, mode)?;
     if !wait_until(Duration::from_secs(8), || full_mesh(&nodes)) {
         bail!("the two meshd did not connect");
     }
