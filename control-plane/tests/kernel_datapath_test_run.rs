@@ -17,7 +17,10 @@ use mesh::{
 };
 use mesh_common::{
     DEFAULT_DATA_PORT, KernelCounter as K,
-    names::{BRIDGE_EGRESS_PROGRAM as EGRESS, UNDERLAY_INGRESS_PROGRAM as INGRESS},
+    names::{
+        BRIDGE_EGRESS_PROGRAM as EGRESS, PORT_INGRESS_PROGRAM as PORT,
+        UNDERLAY_INGRESS_PROGRAM as INGRESS,
+    },
     wire::{FLOOD_ID, INITIAL_HOPS, WireHeader},
 };
 
@@ -300,6 +303,65 @@ fn frames_the_kernel_does_not_send_go_on_to_meshd_unchanged() {
     );
 }
 
+/// Runs `frame` through `program` and asserts the action and exactly the `counters` that
+/// moved (by one each). Returns the bytes that came out.
+fn run_counting(
+    dp: &KernelDatapath,
+    program: &'static str,
+    frame: &[u8],
+    action: u32,
+    moved: &[K],
+) -> Vec<u8> {
+    let before = counters(dp);
+    let (rc, out) = dp.test_run(program, frame).unwrap();
+    assert_eq!(rc, action, "{program}: action");
+    let after = counters(dp);
+    for k in K::ALL {
+        let want = u64::from(moved.contains(&k));
+        assert_eq!(
+            after[k.name()] - before[k.name()],
+            want,
+            "{program}: {}",
+            k.name()
+        );
+    }
+    out
+}
+
+#[test]
+fn a_containers_frame_for_a_kernel_peer_is_sent_before_the_bridge_and_the_rest_goes_on() {
+    let mut dp = datapath();
+    dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
+    dp.fdb_insert([2, 0, 0, 0, 0, 4], SEALED).unwrap();
+    let frame = inner_ipv4(REMOTE_MAC, 100);
+    let out = run_counting(
+        &dp,
+        PORT,
+        &frame,
+        TC_ACT_REDIRECT,
+        &[K::TxSent, K::TxFromPort],
+    );
+    let (h, inner) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
+    assert_eq!(h, WireHeader::new(ME, NEAR, INITIAL_HOPS, false));
+    assert_eq!(inner, frame);
+    // Into the bridge untouched and uncounted (bridge_egress counts what reaches it):
+    // broadcast, unknown, a sealed peer's, too big.
+    for other in [
+        inner_ipv4([0xff; 6], 20),
+        inner_ipv4([2, 0, 0, 0, 0, 0x99], 20),
+        inner_ipv4([2, 0, 0, 0, 0, 4], 20),
+        inner_ipv4(REMOTE_MAC, MTU as usize - 28 + 1),
+    ] {
+        assert_eq!(run_counting(&dp, PORT, &other, TC_ACT_OK, &[]), other);
+    }
+    // A MAC that has since shown up behind a local port (the container moved here): the bridge
+    // delivers it, whatever the kernel FDB still says.
+    let mut from_it = inner_ipv4([0xff; 6], 20);
+    from_it[6..12].copy_from_slice(&REMOTE_MAC);
+    run_counting(&dp, PORT, &from_it, TC_ACT_OK, &[]);
+    assert_eq!(run_counting(&dp, PORT, &frame, TC_ACT_OK, &[]), frame);
+}
+
 #[test]
 fn a_frame_for_this_node_is_decapsulated_and_its_source_learnt() {
     let dp = datapath();
@@ -430,7 +492,12 @@ fn fuzz_program(dp: &KernelDatapath, program: &'static str, bases: &[Vec<u8>], s
         let main: Vec<K> = moved
             .iter()
             .copied()
-            .filter(|k| !matches!(k, K::TxGso | K::RxDeliveredDirect | K::FloodSkipped))
+            .filter(|k| {
+                !matches!(
+                    k,
+                    K::TxGso | K::RxDeliveredDirect | K::FloodSkipped | K::TxFromPort
+                )
+            })
             .collect();
         let what = format!("{program}, frame {n} (seed {seed}): {frame:02x?}");
         assert!(main.len() <= 1, "{what}: counters {moved:?}");
@@ -487,6 +554,7 @@ fn mutated_frames_always_get_a_valid_action_and_counters_that_add_up() {
     dp.fdb_insert(behind_sealed, SEALED).unwrap();
     dp.fdb_insert(behind_unresolved, UNRESOLVED).unwrap();
     fuzz_program(&dp, EGRESS, &egress_bases, 0x6d65_7368_0001);
+    fuzz_program(&dp, PORT, &egress_bases, 0x6d65_7368_0003);
     let ingress_bases = vec![
         from_underlay(NEAR_IP, (PLAIN, 5), NEAR, ME, &inner),
         from_underlay(NEAR_IP, (PLAIN, 5), 0x42, FAR, &inner),

@@ -104,8 +104,8 @@ fn meshd_without_bpf_runs_the_tap_datapath_and_carries_traffic_with_kernel_hosts
     }
     let held = bpf_fds(&lab, &nodes[0]);
     assert!(
-        held.iter().filter(|l| l.contains("bpf-prog")).count() == 2,
-        "the kernel host holds its two programs: {held:?}"
+        held.iter().filter(|l| l.contains("bpf-prog")).count() == 3,
+        "the kernel host holds its three programs: {held:?}"
     );
     let pins = lab.bpf_dir_of("f1");
     for link in ["link_bridge_egress", "link_underlay_ingress"] {

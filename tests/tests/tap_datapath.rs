@@ -200,6 +200,8 @@ fn basic_scenario(label: &str, mode: Mode) {
                     status(n).unwrap()
                 );
             }
+            // Containers' frames for kernel peers left before the bridge (port_ingress).
+            assert!(kernel_counter(t1, "kernel_tx_from_port") > 0);
             // Frames for containers went straight to their veth, past the bridge.
             assert!(kernel_counter(t3, "kernel_rx_delivered_direct") > 0);
             assert!(

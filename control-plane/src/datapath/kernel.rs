@@ -15,7 +15,7 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId},
     },
     util::KernelVersion,
 };
@@ -91,6 +91,9 @@ pub struct KernelDatapath {
     started: Instant,
     /// Whether this run adopted the state of an earlier one.
     adopted: bool,
+    /// `port_ingress` on the bridge's veth ports, by ifindex: not pinned (while meshd is
+    /// down, frames take the bridge's way).
+    ports: std::collections::BTreeMap<u32, SchedClassifierLinkId>,
 }
 
 /// How long a route, neighbour or sender the agent dropped stays in the kernel. A neighbour
@@ -115,6 +118,7 @@ pub fn load_verified(pin_dir: Option<&Path>) -> Result<Ebpf, DatapathError> {
     for name in [
         names::BRIDGE_EGRESS_PROGRAM,
         names::UNDERLAY_INGRESS_PROGRAM,
+        names::PORT_INGRESS_PROGRAM,
     ] {
         classifier(&mut ebpf, name)?.load()?;
     }
@@ -194,6 +198,7 @@ impl KernelDatapath {
             missing: Missing::new(),
             started: Instant::now(),
             adopted: false,
+            ports: Default::default(),
         };
         let old: DatapathConfig = {
             let map: Array<&MapData, DatapathConfig> = dp.map(names::DATAPATH_CONFIG_MAP)?;
@@ -386,17 +391,43 @@ impl KernelDatapath {
         Ok(())
     }
 
-    /// Makes `PEER_PORTS` list exactly the veth ports of the local bridge `bridge`.
+    /// Makes `PEER_PORTS` list exactly the veth ports of the local bridge `bridge`, and
+    /// `port_ingress` run on each of them.
     pub fn sync_peer_ports(&mut self, bridge: &str) -> Result<(), DatapathError> {
-        let wanted: std::collections::BTreeSet<u32> =
+        let wanted: std::collections::BTreeMap<u32, String> =
             super::ports::veth_ports(bridge).into_iter().collect();
         let mut map: HashMap<&mut MapData, u32, u32> = self.map_mut(names::PEER_PORTS_MAP)?;
         let have: std::collections::BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
-        for gone in have.difference(&wanted) {
+        for gone in have.iter().filter(|p| !wanted.contains_key(p)) {
             let _ = map.remove(gone);
         }
-        for new in wanted.difference(&have) {
+        for new in wanted.keys().filter(|p| !have.contains(p)) {
             map.insert(new, 1, 0)?;
+        }
+        let gone: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        let program = classifier(&mut self.ebpf, names::PORT_INGRESS_PROGRAM)?;
+        for port in gone {
+            if let Some(link) = self.ports.remove(&port) {
+                // The port is gone, and its attachment with it; detaching only tidies up.
+                let _ = program.detach(link);
+            }
+        }
+        for (index, name) in &wanted {
+            if self.ports.contains_key(index) {
+                continue;
+            }
+            match program.attach(name, TcAttachType::Ingress) {
+                Ok(link) => {
+                    self.ports.insert(*index, link);
+                }
+                // Not fatal: its frames take the bridge's way. Tried again next sync.
+                Err(e) => tracing::debug!(port = %name, error = %e, "attaching port_ingress"),
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The local bridge's ports that are veths, whose other end sits in a container's namespace:
 //! the kernel datapath hands frames for their MACs straight to the container
-//! (`bpf_redirect_peer`), which works only for such a port. Read from sysfs and the ethtool
+//! (`bpf_redirect_peer`), which works only for such a port, and sends their frames for the
+//! mesh before they reach the bridge (`port_ingress`). Read from sysfs and the ethtool
 //! driver name, which follow meshd's network namespace.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,8 +44,8 @@ pub fn is_veth(name: &str) -> bool {
     info.driver.split(|b| *b == 0).next() == Some(b"veth".as_slice())
 }
 
-/// The interface indexes of `bridge`'s ports that are veths.
-pub fn veth_ports(bridge: &str) -> Vec<u32> {
+/// The interface indexes and names of `bridge`'s ports that are veths.
+pub fn veth_ports(bridge: &str) -> Vec<(u32, String)> {
     let Ok(ports) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) else {
         return Vec::new();
     };
@@ -55,11 +56,12 @@ pub fn veth_ports(bridge: &str) -> Vec<u32> {
             if !is_veth(&name) {
                 return None;
             }
-            std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            let index = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
                 .ok()?
                 .trim()
                 .parse()
-                .ok()
+                .ok()?;
+            Some((index, name))
         })
         .collect()
 }

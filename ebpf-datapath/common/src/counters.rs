@@ -110,7 +110,7 @@ impl DropReason {
 
 /// What the forwarding programs (`bridge_egress`, `underlay_ingress`) did with a frame: one
 /// slot each in the `KERNEL_COUNTERS` per-CPU array. A frame counts in exactly one slot (the
-/// GSO, direct-delivery and skipped-copy counters only accompany another). Frames
+/// GSO, direct-delivery, from-port and skipped-copy counters only accompany another). Frames
 /// "to meshd" continue on the userspace path (meshd's TAP device and data socket), which does
 /// everything the kernel leaves to it: sealed links, floods, misses, oversize answers.
 #[repr(u32)]
@@ -162,6 +162,9 @@ pub enum KernelCounter {
     /// (the maps were changing under the frame); one per child left out, alongside the frame's
     /// own counter.
     FloodSkipped = 18,
+    /// Of `TxSent`, frames taken at a container's bridge port (`port_ingress`), before the
+    /// bridge.
+    TxFromPort = 19,
 }
 
 impl KernelCounter {
@@ -197,6 +200,7 @@ impl KernelCounter {
         KernelCounter::TxFlooded,
         KernelCounter::RxFlooded,
         KernelCounter::FloodSkipped,
+        KernelCounter::TxFromPort,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -221,12 +225,13 @@ impl KernelCounter {
             KernelCounter::TxFlooded => "kernel_tx_flooded",
             KernelCounter::RxFlooded => "kernel_rx_flooded",
             KernelCounter::FloodSkipped => "kernel_flood_copies_skipped",
+            KernelCounter::TxFromPort => "kernel_tx_from_port",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 19;
+pub const KERNEL_COUNTER_SLOTS: u32 = 20;
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ pub mod names {
     pub const DATAPATH_CONFIG_MAP: &str = "DATAPATH_CONFIG";
     pub const BRIDGE_EGRESS_PROGRAM: &str = "bridge_egress";
     pub const UNDERLAY_INGRESS_PROGRAM: &str = "underlay_ingress";
+    pub const PORT_INGRESS_PROGRAM: &str = "port_ingress";
     pub const KERNEL_COUNTERS_MAP: &str = "KERNEL_COUNTERS";
     pub const NEIGHBOURS_MAP: &str = "NEIGHBOURS";
     pub const SENDERS_MAP: &str = "SENDERS";
