@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod entry_sign;
 pub mod identity;
 pub mod local_api;
+pub mod notify;
 pub mod paths;
 pub mod switch;
 pub mod tap;

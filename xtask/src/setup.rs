@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "wireguard-tools",
     // The bench chart's font.
     "fonts-dejavu-core",
+    // tests/tests/systemd_unit.rs checks the unit with `systemd-analyze verify`.
+    "systemd",
+    // setpriv: tests run meshd with only some capabilities.
+    "util-linux",
 ];
 
 /// The eBPF crate is built with the plain `nightly` toolchain that is on the machine.

@@ -62,6 +62,8 @@ pub struct Config {
     /// The datapath (TAP, or kernel with TAP for the rest), when this node forwards frames.
     pub datapath: Option<Box<dyn Datapath>>,
     pub data_port: u16,
+    /// systemd's notification socket, when meshd runs as a `Type=notify` service.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// What connection tasks and the API report to the agent.
@@ -129,6 +131,7 @@ pub struct Agent {
     state_since: BTreeMap<PeerId, (String, SystemTime)>,
     datapath: Option<Box<dyn Datapath>>,
     data_port: u16,
+    notifier: Option<crate::notify::Notifier>,
     /// What the data path was last given.
     published: Published,
     /// Sources whose password attempts failed, and how long they wait.
@@ -351,6 +354,7 @@ impl Agent {
             state_since: BTreeMap::new(),
             datapath: cfg.datapath,
             data_port: cfg.data_port,
+            notifier: cfg.notifier,
             published: None,
             throttle: throttle::Throttle::default(),
             auth_failures: 0,
@@ -380,6 +384,11 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> (Option<Box<dyn Datapath>>, Option<String>) {
         let mut failure = None;
+        // The control plane listens and the datapath is up: serving.
+        let status = self.status_line();
+        if let Some(n) = &mut self.notifier {
+            n.ready(&status);
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         // A starved control thread skips the ticks it missed instead of running them back to
         // back (tokio's default), which only deepens the starvation.
@@ -399,6 +408,9 @@ impl Agent {
                 _ = &mut shutdown => break,
             }
             self.flush();
+        }
+        if let Some(n) = &mut self.notifier {
+            n.stopping();
         }
         info!("closing peer connections");
         self.endpoint
@@ -664,8 +676,24 @@ impl Agent {
         tokio::spawn(conn::pump(conn, est, conn_id, self.events.clone(), rx));
     }
 
+    /// One line for systemd's STATUS: peers connected and the datapath in use.
+    fn status_line(&self) -> String {
+        let n = self.links.len();
+        format!(
+            "{n} peer{} connected; datapath {}",
+            if n == 1 { "" } else { "s" },
+            self.mode.name
+        )
+    }
+
     fn tick(&mut self) {
         let now = now_ms();
+        let status = self.status_line();
+        if let Some(n) = &mut self.notifier {
+            // From this loop, so a wedged agent stops the pings and systemd restarts it.
+            n.alive();
+            n.status(&status);
+        }
         self.check_data_paths(now);
         self.sync_datapath();
         self.gossip.tick(now);

@@ -302,6 +302,7 @@ async fn run(args: Args) -> Result<()> {
             None => Box::new(tap::TapDatapath { shared: tap }),
         }),
         data_port: args.data_port,
+        notifier: mesh::notify::Notifier::from_env()?,
     })?;
     tracing::info!(
         name,
