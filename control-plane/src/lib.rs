@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod config_file;
 pub mod datapath;
 pub mod entry_sign;
 pub mod identity;

@@ -11,6 +11,7 @@ use clap::Parser;
 use mesh::{
     agent::{self, Agent, Event},
     auth::{self, AuthMode},
+    config_file,
     datapath::{
         self, DatapathChoice, HostConfig, KernelDatapath, UnderlayRx, XdpAttachMode,
         kernel_path::KernelPath,
@@ -30,7 +31,11 @@ use tokio::sync::oneshot;
         meshd connects to the given peers (and to every peer it learns about from them) over \
         authenticated QUIC, keeps the mesh topology and routes, moves the local bridge's frames \
         to and from the other hosts, and serves the local API that meshctl talks to. Every \
-        option can also be set through the environment variable shown next to it.\n\n\
+        option can also be set through the environment variable shown next to it, or in the \
+        configuration file (/etc/mesh/meshd.toml, or --config): one key per option, named like \
+        the option without its dashes (`password-file = \"/etc/mesh/password\"`), the peers \
+        as `peers = [\"10.0.0.2\"]`. The command line and the environment override the \
+        file.\n\n\
         Datapath: with --datapath auto (the default) plaintext links are forwarded in the \
         kernel by mesh's eBPF programs where the kernel and meshd's privileges allow it, \
         and by meshd through its TAP device otherwise (the reason is logged and shown by \
@@ -127,6 +132,14 @@ struct Args {
     /// Internal: hold TAP device NAME up while meshd restarts (see tap/keeper.rs).
     #[arg(long = "keep-tap", value_name = "NAME", hide = true)]
     keep_tap: Option<String>,
+    /// What to log: a level (error, warn, info, debug, trace) or per-module directives
+    /// (`info,mesh::agent=debug`). SIGHUP re-reads it from the configuration file.
+    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    log: String,
+    /// Configuration file (TOML, a key per option). Default: /etc/mesh/meshd.toml when it
+    /// exists.
+    #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// XDP hook of --observe-underlay: native driver mode, generic skb mode, or auto (driver,
     /// else skb; skb on a veth).
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
@@ -134,26 +147,112 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let args = parse_args()?;
     if let Some(tap) = &args.keep_tap {
         return tap::keeper::run(tap);
     }
     if args.cleanup {
         return cleanup(&args);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let (filter, log_filter) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(&args.log));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Colours only for a person at a terminal: in a file or the journal they are
+                // noise that breaks grep.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
         )
-        // Colours only for a person at a terminal: in a file or the journal they are noise
-        // that breaks grep.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    let reload = Reload {
+        log_filter,
+        peers: args.peers.clone(),
+    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(args))
+        .block_on(run(args, reload))
+}
+
+/// A `--log` value: a filter tracing accepts.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a log filter ({e}); e.g. info, or info,mesh::agent=debug"))
+}
+
+/// What SIGHUP may change while meshd runs: the log filter and the peers to dial. The datapath,
+/// the identity and the listening socket stay as they are.
+struct Reload {
+    log_filter: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    /// The peer list as last read (a peer that leaves it is forgotten).
+    peers: Vec<String>,
+}
+
+impl Reload {
+    /// Reads the configuration again (file, environment, the command line meshd started
+    /// with), applies the log filter, and asks the agent to dial new peers and forget dropped
+    /// ones. A bad file changes nothing and is logged.
+    async fn apply(&mut self, events: &tokio::sync::mpsc::UnboundedSender<Event>) {
+        let args = match parse_args_checked() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("reloading the configuration failed; nothing changed: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .log_filter
+            .reload(tracing_subscriber::EnvFilter::new(&args.log))
+        {
+            tracing::error!(error = %e, "applying the log filter");
+        }
+        let added: Vec<String> = args
+            .peers
+            .iter()
+            .filter(|p| !self.peers.contains(p))
+            .cloned()
+            .collect();
+        let dropped: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| !args.peers.contains(p))
+            .cloned()
+            .collect();
+        use mesh_proto::v1::{TargetsRequest, request};
+        for (list, kind) in [
+            (
+                added.clone(),
+                request::Kind::Connect as fn(TargetsRequest) -> request::Kind,
+            ),
+            (dropped.clone(), request::Kind::Forget),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let request = kind(TargetsRequest { targets: list });
+            if events.send(Event::Api { request, reply }).is_err() {
+                return;
+            }
+            if let Ok(mesh_proto::v1::response::Kind::Error(e)) = answer.await {
+                tracing::error!("reloading the peer list: {e}");
+            }
+        }
+        self.peers = args.peers;
+        tracing::info!(
+            log = args.log,
+            ?added,
+            ?dropped,
+            "reloaded the configuration"
+        );
+    }
 }
 
 /// The password, from MESH_PASSWORD or the password file.
@@ -171,7 +270,7 @@ fn password(args: &Args) -> Result<Option<Vec<u8>>> {
     Ok(Some(p.as_bytes().to_vec()))
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(args: Args, mut reload: Reload) -> Result<()> {
     for p in &args.peers {
         agent::validate_target(p)?;
     }
@@ -353,6 +452,13 @@ async fn run(args: Args) -> Result<()> {
         }
     });
 
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reload_events = agent.events();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.apply(&reload_events).await;
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -380,6 +486,35 @@ async fn run(args: Args) -> Result<()> {
     }
     tracing::info!("meshd stopped");
     Ok(())
+}
+
+/// [`parse_args`], returning clap's complaint instead of exiting with it.
+fn parse_args_checked() -> Result<Args> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Args::command();
+    let given = argv.get(1..).unwrap_or_default();
+    if let Some(file) = config_file::path_from(given, std::env::var_os("MESH_CONFIG"))? {
+        cmd = config_file::load(cmd, &file)?;
+    }
+    let matches = cmd.try_get_matches_from(argv)?;
+    Ok(Args::from_arg_matches(&matches)?)
+}
+
+/// The command line over the environment over the configuration file over the defaults.
+fn parse_args() -> Result<Args> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Args::command();
+    // The TAP keeper is meshd's own child, started with everything it needs.
+    if !argv.iter().any(|a| a == "--keep-tap") {
+        let given = argv.get(1..).unwrap_or_default();
+        if let Some(file) = config_file::path_from(given, std::env::var_os("MESH_CONFIG"))? {
+            cmd = config_file::load(cmd, &file)?;
+        }
+    }
+    let matches = cmd.get_matches_from(argv);
+    Ok(Args::from_arg_matches(&matches)?)
 }
 
 /// Starts the kernel datapath as `--datapath` asks. `auto` falls back to the TAP datapath (which
