@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod entry_sign;
 pub mod identity;
 pub mod local_api;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod switch;

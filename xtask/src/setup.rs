@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // setpriv: tests run meshd with only some capabilities.
     "util-linux",
+    // promtool: tests/tests/metrics.rs lints a scrape with `promtool check metrics`.
+    "prometheus",
 ];
 
 /// The eBPF crate is built with the plain `nightly` toolchain that is on the machine.

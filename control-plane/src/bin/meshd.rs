@@ -136,6 +136,10 @@ struct Args {
     /// (`info,mesh::agent=debug`). SIGHUP re-reads it from the configuration file.
     #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
     log: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (per-peer traffic, drops by reason,
+    /// RTT, link state, datapath, gossip, FDB size, handshake failures). Off by default.
+    #[arg(long, env = "MESH_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Configuration file (TOML, a key per option). Default: /etc/mesh/meshd.toml when it
     /// exists.
     #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
@@ -452,6 +456,17 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         }
     });
 
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}: cannot listen there"))?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+        let events = agent.events();
+        tokio::spawn(mesh::metrics::serve(listener, move || {
+            let events = events.clone();
+            async move { metrics_snapshot(&events).await }
+        }));
+    }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reload_events = agent.events();
     tokio::spawn(async move {
@@ -486,6 +501,31 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     }
     tracing::info!("meshd stopped");
     Ok(())
+}
+
+/// What a metrics scrape shows, asked of the agent like meshctl asks: status, peers, FDB size.
+async fn metrics_snapshot(
+    events: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Option<(mesh_proto::v1::Status, mesh_proto::v1::Peers, usize)> {
+    use mesh_proto::v1::{FdbRequest, PeersRequest, StatusRequest, request, response};
+    let ask = |request: request::Kind| async move {
+        let (reply, answer) = oneshot::channel();
+        events.send(Event::Api { request, reply }).ok()?;
+        answer.await.ok()
+    };
+    let Some(response::Kind::Status(status)) = ask(request::Kind::Status(StatusRequest {})).await
+    else {
+        return None;
+    };
+    let Some(response::Kind::Peers(peers)) = ask(request::Kind::Peers(PeersRequest {})).await
+    else {
+        return None;
+    };
+    let fdb = match ask(request::Kind::Fdb(FdbRequest {})).await {
+        Some(response::Kind::Fdb(f)) => f.entries.len(),
+        _ => 0,
+    };
+    Some((status, peers, fdb))
 }
 
 /// [`parse_args`], returning clap's complaint instead of exiting with it.
