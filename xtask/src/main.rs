@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 
@@ -30,6 +31,9 @@ enum Task {
     /// Run every fuzz target (decoders of network and disk input) for a while; fails on a
     /// crash and reports executions per target.
     Fuzz(fuzz::Args),
+    /// Build the Debian package (target/package/*.deb) and check it: lintian, an install into
+    /// a scratch root, the installed meshd started with the shipped configuration (needs root).
+    Package(package::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Package(args) => package::run(args),
     }
 }

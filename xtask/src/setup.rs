@@ -29,6 +29,12 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // promtool: tests/tests/metrics.rs lints a scrape with `promtool check metrics`.
     "prometheus",
+    // `cargo xtask package`: the .deb is checked with lintian; objdump lists its libraries.
+    "lintian",
+    "binutils",
+    // CI checks vagrant/: `vagrant validate`, shellcheck.
+    "vagrant",
+    "shellcheck",
 ];
 
 /// The eBPF crate is built with the plain `nightly` toolchain that is on the machine.

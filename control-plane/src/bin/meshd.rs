@@ -129,6 +129,12 @@ struct Args {
     /// exit (0: joined, 1: refused or unreachable). Starts no datapath.
     #[arg(long, value_name = "PEER")]
     probe: Option<String>,
+    /// Print meshd's manual page (roff), as the package installs it, and exit.
+    #[arg(long, hide = true)]
+    manual: bool,
+    /// Print a shell completion script for meshd (bash, zsh, fish, ...) and exit.
+    #[arg(long, hide = true, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
     /// Internal: hold TAP device NAME up while meshd restarts (see tap/keeper.rs).
     #[arg(long = "keep-tap", value_name = "NAME", hide = true)]
     keep_tap: Option<String>,
@@ -152,6 +158,17 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.manual || args.completions.is_some() {
+        use clap::CommandFactory;
+        let mut cmd = Args::command();
+        match args.completions {
+            Some(shell) => {
+                clap_complete::generate(shell, &mut cmd, "meshd", &mut std::io::stdout())
+            }
+            None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+        }
+        return Ok(());
+    }
     if let Some(tap) = &args.keep_tap {
         return tap::keeper::run(tap);
     }

@@ -61,12 +61,33 @@ enum Command {
         #[arg(required = true, value_name = "PEER")]
         peers: Vec<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) for meshctl.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print meshctl's manual page (roff), as the package installs it.
+    #[command(hide = true)]
+    Manual,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let call = |kind| local_api::call(&cli.socket, kind);
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "meshctl",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Manual => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
         Command::Status { json } => match call(request::Kind::Status(StatusRequest {}))? {
             response::Kind::Status(s) if json => view::print_json(&view::status_json(&s)),
             response::Kind::Status(s) => view::print_status(&s),
