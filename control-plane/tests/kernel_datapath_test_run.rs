@@ -110,21 +110,7 @@ fn run(
     action: u32,
     counter: Option<K>,
 ) -> Vec<u8> {
-    let before = counters(dp);
-    let (rc, out) = dp.test_run(program, frame).unwrap();
-    assert_eq!(rc, action, "{program}: action");
-    let after = counters(dp);
-    for k in K::ALL {
-        let moved = after[k.name()] - before[k.name()];
-        let want = u64::from(Some(k) == counter);
-        assert_eq!(
-            moved,
-            want,
-            "{program}: counter {} (expected {counter:?})",
-            k.name()
-        );
-    }
-    out
+    run_counting(dp, program, frame, action, counter.as_slice())
 }
 
 fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Vec<u8> {

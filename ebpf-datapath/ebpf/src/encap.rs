@@ -70,24 +70,15 @@ pub fn to_peer(
     if n.flags & NEIGHBOUR_RESOLVED == 0 {
         return Err(KernelCounter::TxNoNeighbour);
     }
-    let hop_to = outer::Hop {
-        smac: cfg.underlay_mac,
-        dmac: n.next_hop_mac,
-    };
-
     let inner_len = ctx.len();
     let payload = inner_len + HEADER_LEN as u32;
     let mut head = [0u8; OUTER_LEN + HEADER_LEN + ETH_LEN];
-    head[..OUTER_LEN].copy_from_slice(&outer::headers(
-        &hop_to,
-        cfg.underlay_ipv4_be,
-        n.ipv4_be,
-        cfg.data_port_host,
-        n.port_be,
+    head[..OUTER_LEN + HEADER_LEN].copy_from_slice(&outer::to_neighbour(
+        cfg,
+        &n,
+        WireHeader::new(cfg.me, peer, INITIAL_HOPS, false),
         payload,
     ));
-    let h = WireHeader::new(cfg.me, peer, INITIAL_HOPS, false).to_bytes();
-    head[OUTER_LEN..OUTER_LEN + HEADER_LEN].copy_from_slice(&h);
     head[OUTER_LEN + HEADER_LEN..].copy_from_slice(eth);
     let written = if gso_size != 0 {
         // A GSO super-frame (always IP) grows at the MAC layer with the encapsulation flags, so

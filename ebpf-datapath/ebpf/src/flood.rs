@@ -11,12 +11,12 @@ use aya_ebpf::{helpers::bpf_clone_redirect, programs::TcContext};
 use mesh_common::{
     DatapathConfig, KernelCounter,
     maps::{FLOOD_IN_KERNEL, FloodEntry, MAX_FLOOD_CHILDREN, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED},
-    wire::{HEADER_LEN, WireHeader},
+    wire::WireHeader,
 };
 
 use crate::{
     maps::{FLOODS, NEIGHBOURS, count, link_traffic},
-    outer::{self, OUTER_LEN},
+    outer,
 };
 
 /// Our entry in `origin`'s tree when the kernel floods its frames itself.
@@ -67,20 +67,7 @@ pub fn copy_to_children(
             count(KernelCounter::FloodSkipped);
             continue;
         }
-        let hop = outer::Hop {
-            smac: cfg.underlay_mac,
-            dmac: n.next_hop_mac,
-        };
-        let mut head = [0u8; OUTER_LEN + HEADER_LEN];
-        head[..OUTER_LEN].copy_from_slice(&outer::headers(
-            &hop,
-            cfg.underlay_ipv4_be,
-            n.ipv4_be,
-            cfg.data_port_host,
-            n.port_be,
-            payload,
-        ));
-        head[OUTER_LEN..].copy_from_slice(&header.to_bytes());
+        let head = outer::to_neighbour(cfg, &n, header, payload);
         if ctx.store(0, &head, 0).is_err() {
             return false;
         }

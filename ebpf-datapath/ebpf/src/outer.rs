@@ -4,7 +4,11 @@
 //! kernel's routing table and ARP cache, so the programs need no FIB lookup (which the kernel
 //! refuses on a host that does not forward IP).
 
-use mesh_common::wire::{ETH_LEN, OUTER_IPV4_LEN, OUTER_UDP_LEN};
+use mesh_common::{
+    DatapathConfig,
+    maps::NeighbourEntry,
+    wire::{ETH_LEN, HEADER_LEN, OUTER_IPV4_LEN, OUTER_UDP_LEN, WireHeader},
+};
 
 use crate::packet::{ETH_P_IPV4, IPPROTO_UDP, ipv4_checksum};
 
@@ -55,4 +59,31 @@ pub fn headers(
     out[u + 2..u + 4].copy_from_slice(&dport_be);
     out[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
     out
+}
+
+/// Everything in front of the inner frame of a datagram from this host (`cfg`) to neighbour
+/// `n`: outer Ethernet, IPv4 and UDP, then `header`. `payload` is the UDP payload's length
+/// (mesh header and inner frame).
+#[inline(always)]
+pub fn to_neighbour(
+    cfg: &DatapathConfig,
+    n: &NeighbourEntry,
+    header: WireHeader,
+    payload: u32,
+) -> [u8; OUTER_LEN + HEADER_LEN] {
+    let hop = Hop {
+        smac: cfg.underlay_mac,
+        dmac: n.next_hop_mac,
+    };
+    let mut head = [0u8; OUTER_LEN + HEADER_LEN];
+    head[..OUTER_LEN].copy_from_slice(&headers(
+        &hop,
+        cfg.underlay_ipv4_be,
+        n.ipv4_be,
+        cfg.data_port_host,
+        n.port_be,
+        payload,
+    ));
+    head[OUTER_LEN..].copy_from_slice(&header.to_bytes());
+    head
 }

@@ -333,23 +333,10 @@ fn relay(
     if n.flags & NEIGHBOUR_RESOLVED == 0 {
         return Verdict::ToMeshd;
     }
-    let hop = outer::Hop {
-        smac: cfg.underlay_mac,
-        dmac: n.next_hop_mac,
-    };
     let payload = u32::from(u16::from_be_bytes(udp.len_be)).saturating_sub(8);
-    let mut head = [0u8; OUTER_LEN + HEADER_LEN];
-    head[..OUTER_LEN].copy_from_slice(&outer::headers(
-        &hop,
-        cfg.underlay_ipv4_be,
-        n.ipv4_be,
-        cfg.data_port_host,
-        n.port_be,
-        payload,
-    ));
     let mut onward = h;
     onward.hops = hops;
-    head[OUTER_LEN..].copy_from_slice(&onward.to_bytes());
+    let head = outer::to_neighbour(cfg, &n, onward, payload);
     if ctx.store(0, &head, 0).is_err() {
         return Verdict::Drop(KernelCounter::RxDropMalformed);
     }
