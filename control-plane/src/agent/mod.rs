@@ -618,7 +618,12 @@ impl Agent {
                 .close(close::DUPLICATE.into(), b"duplicate connection");
         } else if self.links.len() >= self.max_connections {
             conn.close(close::PROTOCOL.into(), b"connection limit reached");
-            warn!(peer = %peer, limit = self.max_connections, "refusing a connection: limit reached");
+            warn!(
+                peer = %peer,
+                name = est.hello.name,
+                limit = self.max_connections,
+                "refusing a connection: limit reached"
+            );
             return;
         }
         let conn_id = self.next_conn_id;

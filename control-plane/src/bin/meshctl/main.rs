@@ -9,6 +9,7 @@ use mesh_proto::v1::{
     FdbRequest, PeersRequest, RoutesRequest, StatusRequest, TargetsRequest, request, response,
 };
 
+mod health;
 mod view;
 
 #[derive(Parser)]
@@ -27,11 +28,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// This node: name, id, listen address, authentication, peers by state, datapath.
+    /// This node: name, id, listen address, authentication, peers by state, datapath, and
+    /// health checks that say what is wrong and why.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// One line (OK / WARNING / CRITICAL and what is wrong), exit status 0 / 1 / 2: for
+        /// monitoring. meshd not answering is CRITICAL too.
+        #[arg(long, conflicts_with = "json")]
+        brief: bool,
     },
     /// Every known peer: state, next hop, RTT, addresses.
     Peers {
@@ -88,11 +94,34 @@ fn main() -> Result<()> {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
-        Command::Status { json } => match call(request::Kind::Status(StatusRequest {}))? {
-            response::Kind::Status(s) if json => view::print_json(&view::status_json(&s)),
-            response::Kind::Status(s) => view::print_status(&s),
-            other => bail!("unexpected answer from meshd: {other:?}"),
-        },
+        Command::Status { json, brief } => {
+            let asked = (|| -> Result<_> {
+                let s = call(request::Kind::Status(StatusRequest {}))?;
+                let p = call(request::Kind::Peers(PeersRequest {}))?;
+                match (s, p) {
+                    (response::Kind::Status(s), response::Kind::Peers(p)) => Ok((s, p)),
+                    other => bail!("unexpected answer from meshd: {other:?}"),
+                }
+            })();
+            let (s, p) = match asked {
+                Ok(sp) => sp,
+                Err(e) if brief => {
+                    println!("CRITICAL: meshd does not answer: {e:#}");
+                    std::process::exit(health::Level::Critical.exit_code());
+                }
+                Err(e) => return Err(e),
+            };
+            let checks = health::checks(&s, &p);
+            if brief {
+                println!("{}", health::brief(&s, &checks));
+                std::process::exit(health::overall(&checks).exit_code());
+            } else if json {
+                view::print_json(&view::status_json_with_health(&s, &checks));
+            } else {
+                view::print_status(&s);
+                view::print_health(&checks);
+            }
+        }
         Command::Peers { json } => match call(request::Kind::Peers(PeersRequest {}))? {
             response::Kind::Peers(p) if json => view::print_json(&view::peers_json(&p)),
             response::Kind::Peers(p) => view::print_peers(&p),

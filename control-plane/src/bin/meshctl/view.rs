@@ -122,6 +122,29 @@ pub fn print_status(s: &Status) {
     }
 }
 
+/// [`status_json`] with the health checks (`health`: name, level, detail).
+pub fn status_json_with_health(s: &Status, checks: &[crate::health::Check]) -> Value {
+    let mut v = status_json(s);
+    v["health"] = checks
+        .iter()
+        .map(|c| json!({"check": c.name, "level": c.level.word(), "detail": c.detail}))
+        .collect();
+    v["health_overall"] = json!(crate::health::overall(checks).word());
+    v
+}
+
+pub fn print_health(checks: &[crate::health::Check]) {
+    println!("health       {}", crate::health::overall(checks).word());
+    for c in checks {
+        let mark = match c.level {
+            crate::health::Level::Ok => "ok  ",
+            crate::health::Level::Warning => "WARN",
+            crate::health::Level::Critical => "FAIL",
+        };
+        println!("  {mark} {:<15} {}", c.name, c.detail);
+    }
+}
+
 pub fn peers_json(p: &Peers) -> Value {
     Value::Array(
         p.peers
