@@ -41,6 +41,19 @@ fn brief_status_says_ok_or_what_is_wrong_and_why_with_a_monitoring_exit_code() {
         "{last:?}"
     );
     assert!(last.1.starts_with("OK: q1 - 2 reachable"), "{}", last.1);
+    // The RTT shown is the data path's own (heartbeat stamps), for each neighbour.
+    for name in ["q2", "q3"] {
+        let mut p = serde_json::Value::Null;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                p = peer(&nodes[0], name).unwrap_or_default();
+                p["datapath_rtt_ms"].as_f64().is_some()
+            }),
+            "{p}"
+        );
+        let rtt = p["datapath_rtt_ms"].as_f64().unwrap();
+        assert!(rtt > 0.0 && rtt < 100.0, "a lab round trip: {rtt} ms ({p})");
+    }
 
     // The data port between q1 and q3 blocked; their control connection stays up.
     lab.drop_udp_port_between(&hosts[0], &hosts[2], 6784)

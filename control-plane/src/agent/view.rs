@@ -108,6 +108,7 @@ impl Agent {
                 state: state.into(),
                 via,
                 rtt_ms: link.map(|l| l.conn.rtt().as_secs_f64() * 1000.0),
+                datapath_rtt_ms: r.rtt_us.map(|us| us as f64 / 1000.0),
                 since: 0,
                 last_error: targets
                     .iter()

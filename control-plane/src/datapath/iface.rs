@@ -31,6 +31,8 @@ pub struct LinkReport {
     pub meshd: Traffic,
     /// What the kernel carried on it (zero on the TAP datapath).
     pub kernel: LinkStats,
+    /// The data path's round-trip time (µs), from heartbeat stamps, once one came back.
+    pub rtt_us: Option<u64>,
 }
 
 /// Counters shown by `meshctl status`, by datapath part.

@@ -297,6 +297,7 @@ impl Datapath for TapDatapath {
             mtu: nb.link_mtu_of(link)?.min(self.shared.mtu as usize) as u32,
             meshd: n.traffic,
             kernel: Default::default(),
+            rtt_us: n.rtt.rtt_us(),
         })
     }
 

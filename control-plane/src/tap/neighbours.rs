@@ -76,6 +76,8 @@ pub struct Neighbour {
     pub path: PathProbe,
     /// The largest datagram it sent us lately (reported back in our heartbeats).
     pub received: Received,
+    /// The data path's round-trip time, from heartbeat stamps.
+    pub rtt: heartbeat::RoundTrip,
 }
 
 impl Neighbour {
@@ -156,14 +158,15 @@ impl Neighbours {
     }
 
     /// Builds the inner part of a heartbeat on `link` into `inner`: our report of the largest
-    /// datagram it sent us lately (2 bytes), padded into a path-MTU probe when one is due.
+    /// datagram it sent us lately, the address challenge and echo, the round-trip stamps;
+    /// padded into a path-MTU probe when one is due.
     pub fn heartbeat_payload(&mut self, link: LinkId, inner: &mut Vec<u8>, now: Instant) -> bool {
         let Some(n) = self.links.get_mut(&link) else {
             return false;
         };
         let sealed_extra = if n.sealed() { SEAL_OVERHEAD } else { 0 };
         let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
-        let payload = if n.sealed() {
+        let mut payload = if n.sealed() {
             n.proof.outgoing(report)
         } else {
             Payload {
@@ -171,6 +174,7 @@ impl Neighbours {
                 ..Default::default()
             }
         };
+        payload.stamp = n.rtt.outgoing(heartbeat::stamp_of(now));
         inner.clear();
         payload.write(inner);
         if let Some(size) = n.path.next_probe(now) {
@@ -226,6 +230,7 @@ impl Neighbours {
                 traffic: Traffic::default(),
                 path: PathProbe::new(self.min_datagram, self.max_datagram),
                 received: Received::default(),
+                rtt: Default::default(),
             },
         );
         self.index(link, spec.peer);
@@ -479,6 +484,7 @@ impl Neighbours {
             if works {
                 n.observed = true;
                 n.last_heartbeat = Some(now);
+                n.rtt.heard(&p.stamp, heartbeat::stamp_of(now));
             }
         }
         Ok((header, inner, id))

@@ -168,6 +168,7 @@ pub fn peers_json(p: &Peers) -> Value {
                     "kernel_rx_packets": r.kernel_rx_packets,
                     "link_mtu": if r.link_mtu == 0 { Value::Null } else { Value::from(r.link_mtu) },
                     "rtt_ms": r.rtt_ms,
+                    "datapath_rtt_ms": r.datapath_rtt_ms,
                     "since": r.since,
                     "last_error": if r.last_error.is_empty() { Value::Null } else { Value::from(r.last_error.clone()) },
                 })
@@ -185,7 +186,7 @@ pub fn print_peers(p: &Peers) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     println!(
-        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>16} {:>16}  ADDRESSES",
+        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>5} {:>16} {:>16}  ADDRESSES",
         "NAME",
         "ID",
         "STATE",
@@ -194,6 +195,7 @@ pub fn print_peers(p: &Peers) {
         "SINCE",
         "DATAPATH",
         "ENC",
+        "MTU",
         "TX pkts/bytes",
         "RX pkts/bytes"
     );
@@ -210,7 +212,13 @@ pub fn print_peers(p: &Peers) {
             r.id,
             r.state,
             r.via.as_deref().map_or("-".into(), shown),
-            r.rtt_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            // The data path's own round trip (heartbeat stamps) for a neighbour; otherwise the
+            // control connection's estimate, marked.
+            match (r.datapath_rtt_ms, r.rtt_ms) {
+                (Some(d), _) => format!("{d:.3}"),
+                (None, Some(c)) => format!("~{c:.2}"),
+                (None, None) => "-".into(),
+            },
             format!("{}s", now.saturating_sub(r.since)),
             datapath,
             if r.encrypted { "yes" } else { "no" },
