@@ -57,6 +57,13 @@ impl Lab {
             "--bpf-dir".into(),
             self.bpf_dir_of(&host.name).display().to_string(),
         ];
+        if !args.contains(&"--config") {
+            // Not the machine's /etc/mesh/meshd.toml (an installed package's): a lab meshd
+            // is configured by its arguments alone.
+            let empty = self.dir().join("no-config.toml");
+            std::fs::write(&empty, "")?;
+            all.extend(["--config".into(), empty.display().to_string()]);
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let proc = match wrapper.split_first() {
             None => {

@@ -817,7 +817,13 @@ impl Agent {
         let mut seen: BTreeMap<crate::switch::ShortId, PeerId> = BTreeMap::new();
         for id in routes.hops.keys() {
             if let Some(other) = seen.insert(short(*id), *id) {
-                info!(a = %other, b = %id, "two peers claim one data-path short id; one moves");
+                info!(
+                    a = %other,
+                    a_name = self.name_of(other),
+                    b = %id,
+                    b_name = self.name_of(*id),
+                    "two peers claim one data-path short id; one moves"
+                );
             }
         }
         let table = crate::switch::forward::Table {

@@ -20,7 +20,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Agent {
-    fn name_of(&self, id: PeerId) -> String {
+    pub(super) fn name_of(&self, id: PeerId) -> String {
         self.links
             .get(&id)
             .map(|l| l.name.clone())
