@@ -166,24 +166,32 @@ pub fn run(args: Args) -> Result<()> {
     show("peers", &plain[0].socket)?;
     let k = |name: &str| mesh_tests::mesh::kernel_counter(&plain[0], name);
     println!(
-        "   h1's kernel sent {} frames ({} of them GSO super-frames), delivered {}, and left {} \
-         floods and misses to meshd",
+        "   h1's kernel sent {} frames ({} of them GSO super-frames, {} straight from a \
+         container's port), delivered {}, flooded {} of its own broadcasts and passed on {} of \
+         others', and left {} floods to meshd",
         k("kernel_tx_sent"),
         k("kernel_tx_gso"),
+        k("kernel_tx_from_port"),
         k("kernel_rx_delivered"),
+        k("kernel_tx_flooded"),
+        k("kernel_rx_flooded"),
         k("kernel_tx_flood_to_meshd")
     );
 
     println!(
         "\n   What exists: meshd instances that authenticate each other (password, SPAKE2 over \
-         QUIC), gossip the topology and compute routes; the kernel datapath (Rust eBPF at TC: \
-         encapsulation with GSO kept, decapsulation, relaying, a bounded kernel FDB; pinned, so \
-         it survives a meshd restart) for plaintext links (--insecure, or --trusted-subnets \
-         both ways); the TAP datapath for everything else (floods, sealed links, hosts without \
-         BPF), which seals every frame (ChaCha20-Poly1305, per-link keys), answers oversize \
-         packets with ICMP, probes each link's MTU, and batches TCP; meshctl; this lab.\n   \
+         QUIC), gossip signed topology entries and compute routes; the kernel datapath (Rust eBPF \
+         at TC: encapsulation with GSO kept, at the container's port before the bridge, \
+         decapsulation, relaying, floods along the broadcast trees, a bounded kernel FDB; \
+         pinned, so it survives a meshd restart) for plaintext links (--insecure, or \
+         --trusted-subnets both ways); the TAP datapath for everything else (sealed links, \
+         hosts without BPF), which seals every frame (ChaCha20-Poly1305, per-link keys), \
+         answers oversize packets with ICMP, probes each link's MTU, and batches TCP; meshctl \
+         with health checks; a systemd unit, a config file, Prometheus metrics and a Debian \
+         package (cargo xtask package); this lab.\n   \
          Not built yet: sealed frames in the kernel (no AEAD in this kernel's BPF; encrypted \
-         links go through meshd), signed gossip."
+         links go through meshd), meshctl ping, ARM (Raspberry Pi) builds, containers and \
+         Docker on the mesh (CNI)."
     );
 
     if args.hold {
