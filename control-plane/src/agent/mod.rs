@@ -66,6 +66,12 @@ pub struct Config {
     pub notifier: Option<crate::notify::Notifier>,
 }
 
+/// One line for systemd's STATUS: peers connected and the datapath in use.
+fn status_line(peers: usize, datapath: &str) -> String {
+    let s = if peers == 1 { "" } else { "s" };
+    format!("{peers} peer{s} connected; datapath {datapath}")
+}
+
 /// What connection tasks and the API report to the agent.
 pub enum Event {
     Established {
@@ -385,9 +391,8 @@ impl Agent {
     ) -> (Option<Box<dyn Datapath>>, Option<String>) {
         let mut failure = None;
         // The control plane listens and the datapath is up: serving.
-        let status = self.status_line();
         if let Some(n) = &mut self.notifier {
-            n.ready(&status);
+            n.ready(&status_line(self.links.len(), self.mode.name));
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         // A starved control thread skips the ticks it missed instead of running them back to
@@ -681,23 +686,12 @@ impl Agent {
         tokio::spawn(conn::pump(conn, est, conn_id, self.events.clone(), rx));
     }
 
-    /// One line for systemd's STATUS: peers connected and the datapath in use.
-    fn status_line(&self) -> String {
-        let n = self.links.len();
-        format!(
-            "{n} peer{} connected; datapath {}",
-            if n == 1 { "" } else { "s" },
-            self.mode.name
-        )
-    }
-
     fn tick(&mut self) {
         let now = now_ms();
-        let status = self.status_line();
         if let Some(n) = &mut self.notifier {
             // From this loop, so a wedged agent stops the pings and systemd restarts it.
             n.alive();
-            n.status(&status);
+            n.status(&status_line(self.links.len(), self.mode.name));
         }
         self.check_data_paths(now);
         self.sync_datapath();
