@@ -257,13 +257,12 @@ impl Reload {
             if list.is_empty() {
                 continue;
             }
-            let (reply, answer) = oneshot::channel();
-            let request = kind(TargetsRequest { targets: list });
-            if events.send(Event::Api { request, reply }).is_err() {
-                return;
-            }
-            if let Ok(mesh_proto::v1::response::Kind::Error(e)) = answer.await {
-                tracing::error!("reloading the peer list: {e}");
+            match ask(events, kind(TargetsRequest { targets: list })).await {
+                None => return,
+                Some(mesh_proto::v1::response::Kind::Error(e)) => {
+                    tracing::error!("reloading the peer list: {e}");
+                }
+                Some(_) => {}
             }
         }
         self.peers = args.peers;
@@ -460,11 +459,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
             let events = events.clone();
             tokio::spawn(async move {
                 let _ = local_api::serve_one(stream, |request| async move {
-                    let (reply, answer) = oneshot::channel();
-                    if events.send(Event::Api { request, reply }).is_err() {
-                        return mesh_proto::v1::response::Kind::Error("meshd is stopping".into());
-                    }
-                    answer.await.unwrap_or_else(|_| {
+                    ask(&events, request).await.unwrap_or_else(|| {
                         mesh_proto::v1::response::Kind::Error("meshd is stopping".into())
                     })
                 })
@@ -520,16 +515,22 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     Ok(())
 }
 
+/// Asks the agent what `meshctl` would: `None` once the agent is gone (meshd is stopping).
+async fn ask(
+    events: &tokio::sync::mpsc::UnboundedSender<Event>,
+    request: mesh_proto::v1::request::Kind,
+) -> Option<mesh_proto::v1::response::Kind> {
+    let (reply, answer) = oneshot::channel();
+    events.send(Event::Api { request, reply }).ok()?;
+    answer.await.ok()
+}
+
 /// What a metrics scrape shows, asked of the agent like meshctl asks: status, peers, FDB size.
 async fn metrics_snapshot(
     events: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Option<(mesh_proto::v1::Status, mesh_proto::v1::Peers, usize)> {
     use mesh_proto::v1::{FdbRequest, PeersRequest, StatusRequest, request, response};
-    let ask = |request: request::Kind| async move {
-        let (reply, answer) = oneshot::channel();
-        events.send(Event::Api { request, reply }).ok()?;
-        answer.await.ok()
-    };
+    let ask = |request| ask(events, request);
     let Some(response::Kind::Status(status)) = ask(request::Kind::Status(StatusRequest {})).await
     else {
         return None;
@@ -545,33 +546,35 @@ async fn metrics_snapshot(
     Some((status, peers, fdb))
 }
 
-/// [`parse_args`], returning clap's complaint instead of exiting with it.
-fn parse_args_checked() -> Result<Args> {
-    use clap::{CommandFactory, FromArgMatches};
+/// meshd's command line, its argument definitions with the configuration file's values as
+/// their defaults (the TAP keeper, meshd's own child, reads no file: it is started with
+/// everything it needs).
+fn command_line() -> Result<(clap::Command, Vec<std::ffi::OsString>)> {
+    use clap::CommandFactory;
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut cmd = Args::command();
-    let given = argv.get(1..).unwrap_or_default();
-    if let Some(file) = config_file::path_from(given, std::env::var_os("MESH_CONFIG"))? {
-        cmd = config_file::load(cmd, &file)?;
-    }
-    let matches = cmd.try_get_matches_from(argv)?;
-    Ok(Args::from_arg_matches(&matches)?)
-}
-
-/// The command line over the environment over the configuration file over the defaults.
-fn parse_args() -> Result<Args> {
-    use clap::{CommandFactory, FromArgMatches};
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut cmd = Args::command();
-    // The TAP keeper is meshd's own child, started with everything it needs.
     if !argv.iter().any(|a| a == "--keep-tap") {
         let given = argv.get(1..).unwrap_or_default();
         if let Some(file) = config_file::path_from(given, std::env::var_os("MESH_CONFIG"))? {
             cmd = config_file::load(cmd, &file)?;
         }
     }
-    let matches = cmd.get_matches_from(argv);
-    Ok(Args::from_arg_matches(&matches)?)
+    Ok((cmd, argv))
+}
+
+/// The command line over the environment over the configuration file over the defaults;
+/// clap's complaint about them ends meshd with its usage text.
+fn parse_args() -> Result<Args> {
+    use clap::FromArgMatches;
+    let (cmd, argv) = command_line()?;
+    Ok(Args::from_arg_matches(&cmd.get_matches_from(argv))?)
+}
+
+/// [`parse_args`], returning clap's complaint instead of exiting with it (a reload).
+fn parse_args_checked() -> Result<Args> {
+    use clap::FromArgMatches;
+    let (cmd, argv) = command_line()?;
+    Ok(Args::from_arg_matches(&cmd.try_get_matches_from(argv)?)?)
 }
 
 /// Starts the kernel datapath as `--datapath` asks. `auto` falls back to the TAP datapath (which
