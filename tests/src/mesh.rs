@@ -329,25 +329,33 @@ pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
 /// Transfers `size` (iperf3 syntax, e.g. "16M") over TCP from container `from` to an iperf3
 /// server in `to` bound to `bind`, dialled at `target` (they differ for link-local addresses,
 /// which need a scope). Retries for up to 10 s while the path comes up; the error says what
-/// iperf3 printed last.
+/// iperf3 said last. Returns the bytes the server received (iperf3 ends the test with the last
+/// segments still in flight, so this can be less than `size`).
 pub fn tcp_transfer(
     lab: &mut Lab,
     from: &crate::Container,
     to: &crate::Container,
     (bind, target): (&str, &str),
     size: &str,
-) -> Result<()> {
+) -> Result<u64> {
     let server = lab.spawn(
         &to.ns,
         Path::new("/usr/bin/iperf3"),
         &["-s", "-1", "-B", bind],
     )?;
     let mut last = String::new();
+    let mut received = 0;
     let ok = wait_until(Duration::from_secs(10), || {
-        let out = lab.exec(&from.ns, "iperf3", &["-c", target, "-n", size]);
+        let out = lab.exec(&from.ns, "iperf3", &["-c", target, "-n", size, "-J"]);
         match out {
             Ok(out) => {
-                last = String::from_utf8_lossy(&out.stderr).into_owned();
+                // With -J iperf3 reports, errors included, as JSON on stdout.
+                let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+                last = report["error"].as_str().map_or_else(
+                    || String::from_utf8_lossy(&out.stderr).into_owned(),
+                    str::to_owned,
+                );
                 out.status.success()
             }
             Err(e) => {
@@ -360,5 +368,5 @@ pub fn tcp_transfer(
     if !ok {
         bail!("iperf3 {} -> {}: {last}", from.name, to.name);
     }
-    Ok(())
+    Ok(received)
 }

@@ -8,7 +8,7 @@ use std::{
 
 use mesh_tests::{
     Lab,
-    mesh::{Mode, full_mesh, pings, start_mesh_in_with},
+    mesh::{Mode, full_mesh, pings, start_mesh_in_with, tcp_transfer},
     netns, wait_until,
 };
 
@@ -107,25 +107,7 @@ fn a_scrape_lints_clean_and_its_peer_counters_move_with_traffic() {
     let target = c2.addr.unwrap().to_string();
     // What the receiver got (iperf3 ends the test with the last segments still in flight;
     // those may never cross, so the sender's 8 MiB is no bound).
-    let server = lab
-        .spawn(
-            &c2.ns,
-            std::path::Path::new("/usr/bin/iperf3"),
-            &["-s", "-1"],
-        )
-        .unwrap();
-    let mut received = 0.0;
-    assert!(wait_until(Duration::from_secs(10), || {
-        let out = lab
-            .exec(&c1.ns, "iperf3", &["-c", &target, "-n", "8M", "-J"])
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        received = report["end"]["sum_received"]["bytes"]
-            .as_f64()
-            .unwrap_or(0.0);
-        out.status.success()
-    }));
-    lab.kill(server).ok();
+    let received = tcp_transfer(&mut lab, &c1, &c2, (&target, &target), "8M").unwrap() as f64;
     assert!(received > 1e6, "{received}");
     // The last segments may still be on their way when iperf3 returns.
     let mut moved = 0.0;
