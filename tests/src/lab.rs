@@ -122,6 +122,12 @@ impl Lab {
         let dir = std::env::temp_dir()
             .join("mesh-lab")
             .join(format!("{id}-{label}"));
+        // A directory of this name is left from an earlier test process that had our PID (labs
+        // keep their files for post-mortems): its sockets and logs would collide with ours.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the stale {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let switch_ns = format!("{id}-sw");
         let mut lab = Lab {
