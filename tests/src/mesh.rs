@@ -42,10 +42,24 @@ impl Lab {
         wrapper: &[&str],
         args: &[&str],
     ) -> Result<Meshd> {
-        let meshd = bins::path("meshd")?;
+        let mut command: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        command.push(bins::path("meshd")?.display().to_string());
+        self.start_meshd_command(host, &command, args)
+    }
+
+    /// [`Lab::start_meshd`], run as `command`: a program and its first arguments, ending with
+    /// a meshd binary (e.g. an emulator, its options and an ARM build of meshd).
+    pub fn start_meshd_command(
+        &mut self,
+        host: &Host,
+        command: &[String],
+        args: &[&str],
+    ) -> Result<Meshd> {
+        let (program, command_args) = command.split_first().context("an empty command")?;
         let state_dir = self.dir().join(format!("{}-state", host.name));
         let run_dir = self.dir().join(format!("{}-run", host.name));
-        let mut all: Vec<String> = vec![
+        let mut all: Vec<String> = command_args.to_vec();
+        all.extend([
             "--name".into(),
             host.name.clone(),
             "--underlay".into(),
@@ -56,7 +70,7 @@ impl Lab {
             run_dir.display().to_string(),
             "--bpf-dir".into(),
             self.bpf_dir_of(&host.name).display().to_string(),
-        ];
+        ]);
         if !args.contains(&"--config") {
             // Not the machine's /etc/mesh/meshd.toml (an installed package's): a lab meshd
             // is configured by its arguments alone.
@@ -65,26 +79,15 @@ impl Lab {
             all.extend(["--config".into(), empty.display().to_string()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        let proc = match wrapper.split_first() {
-            None => {
-                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-                self.spawn(&host.ns, &meshd, &refs)?
-            }
-            Some((program, wrapper_args)) => {
-                let meshd = meshd.display().to_string();
-                let mut refs: Vec<&str> = wrapper_args.to_vec();
-                refs.push(&meshd);
-                refs.extend(all.iter().map(String::as_str));
-                self.spawn(&host.ns, Path::new(program), &refs)?
-            }
-        };
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let proc = self.spawn(&host.ns, Path::new(program), &refs)?;
         let node = Meshd {
             proc,
             host: host.clone(),
             socket: run_dir.join("meshd.sock"),
             state_dir,
         };
-        if !wait_until(Duration::from_secs(10), || status(&node).is_ok()) {
+        if !wait_until(Duration::from_secs(20), || status(&node).is_ok()) {
             bail!(
                 "meshd on {} did not come up; its log:\n{}",
                 host.name,
@@ -324,6 +327,58 @@ pub fn tap_counter(node: &Meshd, name: &str) -> u64 {
     status(node).map_or(0, |s| {
         s["datapath"]["tap_counters"][name].as_u64().unwrap_or(0)
     })
+}
+
+/// Sends `bytes` over one TCP connection from container `from` to a listener in `to` (at its
+/// address, `port`) and checks that exactly that many arrived before the sender closed. Exact,
+/// unlike iperf3's own count (read by its client before a slow path has delivered the tail).
+pub fn tcp_exact(
+    from: &crate::Container,
+    to: &crate::Container,
+    port: u16,
+    bytes: usize,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((to.addr.context("the receiver has no address")?, port));
+    // Sockets keep the namespace they were made in: made there, used from here.
+    let listener = crate::netns::run_in(&to.ns, move || std::net::TcpListener::bind(addr))??;
+    let receiver = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut total = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    let mut conn = crate::netns::run_in(&from.ns, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+    })??;
+    conn.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| i as u8).collect();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        conn.write_all(&chunk[..n])
+            .with_context(|| format!("sending to {addr} ({} of {bytes} sent)", bytes - left))?;
+        left -= n;
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))?
+        .with_context(|| format!("receiving at {addr}"))?;
+    if got != bytes {
+        bail!(
+            "{} -> {}: {got} of {bytes} bytes arrived",
+            from.name,
+            to.name
+        );
+    }
+    Ok(())
 }
 
 /// Transfers `size` (iperf3 syntax, e.g. "16M") over TCP from container `from` to an iperf3

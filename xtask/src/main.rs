@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod cross;
 mod demo;
 mod fuzz;
 mod package;
@@ -34,6 +35,9 @@ enum Task {
     /// Build the Debian package (target/package/*.deb) and check it: lintian, an install into
     /// a scratch root, the installed meshd started with the shipped configuration (needs root).
     Package(package::Args),
+    /// Build static meshd and meshctl for ARM boards (aarch64, armv7, armv6 for the Raspberry
+    /// Pi 1/Zero) into target/cross/<name>/, each checked under qemu-user on its oldest CPU.
+    Cross(cross::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Package(args) => package::run(args),
+        Task::Cross(args) => cross::run(args),
     }
 }

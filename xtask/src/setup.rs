@@ -52,6 +52,7 @@ pub struct Args {}
 pub fn run(_args: Args) -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
+    rust_targets()?;
     bpf_linker()?;
     bpffs()?;
     boringtun()?;
@@ -64,6 +65,8 @@ fn apt_packages() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
+        // `cargo xtask cross` (ARM builds; `cargo xtask test` runs the ARMv6 one under qemu).
+        .chain(crate::cross::apt_packages())
         .filter(|p| {
             probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
                 .is_none_or(|s| !s.contains("install ok installed"))
@@ -107,6 +110,25 @@ fn nightly_rust_src() -> Result<()> {
     }
     println!("setup: adding rust-src to {NIGHTLY}");
     exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// The standard libraries of the ARM builds rustup ships (`cargo xtask cross`).
+fn rust_targets() -> Result<()> {
+    let installed = probe(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup is missing")?;
+    let missing: Vec<&str> = crate::cross::rustup_targets()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: rust targets for the ARM builds present");
+        return Ok(());
+    }
+    println!("setup: adding rust targets {}", missing.join(" "));
+    exec(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 fn bpf_linker_works() -> bool {

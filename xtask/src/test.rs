@@ -5,7 +5,13 @@
 
 use anyhow::{Result, bail};
 
-use crate::cmd::{cargo, exec};
+use crate::{
+    cmd::{cargo, exec},
+    cross,
+};
+
+/// Where tests/tests/arm_qemu.rs finds the ARMv6 meshd and meshctl.
+const ARMV6_BIN_DIR: &str = "MESH_ARMV6_BIN_DIR";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +35,14 @@ pub fn run(args: Args) -> Result<()> {
     // The end-to-end tests start the real binaries; build them first so they are current.
     exec(cargo().args(["build", "--bins"]))?;
     let mut test = cargo();
+    if !args.faults {
+        // tests/tests/arm_qemu.rs meshes the ARMv6 (Raspberry Pi 1/Zero) build, run by
+        // qemu-user, with x86 hosts.
+        let armv6 = cross::target("armv6")?;
+        let dir = cross::build(armv6)?;
+        cross::check(armv6, &dir)?;
+        test.env(ARMV6_BIN_DIR, &dir);
+    }
     if args.faults {
         test.args(["test", "-p", "mesh-tests", "--test", "faults"]);
     } else {
