@@ -49,6 +49,15 @@ pub enum ApiError {
 
 /// Sends `request` to the meshd listening on `socket` and returns its answer.
 pub fn call(socket: &Path, request: request::Kind) -> Result<response::Kind, ApiError> {
+    call_within(socket, request, CLIENT_TIMEOUT)
+}
+
+/// [`call`] for a request meshd takes up to `timeout` to answer (a ping).
+pub fn call_within(
+    socket: &Path,
+    request: request::Kind,
+    timeout: Duration,
+) -> Result<response::Kind, ApiError> {
     let io_err = |source| ApiError::Io {
         path: socket.to_owned(),
         source,
@@ -57,9 +66,7 @@ pub fn call(socket: &Path, request: request::Kind) -> Result<response::Kind, Api
         path: socket.to_owned(),
         source,
     })?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream
         .set_write_timeout(Some(CLIENT_TIMEOUT))
         .map_err(io_err)?;

@@ -1,16 +1,35 @@
-//! A datagram on the data port from anyone: the frame header, a heartbeat's payload, and the
-//! neighbour table's whole acceptance path (plaintext mesh).
+//! A datagram on the data port from anyone: the frame header, a heartbeat's payload, a
+//! data-path echo (decoded, routed, re-encoded) and the neighbour table's whole acceptance path
+//! (plaintext mesh).
 #![no_main]
 
 #[path = "neighbour_table.rs"]
 mod neighbour_table;
 
 use libfuzzer_sys::fuzz_target;
-use mesh::switch::{heartbeat::Payload, wire::Header};
+use mesh::switch::{
+    ShortId,
+    echo::{self, Echo},
+    forward::Table,
+    heartbeat::Payload,
+    wire::Header,
+};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((_, inner)) = Header::parse(data) {
+    if let Ok((h, inner)) = Header::parse(data) {
         let _ = Payload::parse(inner);
+        if let Some(e) = Echo::parse(inner) {
+            let mut again = Vec::new();
+            e.write(&mut again);
+            assert_eq!(again, inner, "an echo reads back as written");
+            let me = ShortId::from_wire(2);
+            let table = Table {
+                me: Some(me),
+                next_hop: [(ShortId::from_wire(1), ShortId::from_wire(1))].into(),
+                ..Table::default()
+            };
+            let _ = echo::on_echo(&table, h, e);
+        }
     }
     let mut nb = neighbour_table::one_link(None);
     let mut d = data.to_vec();

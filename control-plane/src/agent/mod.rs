@@ -3,6 +3,7 @@
 //! connection runs in its own task and talks to the agent through [`Event`]s.
 
 mod conn;
+mod ping;
 mod targets;
 mod throttle;
 mod view;
@@ -588,6 +589,8 @@ impl Agent {
                 // These change peers.json: the answer waits for the write, the agent does not.
                 request::Kind::Connect(t) => self.connect(t.targets, reply),
                 request::Kind::Forget(t) => self.forget(t.targets, reply),
+                // Answered when the replies are in; the agent goes on meanwhile.
+                request::Kind::Ping(p) => self.ping(p, reply),
                 other => {
                     let _ = reply.send(self.answer(other));
                 }
@@ -862,8 +865,8 @@ impl Agent {
             },
             request::Kind::Peers(_) => response::Kind::Peers(self.peers()),
             request::Kind::Routes(_) => response::Kind::Routes(self.routes()),
-            request::Kind::Connect(_) | request::Kind::Forget(_) => {
-                unreachable!("answered by connect/forget")
+            request::Kind::Connect(_) | request::Kind::Forget(_) | request::Kind::Ping(_) => {
+                unreachable!("answered by connect/forget/ping")
             }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
         }

@@ -74,6 +74,8 @@ pub trait Datapath: Send {
     /// The MAC table, freshest entry per MAC: (MAC, peer, age in ms).
     fn fdb(&self) -> Vec<(Mac, ShortId, u64)>;
     fn info(&self) -> DatapathInfo;
+    /// Starts a `meshctl ping`: echo requests out along the data path, replies back.
+    fn ping(&self) -> crate::tap::ping::PingSession;
     /// Why the datapath stopped working, if it did (its TAP device was deleted, a read
     /// failed). Not recoverable in place: the agent ends meshd with this reason, so that the
     /// service manager starts a fresh one instead of peers sending into a hole.

@@ -165,6 +165,11 @@ impl Datapath for KernelPath {
         self.tap.failure()
     }
 
+    /// Echoes go through meshd on every host (the kernel hands heartbeat-flagged frames up).
+    fn ping(&self) -> crate::tap::ping::PingSession {
+        self.tap.ping()
+    }
+
     fn stop(self: Box<Self>) -> Result<()> {
         // A clean stop leaves no pinned program or map behind.
         Ok(self.kernel.remove()?)

@@ -2,6 +2,7 @@
 //! table, and the forwarding decision for a frame from the local bridge or from a peer. The TAP
 //! datapath (`crate::tap`) drives it; the eBPF datapath will implement the same decisions.
 
+pub mod echo;
 pub mod fdb;
 pub mod forward;
 pub mod heartbeat;

@@ -37,6 +37,12 @@ pub enum Malformed {
 }
 
 impl Header {
+    /// A link heartbeat: from the neighbour itself, never relayed (hop limit 1). A
+    /// heartbeat-flagged frame with a larger hop limit is a data-path echo (`super::echo`).
+    pub fn is_link_heartbeat(&self) -> bool {
+        self.heartbeat && self.hops == 1
+    }
+
     pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
         *out = WireHeader::new(
             self.origin.get(),

@@ -11,6 +11,7 @@ mod batch;
 mod device;
 pub mod keeper;
 pub mod neighbours;
+pub mod ping;
 mod pump;
 mod udp;
 mod vnet;
@@ -68,6 +69,9 @@ pub struct Counters {
     pub tap_write_errors: AtomicU64,
     /// Datagram sends that failed (their frames are lost).
     pub send_errors: AtomicU64,
+    /// Data-path echoes (`meshctl ping`) answered here, and relayed for others.
+    pub echoes_answered: AtomicU64,
+    pub echoes_relayed: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +92,8 @@ impl Counters {
             ("tap_coalesced_writes", g(&self.coalesced_writes)),
             ("tap_write_errors", g(&self.tap_write_errors)),
             ("tap_send_errors", g(&self.send_errors)),
+            ("tap_echoes_answered", g(&self.echoes_answered)),
+            ("tap_echoes_relayed", g(&self.echoes_relayed)),
         ];
         v.extend(
             DropReason::ALL
@@ -140,6 +146,8 @@ pub struct Shared {
     /// Why the data path stopped, once it has (the TAP device went away, a read failed):
     /// heartbeats stop with it, and the agent ends meshd (see `Datapath::failure`).
     failure: Mutex<Option<String>>,
+    /// `meshctl ping`s waiting for replies, and their requests on the way out.
+    echoes: ping::Echoes,
 }
 
 impl Shared {
@@ -324,6 +332,10 @@ impl Datapath for TapDatapath {
         self.shared.failure()
     }
 
+    fn ping(&self) -> ping::PingSession {
+        ping::PingSession::start(self.shared.clone())
+    }
+
     fn stop(self: Box<Self>) -> Result<()> {
         // The data path thread and the TAP device end with the process.
         Ok(())
@@ -381,6 +393,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         bridge: cfg.bridge.clone(),
         started: Instant::now(),
         failure: Mutex::new(None),
+        echoes: ping::Echoes::default(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();

@@ -460,7 +460,7 @@ impl Neighbours {
         n.traffic.rx_bytes += len;
         let now = Instant::now();
         n.received.saw(len as usize, now);
-        if header.heartbeat && header.origin == id {
+        if header.is_link_heartbeat() && header.origin == id {
             let p = Payload::parse(&datagram[inner.clone()]);
             n.path.reported(usize::from(p.report), now);
             // Where the neighbour's data comes from now (NAT rebinding). A sealed heartbeat
@@ -699,6 +699,7 @@ mod tests {
             let mut d = vec![0u8; HEADER_LEN + 60];
             Header {
                 heartbeat,
+                hops: if heartbeat { 1 } else { 32 },
                 ..frame_header(origin)
             }
             .write((&mut d[..HEADER_LEN]).try_into().unwrap());

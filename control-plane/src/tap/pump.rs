@@ -12,11 +12,12 @@ use std::{
 
 use mesh_common::DropReason;
 
-use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, udp::DataSocket, vnet::Tap};
+use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, ping, udp::DataSocket, vnet::Tap};
 use crate::switch::{
     LinkId, ShortId,
+    echo::{self, Echo},
     forward::{self, Table},
-    mtu,
+    heartbeat, mtu,
     offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr},
     wire::Header,
 };
@@ -33,7 +34,11 @@ pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         ),
         (
             "sending heartbeats",
-            tokio::spawn(heartbeats(shared.clone(), tap, sock)),
+            tokio::spawn(heartbeats(shared.clone(), tap, sock.clone())),
+        ),
+        (
+            "sending echo requests",
+            tokio::spawn(echo_requests(shared.clone(), sock)),
         ),
     ])
     .await;
@@ -264,6 +269,10 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 }
             };
             if header.heartbeat {
+                if !header.is_link_heartbeat() {
+                    let inner = chunk + inner.start..chunk + inner.end;
+                    on_echo(&shared, &sock, &table, header, &buf[inner]).await;
+                }
                 continue;
             }
             bump(&shared.counters.rx_frames);
@@ -352,6 +361,70 @@ async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) 
             _ => tracing::debug!(error = %e, "writing to the TAP device"),
         }
     }
+}
+
+/// A data-path echo (`meshctl ping`) from a neighbour: answered, relayed, or handed to the
+/// ping waiting for it.
+async fn on_echo(shared: &Shared, sock: &DataSocket, table: &Table, header: Header, inner: &[u8]) {
+    let Some(e) = Echo::parse(inner) else {
+        shared.counters.dropped(DropReason::Malformed);
+        return;
+    };
+    match echo::on_echo(table, header, e) {
+        echo::Action::Send(to, h, e) => {
+            let answering = h.origin == header.destination;
+            if answering {
+                bump(&shared.counters.echoes_answered);
+            } else {
+                bump(&shared.counters.echoes_relayed);
+            }
+            send_echo(shared, sock, to, &h, &e).await;
+        }
+        echo::Action::Arrived(e) => {
+            let rtt_us = heartbeat::stamp_of(Instant::now()).saturating_sub(e.sent_us);
+            shared.echoes.arrived(ping::Arrival { echo: e, rtt_us });
+        }
+        echo::Action::Drop(echo::Dropped::Loop) => shared.counters.dropped(DropReason::Loop),
+        echo::Action::Drop(echo::Dropped::NoRoute) => {
+            shared.counters.dropped(DropReason::NoRoute);
+        }
+    }
+}
+
+async fn send_echo(shared: &Shared, sock: &DataSocket, to: ShortId, h: &Header, e: &Echo) {
+    let mut inner = Vec::with_capacity(64);
+    e.write(&mut inner);
+    let mut out = Vec::with_capacity(128);
+    let addr = shared
+        .neighbours()
+        .prepare(to, h, &inner, &mut out, shared.now_ms());
+    match addr {
+        Some(addr) => {
+            if sock.send_to(&out, addr).await.is_err() {
+                bump(&shared.counters.send_errors);
+            }
+        }
+        None => shared.counters.dropped(DropReason::NoRoute),
+    }
+}
+
+/// Echo requests of `meshctl ping`s, queued by the agent: sent from here, where the socket is.
+async fn echo_requests(shared: Arc<Shared>, sock: Arc<DataSocket>) {
+    // Taken once; ending early would read as the data path failing (see `supervise`).
+    let Some(mut queue) = shared.echoes.take_queue() else {
+        return std::future::pending().await;
+    };
+    while let Some(req) = queue.recv().await {
+        let table = shared.table();
+        let (Some(me), Some(hop)) = (table.me, table.next_hop.get(&req.target)) else {
+            shared.counters.dropped(DropReason::NoRoute);
+            continue;
+        };
+        let e = Echo::request(req.session, req.seq, heartbeat::stamp_of(Instant::now()));
+        send_echo(&shared, &sock, *hop, &echo::header(me, req.target), &e).await;
+    }
+    // The sender lives in `shared`, which outlives this task: the queue never closes.
+    std::future::pending::<()>().await;
 }
 
 /// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our

@@ -6,10 +6,12 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use mesh::{local_api, paths};
 use mesh_proto::v1::{
-    FdbRequest, PeersRequest, RoutesRequest, StatusRequest, TargetsRequest, request, response,
+    FdbRequest, PeersRequest, PingRequest, RoutesRequest, StatusRequest, TargetsRequest, request,
+    response,
 };
 
 mod health;
+mod ping;
 mod view;
 
 #[derive(Parser)]
@@ -54,6 +56,26 @@ enum Command {
     /// The MAC table: which peer each learned MAC address lives behind.
     Fdb {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send echo requests to PEER through the data path (the UDP path data frames take: the
+    /// same addresses, NAT mappings, relays and seals) and report the round-trip time, the
+    /// loss, and the path taken both ways: direct, or via which peers. meshd answers the
+    /// echoes on each host, also on the kernel datapath. Exit status 1 when no reply came.
+    Ping {
+        /// The peer's name, or its id (or a unique start of it).
+        peer: String,
+        /// How many requests.
+        #[arg(short = 'c', long, default_value_t = 5)]
+        count: u32,
+        /// Seconds between requests (at least 0.01).
+        #[arg(short = 'i', long, default_value_t = 0.2)]
+        interval: f64,
+        /// Seconds to wait for replies after the last request.
+        #[arg(short = 'W', long, default_value_t = 1.0)]
+        wait: f64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -137,6 +159,41 @@ fn main() -> Result<()> {
             response::Kind::Fdb(f) => view::print_fdb(&f),
             other => bail!("unexpected answer from meshd: {other:?}"),
         },
+        Command::Ping {
+            peer,
+            count,
+            interval,
+            wait,
+            json,
+        } => {
+            if !(0.01..=60.0).contains(&interval) || !(0.0..=10.0).contains(&wait) {
+                bail!("--interval must be 0.01 to 60 seconds and --wait 0 to 10");
+            }
+            if !(1..=1000).contains(&count) {
+                bail!("--count must be 1 to 1000");
+            }
+            let request = request::Kind::Ping(PingRequest {
+                peer,
+                count,
+                interval_ms: (interval * 1000.0) as u32,
+                wait_ms: (wait * 1000.0) as u32,
+            });
+            let takes =
+                std::time::Duration::from_secs_f64(interval * f64::from(count) + wait + 5.0);
+            match local_api::call_within(&cli.socket, request, takes)? {
+                response::Kind::Ping(p) => {
+                    if json {
+                        view::print_json(&ping::json(&p));
+                    } else {
+                        ping::print(&p);
+                    }
+                    if p.replies.is_empty() {
+                        std::process::exit(1);
+                    }
+                }
+                other => bail!("unexpected answer from meshd: {other:?}"),
+            }
+        }
         Command::Connect { peers } => {
             match call(request::Kind::Connect(TargetsRequest { targets: peers }))? {
                 response::Kind::Done(text) => println!("{text}"),
