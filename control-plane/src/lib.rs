@@ -8,6 +8,7 @@
 //! - [`paths`]: where an instance keeps its files, so several meshd on one machine never collide.
 
 pub mod agent;
+pub mod attach;
 pub mod auth;
 pub mod config_file;
 pub mod datapath;

@@ -334,6 +334,15 @@ impl Lab {
         Ok(host)
     }
 
+    /// Adds a network namespace with only `lo` (a container nothing plugged in yet, for
+    /// `meshctl attach`); returns its name (`ip netns`; its file is /var/run/netns/<name>).
+    pub fn add_bare_netns(&mut self, name: &str) -> Result<String> {
+        self.check_name(name)?;
+        let ns = format!("{}-{name}", self.id);
+        self.add_netns(&ns)?;
+        Ok(ns)
+    }
+
     /// Adds a container on `host`: namespace with `eth0` (address `cidr` if given, e.g.
     /// "10.40.0.1/24"), its peer plugged into the host's `mesh` bridge.
     pub fn add_container(

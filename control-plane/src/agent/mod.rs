@@ -65,6 +65,8 @@ pub struct Config {
     pub data_port: u16,
     /// systemd's notification socket, when meshd runs as a `Type=notify` service.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Namespaces and host addresses on the mesh bridge (with a datapath only).
+    pub attachments: Option<Arc<crate::attach::Attachments>>,
 }
 
 /// One line for systemd's STATUS: peers connected and the datapath in use.
@@ -139,6 +141,7 @@ pub struct Agent {
     datapath: Option<Box<dyn Datapath>>,
     data_port: u16,
     notifier: Option<crate::notify::Notifier>,
+    attachments: Option<Arc<crate::attach::Attachments>>,
     /// What the data path was last given.
     published: Published,
     /// Sources whose password attempts failed, and how long they wait.
@@ -362,6 +365,7 @@ impl Agent {
             datapath: cfg.datapath,
             data_port: cfg.data_port,
             notifier: cfg.notifier,
+            attachments: cfg.attachments,
             published: None,
             throttle: throttle::Throttle::default(),
             auth_failures: 0,
@@ -591,6 +595,30 @@ impl Agent {
                 request::Kind::Forget(t) => self.forget(t.targets, reply),
                 // Answered when the replies are in; the agent goes on meanwhile.
                 request::Kind::Ping(p) => self.ping(p, reply),
+                // Netlink work off the agent's loop, one change at a time.
+                request::Kind::Attach(a) => {
+                    self.on_attachments(reply, |at| async move { at.attach(a).await })
+                }
+                request::Kind::Detach(a) => {
+                    self.on_attachments(reply, |at| async move { at.detach(a).await })
+                }
+                request::Kind::Expose(e) => {
+                    let peers: Vec<std::net::IpAddr> = self
+                        .links
+                        .values()
+                        .map(|l| l.conn.remote_address().ip())
+                        .collect();
+                    self.on_attachments(
+                        reply,
+                        |at| async move { at.expose(&e.cidrs, &peers).await },
+                    )
+                }
+                request::Kind::Hide(e) => {
+                    self.on_attachments(reply, |at| async move { at.hide(&e.cidrs).await })
+                }
+                request::Kind::Attachments(_) => {
+                    self.on_attachments(reply, |at| async move { Ok(at.view().await) })
+                }
                 other => {
                     let _ = reply.send(self.answer(other));
                 }
@@ -865,11 +893,41 @@ impl Agent {
             },
             request::Kind::Peers(_) => response::Kind::Peers(self.peers()),
             request::Kind::Routes(_) => response::Kind::Routes(self.routes()),
-            request::Kind::Connect(_) | request::Kind::Forget(_) | request::Kind::Ping(_) => {
-                unreachable!("answered by connect/forget/ping")
+            request::Kind::Connect(_)
+            | request::Kind::Forget(_)
+            | request::Kind::Ping(_)
+            | request::Kind::Attach(_)
+            | request::Kind::Detach(_)
+            | request::Kind::Expose(_)
+            | request::Kind::Hide(_)
+            | request::Kind::Attachments(_) => {
+                unreachable!("answered in the event handler")
             }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
         }
+    }
+
+    /// Runs `op` on the attachments in a task of its own and answers `reply` with its result.
+    fn on_attachments<F, Fut>(&self, reply: oneshot::Sender<response::Kind>, op: F)
+    where
+        F: FnOnce(Arc<crate::attach::Attachments>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<mesh_proto::v1::Attachments, String>>
+            + Send
+            + 'static,
+    {
+        let Some(at) = self.attachments.clone() else {
+            let _ = reply.send(response::Kind::Error(
+                "this meshd runs no data path, so it has no bridge to attach to".into(),
+            ));
+            return;
+        };
+        let work = op(at);
+        tokio::spawn(async move {
+            let _ = reply.send(match work.await {
+                Ok(v) => response::Kind::Attachments(v),
+                Err(e) => response::Kind::Error(e),
+            });
+        });
     }
 
     /// Answers `reply` with `done` once peers.json is written, or with why it could not be.

@@ -402,6 +402,10 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     .context("starting the TAP datapath")?;
     let overlay_mtu = tap.mtu;
     let (kernel, mode) = choose_datapath(&args, &underlay, &tap)?;
+    let attachments =
+        mesh::attach::Attachments::open(&args.state_dir, &args.bridge, overlay_mtu, &underlay)
+            .await
+            .context("restoring the attached namespaces and exposed addresses")?;
     let auth_name = auth.describe();
     let (agent, rx) = Agent::start(agent::Config {
         id,
@@ -422,6 +426,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         }),
         data_port: args.data_port,
         notifier: mesh::notify::Notifier::from_env()?,
+        attachments: Some(std::sync::Arc::new(attachments)),
     })?;
     tracing::info!(
         name,

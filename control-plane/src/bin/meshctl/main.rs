@@ -6,10 +6,11 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use mesh::{local_api, paths};
 use mesh_proto::v1::{
-    FdbRequest, PeersRequest, PingRequest, RoutesRequest, StatusRequest, TargetsRequest, request,
-    response,
+    AttachRequest, AttachmentsRequest, ExposeRequest, FdbRequest, PeersRequest, PingRequest,
+    RoutesRequest, StatusRequest, TargetsRequest, attach_request, request, response,
 };
 
+mod attachments;
 mod health;
 mod ping;
 mod view;
@@ -79,6 +80,54 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plug a network namespace (a container's) into the mesh bridge: a veth pair, one end
+    /// inside named IFNAME with the overlay MTU and the given addresses, the other on the
+    /// bridge. meshd remembers it across restarts.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// The interface inside the namespace.
+        #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
+        ifname: String,
+        /// Addresses for it, e.g. 10.32.0.5/16 (the prefix gives the route to the subnet).
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+    },
+    /// Unplug what `attach` plugged in (the interface disappears from the namespace).
+    Detach {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
+        ifname: String,
+    },
+    /// Give this host an address on the mesh (on the bridge), to reach containers from it.
+    /// Refused for a subnet holding the underlay's or a peer's address: that would route the
+    /// tunnels into themselves.
+    Expose {
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+    },
+    /// Take exposed addresses off the bridge (all of them when none is given).
+    Hide {
+        #[arg(value_name = "CIDR")]
+        cidrs: Vec<String>,
+    },
+    /// What is attached and exposed.
+    Attachments {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the mesh bridge with the overlay MTU without meshd, so a container runtime can
+    /// use it first (`dockerd --bridge=mesh --fixed-cidr=... --mtu=1422`); meshd adopts it
+    /// when it starts.
+    CreateBridge {
+        #[arg(long, default_value = "mesh")]
+        bridge: String,
+        /// The overlay MTU: 1422 fits a 1500-byte underlay with encryption, 1450 without.
+        #[arg(long, default_value_t = 1422)]
+        mtu: u32,
+    },
     /// Connect to peers (host[:port]) now and remember them across restarts.
     Connect {
         #[arg(required = true, value_name = "PEER")]
@@ -97,6 +146,32 @@ enum Command {
     /// Print meshctl's manual page (roff), as the package installs it.
     #[command(hide = true)]
     Manual,
+}
+
+/// Which network namespace: exactly one of these.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A namespace file: /var/run/netns/NAME (`ip netns`), /proc/PID/ns/net, ...
+    #[arg(long, value_name = "PATH")]
+    netns: Option<String>,
+    /// A process whose network namespace it is.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+impl Target {
+    fn request(self, ifname: String, cidrs: Vec<String>) -> AttachRequest {
+        AttachRequest {
+            target: Some(match (self.netns, self.pid) {
+                (Some(p), _) => attach_request::Target::Netns(p),
+                (None, Some(pid)) => attach_request::Target::Pid(pid),
+                (None, None) => unreachable!("clap requires one"),
+            }),
+            ifname,
+            cidrs,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -193,6 +268,39 @@ fn main() -> Result<()> {
                 }
                 other => bail!("unexpected answer from meshd: {other:?}"),
             }
+        }
+        Command::Attach {
+            target,
+            ifname,
+            cidrs,
+        } => attachments::print(call(request::Kind::Attach(target.request(ifname, cidrs)))?)?,
+        Command::Detach { target, ifname } => attachments::print(call(request::Kind::Detach(
+            target.request(ifname, Vec::new()),
+        ))?)?,
+        Command::Expose { cidrs } => {
+            attachments::print(call(request::Kind::Expose(ExposeRequest { cidrs }))?)?
+        }
+        Command::Hide { cidrs } => {
+            attachments::print(call(request::Kind::Hide(ExposeRequest { cidrs }))?)?
+        }
+        Command::Attachments { json } => {
+            match call(request::Kind::Attachments(AttachmentsRequest {}))? {
+                response::Kind::Attachments(a) if json => view::print_json(&attachments::json(&a)),
+                other => attachments::print(other)?,
+            }
+        }
+        Command::CreateBridge { bridge, mtu } => {
+            if !(1280..=65535).contains(&mtu) {
+                bail!("--mtu must be 1280 to 65535");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let created = rt.block_on(mesh::attach::create_bridge(&bridge, mtu))?;
+            println!(
+                "bridge {bridge} {} with MTU {mtu}; meshd adopts it when it starts",
+                if created { "created" } else { "exists" }
+            );
         }
         Command::Connect { peers } => {
             match call(request::Kind::Connect(TargetsRequest { targets: peers }))? {

@@ -1,0 +1,286 @@
+//! Namespaces and this host on the mesh bridge: `meshctl attach` / `detach` plug a network
+//! namespace (a container's) into the bridge with a veth pair and give it addresses; `meshctl
+//! expose` / `hide` give this host itself an address on the bridge. What was done is kept in
+//! `attachments.json` in the state dir, so a restarted meshd knows it (and re-exposes what a
+//! recreated bridge lost).
+//!
+//! A crash never leaves a half-configured namespace: the bridge side of every veth meshd makes
+//! carries this instance's tag as its alias, the record is written only once everything is set
+//! up, and at start meshd deletes tagged veths it has no record of (deleting one end of a veth
+//! deletes the end in the namespace too).
+
+pub mod record;
+mod system;
+
+pub use system::create_bridge;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use mesh_proto::v1::{AttachRequest, Attachment, Attachments as AttachmentsView, attach_request};
+use record::{Attached, Records};
+use tokio::sync::Mutex;
+
+use crate::identity::write_atomic;
+
+const FILE: &str = "attachments.json";
+/// The interface name inside the namespace when none is given.
+pub const DEFAULT_IFNAME: &str = "mesh0";
+
+/// The attachments of one meshd, serialised: one change at a time.
+pub struct Attachments {
+    path: PathBuf,
+    bridge: String,
+    mtu: u32,
+    underlay: String,
+    /// The alias of every bridge-side veth this instance made.
+    tag: String,
+    records: Mutex<Records>,
+}
+
+impl Attachments {
+    /// Loads the records of `state_dir`, drops those whose veth is gone (the namespace died),
+    /// deletes tagged veths without a record (a crash mid-attach), and exposes again what the
+    /// bridge lost.
+    pub async fn open(
+        state_dir: &Path,
+        bridge: &str,
+        mtu: u32,
+        underlay: &str,
+    ) -> Result<Attachments> {
+        let path = state_dir.join(FILE);
+        let mut records: Records = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} is not mesh's attachment list; fix or remove it",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // Which instance made a veth: one per state dir (several meshd may share a machine).
+        let tag = format!(
+            "mesh-attach:{:08x}",
+            record::fnv(state_dir.as_os_str().as_encoded_bytes()) as u32
+        );
+        let mut live = Vec::new();
+        for a in records.attached.drain(..) {
+            if system::exists(&a.host_ifname).await? {
+                live.push(a);
+            } else {
+                tracing::info!(
+                    netns = a.named,
+                    ifname = a.ifname,
+                    "an attached namespace is gone"
+                );
+            }
+        }
+        records.attached = live;
+        for name in system::tagged(&tag).await? {
+            if !records.attached.iter().any(|a| a.host_ifname == name) {
+                tracing::warn!(
+                    veth = name,
+                    "removing a half-made attachment (meshd stopped while making it)"
+                );
+                system::unplug(&name).await?;
+            }
+        }
+        for c in &records.exposed {
+            system::expose(bridge, *c, bridge_mac(&tag))
+                .await
+                .with_context(|| format!("exposing {c} again"))?;
+        }
+        let me = Attachments {
+            path,
+            bridge: bridge.to_owned(),
+            mtu,
+            underlay: underlay.to_owned(),
+            tag,
+            records: Mutex::new(records),
+        };
+        me.save(&*me.records.lock().await)?;
+        Ok(me)
+    }
+
+    fn save(&self, r: &Records) -> Result<()> {
+        write_atomic(&self.path, &serde_json::to_vec_pretty(r)?, 0o600)
+    }
+
+    pub async fn view(&self) -> AttachmentsView {
+        let r = self.records.lock().await;
+        self.view_of(&r)
+    }
+
+    fn view_of(&self, r: &Records) -> AttachmentsView {
+        AttachmentsView {
+            attached: r
+                .attached
+                .iter()
+                .map(|a| Attachment {
+                    netns: a.named.clone(),
+                    ifname: a.ifname.clone(),
+                    host_ifname: a.host_ifname.clone(),
+                    cidrs: a.cidrs.iter().map(ToString::to_string).collect(),
+                    mac: a.mac.clone(),
+                })
+                .collect(),
+            exposed: r.exposed.iter().map(ToString::to_string).collect(),
+            bridge: self.bridge.clone(),
+            mtu: self.mtu,
+        }
+    }
+
+    /// `meshctl attach`.
+    pub async fn attach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
+        let (path, named) = target(&req)?;
+        let ifname = ifname_of(&req)?;
+        let cidrs = record::parse_cidrs(&req.cidrs)?;
+        let (ns, id) = system::open_netns(&path)?;
+        let mut r = self.records.lock().await;
+        if r.find(id, &ifname).is_some() {
+            return Err(format!(
+                "{named} has {ifname} attached already (`meshctl detach` first)"
+            ));
+        }
+        r.check_free(&cidrs)?;
+        let host_ifname = record::host_ifname(id, &ifname);
+        let mac = system::plug(
+            &ns,
+            &system::Plug {
+                bridge: &self.bridge,
+                mtu: self.mtu,
+                tag: &self.tag,
+                host_ifname: &host_ifname,
+                ifname: &ifname,
+                cidrs: &cidrs,
+            },
+        )
+        .await
+        .map_err(|e| format!("attaching {named}: {e:#}"))?;
+        r.attached.push(Attached {
+            netns: id,
+            named,
+            ifname,
+            host_ifname,
+            cidrs,
+            mac,
+        });
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(self.view_of(&r))
+    }
+
+    /// `meshctl detach`.
+    pub async fn detach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
+        let (path, named) = target(&req)?;
+        let ifname = ifname_of(&req)?;
+        let (_, id) = system::open_netns(&path)?;
+        let mut r = self.records.lock().await;
+        let Some(a) = r.find(id, &ifname).cloned() else {
+            return Err(format!(
+                "{named} has no {ifname} attached by this meshd (`meshctl attachments`)"
+            ));
+        };
+        system::unplug(&a.host_ifname)
+            .await
+            .map_err(|e| format!("detaching {named}: {e:#}"))?;
+        r.attached.retain(|x| x.host_ifname != a.host_ifname);
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(self.view_of(&r))
+    }
+
+    /// `meshctl expose`: `peers` are the peers' underlay addresses (never to be overlay ones).
+    pub async fn expose(
+        &self,
+        cidrs: &[String],
+        peers: &[IpAddr],
+    ) -> Result<AttachmentsView, String> {
+        let cidrs = record::parse_cidrs(cidrs)?;
+        let mut tunnels = system::addresses_of(&self.underlay)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        tunnels.extend_from_slice(peers);
+        record::check_expose(&cidrs, &tunnels)?;
+        let mut r = self.records.lock().await;
+        r.check_free(&cidrs)?;
+        for c in &cidrs {
+            system::expose(&self.bridge, *c, bridge_mac(&self.tag))
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            r.exposed.push(*c);
+        }
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(self.view_of(&r))
+    }
+
+    /// `meshctl hide`: the given addresses, or every exposed one.
+    pub async fn hide(&self, cidrs: &[String]) -> Result<AttachmentsView, String> {
+        let mut r = self.records.lock().await;
+        let gone: Vec<IpNet> = if cidrs.is_empty() {
+            r.exposed.clone()
+        } else {
+            let want = record::parse_cidrs(cidrs)?;
+            for w in &want {
+                if !r.exposed.iter().any(|e| e.addr() == w.addr()) {
+                    return Err(format!(
+                        "{} is not exposed (`meshctl attachments`)",
+                        w.addr()
+                    ));
+                }
+            }
+            r.exposed
+                .iter()
+                .filter(|e| want.iter().any(|w| w.addr() == e.addr()))
+                .copied()
+                .collect()
+        };
+        for c in &gone {
+            system::hide(&self.bridge, *c)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            r.exposed.retain(|e| e != c);
+        }
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(self.view_of(&r))
+    }
+}
+
+/// The namespace file a request names, and how to call it.
+fn target(req: &AttachRequest) -> Result<(PathBuf, String), String> {
+    match &req.target {
+        Some(attach_request::Target::Netns(p)) if !p.is_empty() => {
+            Ok((PathBuf::from(p), p.clone()))
+        }
+        Some(attach_request::Target::Pid(pid)) if *pid > 0 => {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            if !path.exists() {
+                return Err(format!(
+                    "no process {pid} (it is not running, or not in meshd's pid namespace)"
+                ));
+            }
+            Ok((path, format!("pid {pid}")))
+        }
+        _ => Err("say which namespace: --netns PATH or --pid PID".into()),
+    }
+}
+
+fn ifname_of(req: &AttachRequest) -> Result<String, String> {
+    let name = if req.ifname.is_empty() {
+        DEFAULT_IFNAME
+    } else {
+        &req.ifname
+    };
+    record::check_ifname(name)?;
+    Ok(name.to_owned())
+}
+
+/// The bridge's MAC while this host is exposed: stable across restarts (derived from the
+/// instance's tag), locally administered, unicast.
+fn bridge_mac(tag: &str) -> [u8; 6] {
+    let h = record::fnv(tag.as_bytes()).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}

@@ -1,0 +1,242 @@
+//! What meshd attached and exposed, as kept in `attachments.json`, and the checks a request
+//! passes before anything is changed. Pure: no system calls.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// A network namespace, by the identity of its nsfs inode (paths and pids only name it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One namespace plugged into the bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    pub netns: NetnsId,
+    /// How it was named when attached (a path, or "pid N"), for people.
+    pub named: String,
+    pub ifname: String,
+    pub host_ifname: String,
+    pub cidrs: Vec<IpNet>,
+    pub mac: String,
+}
+
+/// Everything meshd attached and exposed (`attachments.json` in its state dir).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    pub attached: Vec<Attached>,
+    pub exposed: Vec<IpNet>,
+}
+
+/// The longest interface name Linux takes.
+const IFNAMSIZ: usize = 15;
+
+/// Parses `cidrs` ("10.32.0.5/16"); at least one, each an address inside its prefix (not the
+/// network or broadcast address of an IPv4 prefix shorter than /31).
+pub fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, String> {
+    if cidrs.is_empty() {
+        return Err(
+            "give the address(es) to assign, as CIDR (e.g. 10.32.0.5/16): mesh does not \
+             allocate addresses yet"
+                .into(),
+        );
+    }
+    let mut out: Vec<IpNet> = Vec::new();
+    for c in cidrs {
+        let net: IpNet = c
+            .parse()
+            .map_err(|_| format!("{c:?} is not an address in CIDR notation (e.g. 10.32.0.5/16)"))?;
+        if let IpNet::V4(v4) = net
+            && v4.prefix_len() < 31
+            && (v4.addr() == v4.network() || v4.addr() == v4.broadcast())
+        {
+            return Err(format!(
+                "{c} is the network or broadcast address of its prefix: pick a host address"
+            ));
+        }
+        if out.iter().any(|o| o.addr() == net.addr()) {
+            return Err(format!("{} is given twice", net.addr()));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+/// An interface name Linux accepts.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid interface name (1 to {IFNAMSIZ} characters, no '/', ':' or \
+             spaces)"
+        ))
+    }
+}
+
+/// The bridge-side veth's name for an attachment: derived from the namespace and the
+/// interface, so it is stable and fits IFNAMSIZ.
+pub fn host_ifname(netns: NetnsId, ifname: &str) -> String {
+    let mut bytes = netns.dev.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&netns.ino.to_le_bytes());
+    bytes.extend_from_slice(ifname.as_bytes());
+    format!("vm{:08x}", fnv(&bytes) as u32)
+}
+
+/// FNV-1a: a hash that is stable across builds and runs, unlike std's, for names derived
+/// from identities.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Records {
+    pub fn find(&self, netns: NetnsId, ifname: &str) -> Option<&Attached> {
+        self.attached
+            .iter()
+            .find(|a| a.netns == netns && a.ifname == ifname)
+    }
+
+    /// Every address meshd assigned: attached and exposed.
+    fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.attached
+            .iter()
+            .flat_map(|a| a.cidrs.iter().map(IpNet::addr))
+            .chain(self.exposed.iter().map(IpNet::addr))
+    }
+
+    /// Refuses an address meshd already gave to a namespace or to this host.
+    pub fn check_free(&self, cidrs: &[IpNet]) -> Result<(), String> {
+        for c in cidrs {
+            if self.addresses().any(|a| a == c.addr()) {
+                return Err(format!(
+                    "{} is in use on this host's mesh bridge (`meshctl attachments`)",
+                    c.addr()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses to expose a prefix that holds an underlay address: traffic to that peer would be
+/// routed into the overlay, inside its own tunnel (the loop Weave's `expose` could make).
+pub fn check_expose(cidrs: &[IpNet], underlay: &[IpAddr]) -> Result<(), String> {
+    for c in cidrs {
+        if let Some(u) = underlay.iter().find(|u| c.contains(*u)) {
+            return Err(format!(
+                "{c} contains {u}, an address mesh's own tunnels use (this host's underlay or \
+                 a peer's): exposing it would route the tunnels into themselves; pick an \
+                 overlay subnet apart from the underlay"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn addresses_are_checked_before_anything_changes() {
+        assert_eq!(
+            parse_cidrs(&v(&["10.32.0.5/16", "fd00::5/64"]))
+                .unwrap()
+                .len(),
+            2
+        );
+        for (bad, says) in [
+            (v(&[]), "give the address"),
+            (v(&["10.32.0.5"]), "CIDR"),
+            (v(&["10.32.0.300/16"]), "CIDR"),
+            (v(&["10.32.0.0/16"]), "network or broadcast"),
+            (v(&["10.32.255.255/16"]), "network or broadcast"),
+            (v(&["10.32.0.5/16", "10.32.0.5/24"]), "twice"),
+        ] {
+            let e = parse_cidrs(&bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert!(parse_cidrs(&v(&["10.32.0.1/32"])).is_ok());
+    }
+
+    #[test]
+    fn interface_names_are_what_linux_takes() {
+        assert!(check_ifname("mesh0").is_ok());
+        for bad in ["", "a/b", "a b", "x:1", "sixteen-chars-xx", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_side_names_are_stable_short_and_differ_per_namespace_and_interface() {
+        let a = NetnsId {
+            dev: 4,
+            ino: 4026532000,
+        };
+        let b = NetnsId {
+            dev: 4,
+            ino: 4026532001,
+        };
+        let n = host_ifname(a, "mesh0");
+        assert_eq!(n, host_ifname(a, "mesh0"));
+        assert!(n.len() <= IFNAMSIZ && n.starts_with("vm"), "{n}");
+        assert_ne!(n, host_ifname(b, "mesh0"));
+        assert_ne!(n, host_ifname(a, "mesh1"));
+    }
+
+    #[test]
+    fn an_address_in_use_or_an_underlay_address_is_refused() {
+        let mut r = Records::default();
+        r.attached.push(Attached {
+            netns: NetnsId { dev: 1, ino: 2 },
+            named: "x".into(),
+            ifname: "mesh0".into(),
+            host_ifname: "vm0".into(),
+            cidrs: vec!["10.32.0.5/16".parse().unwrap()],
+            mac: String::new(),
+        });
+        r.exposed.push("10.32.0.100/16".parse().unwrap());
+        for used in ["10.32.0.5/24", "10.32.0.100/16"] {
+            assert!(r.check_free(&[used.parse().unwrap()]).is_err(), "{used}");
+        }
+        assert!(r.check_free(&["10.32.0.6/16".parse().unwrap()]).is_ok());
+        let underlay: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap()];
+        assert!(check_expose(&["198.18.5.1/15".parse().unwrap()], &underlay).is_err());
+        assert!(check_expose(&["10.32.0.100/16".parse().unwrap()], &underlay).is_ok());
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        let r = Records {
+            attached: vec![Attached {
+                netns: NetnsId { dev: 3, ino: 9 },
+                named: "pid 42".into(),
+                ifname: "eth1".into(),
+                host_ifname: "vmabc".into(),
+                cidrs: vec!["10.1.0.2/24".parse().unwrap()],
+                mac: "02:00:00:00:00:01".into(),
+            }],
+            exposed: vec!["10.1.0.1/24".parse().unwrap()],
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Records>(&text).unwrap(), r);
+    }
+}
