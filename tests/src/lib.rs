@@ -10,6 +10,7 @@
 //! 198.19.k.0/24. Only namespaces this harness created are ever addressed.
 
 pub mod bins;
+pub mod docker;
 mod lab;
 pub mod mesh;
 pub mod netns;

@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask package`: the .deb is checked with lintian; objdump lists its libraries.
     "lintian",
     "binutils",
+    // tests/tests/docker.rs runs a real dockerd (one per lab host) with a busybox image.
+    "docker.io",
+    "busybox-static",
     // CI checks vagrant/: `vagrant validate`, shellcheck.
     "vagrant",
     "shellcheck",

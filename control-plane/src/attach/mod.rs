@@ -9,6 +9,7 @@
 //! up, and at start meshd deletes tagged veths it has no record of (deleting one end of a veth
 //! deletes the end in the namespace too).
 
+mod docker;
 pub mod record;
 mod system;
 
@@ -53,7 +54,7 @@ impl Attachments {
         underlay: &str,
     ) -> Result<Attachments> {
         let path = state_dir.join(FILE);
-        let mut records: Records = match std::fs::read(&path) {
+        let records: Records = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).with_context(|| {
                 format!(
                     "{} is not mesh's attachment list; fix or remove it",
@@ -68,9 +69,53 @@ impl Attachments {
             "mesh-attach:{:08x}",
             record::fnv(state_dir.as_os_str().as_encoded_bytes()) as u32
         );
+        let me = Attachments {
+            path,
+            bridge: bridge.to_owned(),
+            mtu,
+            underlay: underlay.to_owned(),
+            tag,
+            records: Mutex::new(records),
+        };
+        let mut r = me.records.lock().await;
+        me.prune(&mut r).await;
+        for name in system::tagged(&me.tag).await? {
+            if !r.attached.iter().any(|a| a.host_ifname == name) {
+                tracing::warn!(
+                    veth = name,
+                    "removing a half-made attachment (meshd stopped while making it)"
+                );
+                system::unplug(&name).await?;
+            }
+        }
+        for c in &r.exposed {
+            system::expose(bridge, *c, bridge_mac(&me.tag))
+                .await
+                .with_context(|| format!("exposing {c} again"))?;
+        }
+        me.save(&r)?;
+        drop(r);
+        Ok(me)
+    }
+
+    fn save(&self, r: &Records) -> Result<()> {
+        write_atomic(&self.path, &serde_json::to_vec_pretty(r)?, 0o600)
+    }
+
+    pub async fn view(&self) -> AttachmentsView {
+        let mut r = self.records.lock().await;
+        self.prune(&mut r).await;
+        self.view_of(&r)
+    }
+
+    /// Forgets attachments whose namespace died (its veth died with it: a container that
+    /// stopped).
+    async fn prune(&self, r: &mut Records) {
+        let before = r.attached.len();
         let mut live = Vec::new();
-        for a in records.attached.drain(..) {
-            if system::exists(&a.host_ifname).await? {
+        for a in r.attached.drain(..) {
+            // An error asking counts as alive: forgetting is for what is surely gone.
+            if system::exists(&a.host_ifname).await.unwrap_or(true) {
                 live.push(a);
             } else {
                 tracing::info!(
@@ -80,40 +125,12 @@ impl Attachments {
                 );
             }
         }
-        records.attached = live;
-        for name in system::tagged(&tag).await? {
-            if !records.attached.iter().any(|a| a.host_ifname == name) {
-                tracing::warn!(
-                    veth = name,
-                    "removing a half-made attachment (meshd stopped while making it)"
-                );
-                system::unplug(&name).await?;
-            }
+        r.attached = live;
+        if r.attached.len() != before
+            && let Err(e) = self.save(r)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "saving the attachments");
         }
-        for c in &records.exposed {
-            system::expose(bridge, *c, bridge_mac(&tag))
-                .await
-                .with_context(|| format!("exposing {c} again"))?;
-        }
-        let me = Attachments {
-            path,
-            bridge: bridge.to_owned(),
-            mtu,
-            underlay: underlay.to_owned(),
-            tag,
-            records: Mutex::new(records),
-        };
-        me.save(&*me.records.lock().await)?;
-        Ok(me)
-    }
-
-    fn save(&self, r: &Records) -> Result<()> {
-        write_atomic(&self.path, &serde_json::to_vec_pretty(r)?, 0o600)
-    }
-
-    pub async fn view(&self) -> AttachmentsView {
-        let r = self.records.lock().await;
-        self.view_of(&r)
     }
 
     fn view_of(&self, r: &Records) -> AttachmentsView {
@@ -137,11 +154,12 @@ impl Attachments {
 
     /// `meshctl attach`.
     pub async fn attach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
-        let (path, named) = target(&req)?;
+        let (path, named) = target(&req).await?;
         let ifname = ifname_of(&req)?;
         let cidrs = record::parse_cidrs(&req.cidrs)?;
         let (ns, id) = system::open_netns(&path)?;
         let mut r = self.records.lock().await;
+        self.prune(&mut r).await;
         if r.find(id, &ifname).is_some() {
             return Err(format!(
                 "{named} has {ifname} attached already (`meshctl detach` first)"
@@ -176,7 +194,7 @@ impl Attachments {
 
     /// `meshctl detach`.
     pub async fn detach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
-        let (path, named) = target(&req)?;
+        let (path, named) = target(&req).await?;
         let ifname = ifname_of(&req)?;
         let (_, id) = system::open_netns(&path)?;
         let mut r = self.records.lock().await;
@@ -250,22 +268,30 @@ impl Attachments {
 }
 
 /// The namespace file a request names, and how to call it.
-fn target(req: &AttachRequest) -> Result<(PathBuf, String), String> {
+async fn target(req: &AttachRequest) -> Result<(PathBuf, String), String> {
     match &req.target {
         Some(attach_request::Target::Netns(p)) if !p.is_empty() => {
             Ok((PathBuf::from(p), p.clone()))
         }
-        Some(attach_request::Target::Pid(pid)) if *pid > 0 => {
-            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            if !path.exists() {
-                return Err(format!(
-                    "no process {pid} (it is not running, or not in meshd's pid namespace)"
-                ));
-            }
-            Ok((path, format!("pid {pid}")))
+        Some(attach_request::Target::Pid(pid)) if *pid > 0 => Ok((
+            netns_of_pid(*pid).ok_or_else(|| {
+                format!("no process {pid} (it is not running, or not in meshd's pid namespace)")
+            })?,
+            format!("pid {pid}"),
+        )),
+        Some(attach_request::Target::Container(c)) if !c.is_empty() => {
+            let pid = docker::container_pid(&req.docker_host, c).await?;
+            let path = netns_of_pid(pid)
+                .ok_or_else(|| format!("container {c}'s process {pid} ended meanwhile"))?;
+            Ok((path, format!("container {c}")))
         }
-        _ => Err("say which namespace: --netns PATH or --pid PID".into()),
+        _ => Err("say which namespace: --netns PATH, --pid PID or --container ID".into()),
     }
+}
+
+fn netns_of_pid(pid: u32) -> Option<PathBuf> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    path.exists().then_some(path)
 }
 
 fn ifname_of(req: &AttachRequest) -> Result<String, String> {

@@ -378,10 +378,10 @@ pub async fn addresses_of(name: &str) -> Result<Vec<IpAddr>> {
     .await
 }
 
-/// Creates bridge `name` with `mtu` and brings it up, for a container runtime to use before
-/// meshd starts (`meshctl create-bridge`); meshd adopts it. False when it existed already (its
-/// MTU is then set to `mtu`).
-pub async fn create_bridge(name: &str, mtu: u32) -> Result<bool> {
+/// Creates bridge `name` with `mtu` (and `address`, when given) and brings it up, for a
+/// container runtime to use before meshd starts (`meshctl create-bridge`); meshd adopts it.
+/// False when it existed already (its MTU is then set to `mtu`).
+pub async fn create_bridge(name: &str, mtu: u32, address: Option<IpNet>) -> Result<bool> {
     here(|h| async move {
         let created = match find(&h, name).await? {
             Some(_) => false,
@@ -400,6 +400,18 @@ pub async fn create_bridge(name: &str, mtu: u32) -> Result<bool> {
             .execute()
             .await
             .with_context(|| format!("setting {name}'s MTU to {mtu}"))?;
+        if let Some(a) = address
+            && !addresses_on(&h, idx)
+                .await?
+                .iter()
+                .any(|(ip, _, _)| *ip == a.addr())
+        {
+            h.address()
+                .add(idx, a.addr(), a.prefix_len())
+                .execute()
+                .await
+                .with_context(|| format!("adding {a} to {name}"))?;
+        }
         Ok(created)
     })
     .await

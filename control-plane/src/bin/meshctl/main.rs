@@ -86,6 +86,13 @@ enum Command {
     Attach {
         #[command(flatten)]
         target: Target,
+        /// Docker's API socket, for --container (meshd opens it).
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        docker_host: String,
         /// The interface inside the namespace.
         #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
         ifname: String,
@@ -97,6 +104,13 @@ enum Command {
     Detach {
         #[command(flatten)]
         target: Target,
+        /// Docker's API socket, for --container (meshd opens it).
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        docker_host: String,
         #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
         ifname: String,
     },
@@ -127,6 +141,10 @@ enum Command {
         /// The overlay MTU: 1422 fits a 1500-byte underlay with encryption, 1450 without.
         #[arg(long, default_value_t = 1422)]
         mtu: u32,
+        /// This host's address on the bridge (Docker's containers' gateway), e.g.
+        /// 10.32.0.1/16: Docker wants one on a bridge it is given.
+        #[arg(long, value_name = "CIDR")]
+        address: Option<String>,
     },
     /// Connect to peers (host[:port]) now and remember them across restarts.
     Connect {
@@ -158,18 +176,26 @@ struct Target {
     /// A process whose network namespace it is.
     #[arg(long)]
     pid: Option<u32>,
+    /// A running Docker container (id or name), looked up through the Docker API.
+    #[arg(long, value_name = "ID")]
+    container: Option<String>,
 }
 
 impl Target {
-    fn request(self, ifname: String, cidrs: Vec<String>) -> AttachRequest {
+    fn request(self, ifname: String, cidrs: Vec<String>, docker_host: String) -> AttachRequest {
         AttachRequest {
-            target: Some(match (self.netns, self.pid) {
-                (Some(p), _) => attach_request::Target::Netns(p),
-                (None, Some(pid)) => attach_request::Target::Pid(pid),
-                (None, None) => unreachable!("clap requires one"),
+            target: Some(match (self.netns, self.pid, self.container) {
+                (Some(p), _, _) => attach_request::Target::Netns(p),
+                (None, Some(pid), _) => attach_request::Target::Pid(pid),
+                (None, None, Some(c)) => attach_request::Target::Container(c),
+                (None, None, None) => unreachable!("clap requires one"),
             }),
             ifname,
             cidrs,
+            docker_host: docker_host
+                .strip_prefix("unix://")
+                .unwrap_or(&docker_host)
+                .to_owned(),
         }
     }
 }
@@ -271,12 +297,23 @@ fn main() -> Result<()> {
         }
         Command::Attach {
             target,
+            docker_host,
             ifname,
             cidrs,
-        } => attachments::print(call(request::Kind::Attach(target.request(ifname, cidrs)))?)?,
-        Command::Detach { target, ifname } => attachments::print(call(request::Kind::Detach(
-            target.request(ifname, Vec::new()),
-        ))?)?,
+        } => attachments::print(call(request::Kind::Attach(target.request(
+            ifname,
+            cidrs,
+            docker_host,
+        )))?)?,
+        Command::Detach {
+            target,
+            docker_host,
+            ifname,
+        } => attachments::print(call(request::Kind::Detach(target.request(
+            ifname,
+            Vec::new(),
+            docker_host,
+        )))?)?,
         Command::Expose { cidrs } => {
             attachments::print(call(request::Kind::Expose(ExposeRequest { cidrs }))?)?
         }
@@ -289,14 +326,24 @@ fn main() -> Result<()> {
                 other => attachments::print(other)?,
             }
         }
-        Command::CreateBridge { bridge, mtu } => {
+        Command::CreateBridge {
+            bridge,
+            mtu,
+            address,
+        } => {
             if !(1280..=65535).contains(&mtu) {
                 bail!("--mtu must be 1280 to 65535");
             }
+            let address = match address {
+                Some(a) => {
+                    Some(mesh::attach::record::parse_cidrs(&[a]).map_err(anyhow::Error::msg)?[0])
+                }
+                None => None,
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let created = rt.block_on(mesh::attach::create_bridge(&bridge, mtu))?;
+            let created = rt.block_on(mesh::attach::create_bridge(&bridge, mtu, address))?;
             println!(
                 "bridge {bridge} {} with MTU {mtu}; meshd adopts it when it starts",
                 if created { "created" } else { "exists" }
