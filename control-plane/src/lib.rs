@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod attach;
 pub mod auth;
+pub mod cni;
 pub mod config_file;
 pub mod datapath;
 pub mod entry_sign;

@@ -35,6 +35,8 @@ const APT_PACKAGES: &[&str] = &[
     // tests/tests/docker.rs runs a real dockerd (one per lab host) with a busybox image.
     "docker.io",
     "busybox-static",
+    // tests/tests/cni.rs runs mesh-cni with Debian's host-local as its IPAM plugin.
+    "containernetworking-plugins",
     // CI checks vagrant/: `vagrant validate`, shellcheck.
     "vagrant",
     "shellcheck",

@@ -144,6 +144,7 @@ impl Attachments {
                     host_ifname: a.host_ifname.clone(),
                     cidrs: a.cidrs.iter().map(ToString::to_string).collect(),
                     mac: a.mac.clone(),
+                    owner: a.owner.clone(),
                 })
                 .collect(),
             exposed: r.exposed.iter().map(ToString::to_string).collect(),
@@ -164,6 +165,9 @@ impl Attachments {
             return Err(format!(
                 "{named} has {ifname} attached already (`meshctl detach` first)"
             ));
+        }
+        if r.find_owned(&req.owner, &ifname).is_some() {
+            return Err(format!("{} has {ifname} attached already", req.owner));
         }
         r.check_free(&cidrs)?;
         let host_ifname = record::host_ifname(id, &ifname);
@@ -187,27 +191,33 @@ impl Attachments {
             host_ifname,
             cidrs,
             mac,
+            owner: req.owner.clone(),
         });
         self.save(&r).map_err(|e| format!("{e:#}"))?;
         Ok(self.view_of(&r))
     }
 
-    /// `meshctl detach`.
+    /// `meshctl detach`; or, given an owner and no namespace, that owner's attachment (a CNI
+    /// DEL, whose namespace may be gone already: then there is nothing left to do).
     pub async fn detach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
-        let (path, named) = target(&req).await?;
         let ifname = ifname_of(&req)?;
-        let (_, id) = system::open_netns(&path)?;
         let mut r = self.records.lock().await;
-        let Some(a) = r.find(id, &ifname).cloned() else {
-            return Err(format!(
-                "{named} has no {ifname} attached by this meshd (`meshctl attachments`)"
-            ));
+        let found = if req.target.is_none() && !req.owner.is_empty() {
+            r.find_owned(&req.owner, &ifname).cloned()
+        } else {
+            let (path, named) = target(&req).await?;
+            let (_, id) = system::open_netns(&path)?;
+            Some(r.find(id, &ifname).cloned().ok_or_else(|| {
+                format!("{named} has no {ifname} attached by this meshd (`meshctl attachments`)")
+            })?)
         };
-        system::unplug(&a.host_ifname)
-            .await
-            .map_err(|e| format!("detaching {named}: {e:#}"))?;
-        r.attached.retain(|x| x.host_ifname != a.host_ifname);
-        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        if let Some(a) = found {
+            system::unplug(&a.host_ifname)
+                .await
+                .map_err(|e| format!("detaching {}: {e:#}", a.named))?;
+            r.attached.retain(|x| x.host_ifname != a.host_ifname);
+            self.save(&r).map_err(|e| format!("{e:#}"))?;
+        }
         Ok(self.view_of(&r))
     }
 

@@ -23,6 +23,9 @@ pub struct Attached {
     pub host_ifname: String,
     pub cidrs: Vec<IpNet>,
     pub mac: String,
+    /// Who asked (e.g. "cni:NETWORK:CONTAINER-ID"); empty for `meshctl attach`.
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// Everything meshd attached and exposed (`attachments.json` in its state dir).
@@ -108,6 +111,12 @@ impl Records {
         self.attached
             .iter()
             .find(|a| a.netns == netns && a.ifname == ifname)
+    }
+
+    pub fn find_owned(&self, owner: &str, ifname: &str) -> Option<&Attached> {
+        self.attached
+            .iter()
+            .find(|a| !owner.is_empty() && a.owner == owner && a.ifname == ifname)
     }
 
     /// Every address meshd assigned: attached and exposed.
@@ -212,6 +221,7 @@ mod tests {
             host_ifname: "vm0".into(),
             cidrs: vec!["10.32.0.5/16".parse().unwrap()],
             mac: String::new(),
+            owner: String::new(),
         });
         r.exposed.push("10.32.0.100/16".parse().unwrap());
         for used in ["10.32.0.5/24", "10.32.0.100/16"] {
@@ -233,6 +243,7 @@ mod tests {
                 host_ifname: "vmabc".into(),
                 cidrs: vec!["10.1.0.2/24".parse().unwrap()],
                 mac: "02:00:00:00:00:01".into(),
+                owner: "cni:net:abc".into(),
             }],
             exposed: vec!["10.1.0.1/24".parse().unwrap()],
         };

@@ -196,6 +196,7 @@ impl Target {
                 .strip_prefix("unix://")
                 .unwrap_or(&docker_host)
                 .to_owned(),
+            owner: String::new(),
         }
     }
 }
