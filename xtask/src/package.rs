@@ -138,20 +138,30 @@ fn output_of(cmd: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Strips a binary of what a package does not ship (symbols, notes).
+fn strip(path: &Path) -> Result<()> {
+    exec(
+        Command::new("strip")
+            .args([
+                "--remove-section=.comment",
+                "--remove-section=.note",
+                "--strip-unneeded",
+            ])
+            .arg(path),
+    )
+}
+
 fn stage_files(root: &Path, release: &Path, stage: &Path, version: &str, arch: &str) -> Result<()> {
+    // The CNI plugin, where runtimes look for plugins on Debian (containernetworking-plugins).
+    let cni = stage.join("usr/lib/cni/mesh-cni");
+    fs::create_dir_all(cni.parent().expect("usr/lib/cni"))?;
+    fs::copy(release.join("mesh-cni"), &cni)?;
+    strip(&cni)?;
     for bin in ["meshd", "meshctl"] {
         let to = stage.join("usr/bin").join(bin);
         fs::create_dir_all(to.parent().expect("usr/bin"))?;
         fs::copy(release.join(bin), &to)?;
-        exec(
-            Command::new("strip")
-                .args([
-                    "--remove-section=.comment",
-                    "--remove-section=.note",
-                    "--strip-unneeded",
-                ])
-                .arg(&to),
-        )?;
+        strip(&to)?;
         // Manual pages (section 8: system administration) and completions, from the binaries'
         // own command-line definitions.
         let man = match bin {
@@ -223,7 +233,11 @@ fn stage_files(root: &Path, release: &Path, stage: &Path, version: &str, arch: &
         &gzip(changelog.as_bytes())?,
         0o644,
     )?;
-    let depends = depends(&[stage.join("usr/bin/meshd"), stage.join("usr/bin/meshctl")])?;
+    let depends = depends(&[
+        stage.join("usr/bin/meshd"),
+        stage.join("usr/bin/meshctl"),
+        stage.join("usr/lib/cni/mesh-cni"),
+    ])?;
     let size_kib = du_kib(stage)?;
     let control = format!(
         "Package: mesh\nVersion: {version}-1\nSection: net\nPriority: optional\nArchitecture: {arch}\nMaintainer: mesh developers <mesh@lists.mesh.invalid>\nInstalled-Size: {size_kib}\nDepends: {depends}\nRecommends: iproute2\nDescription: {DESCRIPTION}\n"
@@ -349,6 +363,7 @@ fn install_and_run(deb: &Path, root: &Path) -> Result<()> {
     for f in [
         "usr/bin/meshd",
         "usr/bin/meshctl",
+        "usr/lib/cni/mesh-cni",
         "lib/systemd/system/meshd.service",
         "etc/mesh/meshd.toml",
         "usr/share/man/man8/meshd.8.gz",
