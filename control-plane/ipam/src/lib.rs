@@ -19,9 +19,17 @@
 //!   hosts could).
 //! - Memory is one entry per piece and per member, not per address.
 //!
-//! A tombstoned peer stops allocating from what it owned. Declaring a peer dead that is in
-//! fact alive in another partition is the one way to get a duplicate; meshd refuses it while
-//! the peer is reachable.
+//! - The heir takes over only once every living member it knows has acknowledged the
+//!   tombstone. An acknowledgement travels with its member's view, so the heir has by then
+//!   seen every gift of the dead peer that any of them knew of; the takeover raises the
+//!   token's generation, so a gift nobody had heard of loses to it. A partition delays a
+//!   reclaim; it never stops peers allocating from what they own.
+//!
+//! A tombstoned peer stops allocating from what it owned. Two ways remain to get a duplicate,
+//! both outside what the allocator can see: declaring a peer dead that is alive in another
+//! partition (meshd refuses it while the peer is reachable), and a gift the dead peer made to
+//! a new member that no other member had heard of when the heir took over (its recipient
+//! finds its piece taken when it reconnects). docs/ipam.md has the whole design.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,10 +45,19 @@ pub struct Token {
     pub version: u64,
     /// Who gave it to its owner (the owner's heir, once the owner takes it in).
     pub from: Peer,
+    /// Raised when an heir takes the token from a dead owner: whatever the dead owner wrote
+    /// that had not reached anyone loses to the takeover.
+    pub generation: u32,
+}
+
+impl Token {
+    fn rank(&self) -> (u32, u64, Peer) {
+        (self.generation, self.version, self.owner)
+    }
 }
 
 /// What a peer says about itself (and the tombstone others may add).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Member {
     /// Written once by the member.
     pub heir: Option<Peer>,
@@ -49,6 +66,10 @@ pub struct Member {
     /// Free addresses it owns, and the version of that report (written by the member).
     pub free: u32,
     pub free_version: u64,
+    /// The dead peers whose tombstone this member has seen (written by the member). Its view,
+    /// tokens included, travels with this: an heir that sees every living member's
+    /// acknowledgement has seen everything they knew of the dead peer's last gifts.
+    pub acked: BTreeSet<Peer>,
 }
 
 /// The shared, mergeable view of one network's range.
@@ -71,6 +92,7 @@ impl Ring {
                     owner: creator,
                     version: 1,
                     from: creator,
+                    generation: 0,
                 },
             )]),
             members: BTreeMap::from([(creator, Member::default())]),
@@ -86,7 +108,7 @@ impl Ring {
             match self.tokens.get(start) {
                 // Equal versions with different owners cannot come from single writers; the
                 // tie-break only keeps merging deterministic.
-                Some(mine) if (mine.version, mine.owner) >= (t.version, t.owner) => {}
+                Some(mine) if mine.rank() >= t.rank() => {}
                 _ => {
                     self.tokens.insert(*start, *t);
                 }
@@ -102,6 +124,7 @@ impl Ring {
                 mine.free = m.free;
                 mine.free_version = m.free_version;
             }
+            mine.acked.extend(m.acked.iter().copied());
         }
     }
 
@@ -263,6 +286,13 @@ impl Node {
         };
         let give_from = rs + (re - rs) / 2;
         // Cut at the end first (the rest stays ours), then at the start (it becomes `to`'s).
+        // New tokens inside our piece carry its generation.
+        let generation = self
+            .ring
+            .tokens
+            .range(..=rs)
+            .next_back()
+            .map_or(0, |(_, t)| t.generation);
         if re < self.ring.size && !self.ring.tokens.contains_key(&re) {
             let v = self.tick();
             self.ring.tokens.insert(
@@ -271,6 +301,7 @@ impl Node {
                     owner: self.me,
                     version: v,
                     from: self.me,
+                    generation,
                 },
             );
         }
@@ -281,6 +312,7 @@ impl Node {
                 owner: to,
                 version: v,
                 from: self.me,
+                generation,
             },
         );
         // The creator's heir is the first peer it gives space to.
@@ -311,6 +343,20 @@ impl Node {
                 self.ring.members.entry(me).or_default().heir = Some(g);
             }
         }
+        // Acknowledge the tombstones we have seen.
+        let dead: Vec<Peer> = self
+            .ring
+            .members
+            .iter()
+            .filter(|(_, m)| m.dead)
+            .map(|(p, _)| *p)
+            .collect();
+        self.ring
+            .members
+            .entry(me)
+            .or_default()
+            .acked
+            .extend(dead.iter().copied());
         let ours: Vec<u32> = self
             .ring
             .tokens
@@ -319,23 +365,35 @@ impl Node {
                 t.owner != me
                     && self.ring.is_dead(t.owner)
                     && self.ring.responsible_for(t.owner) == Some(me)
+                    && self.everyone_acked(t.owner)
             })
             .map(|(s, _)| *s)
             .collect();
         for s in &ours {
-            let v = self.tick().max(self.ring.tokens[s].version + 1);
-            self.clock = v;
+            let v = self.tick();
             let t = self.ring.tokens.get_mut(s).expect("listed above");
             *t = Token {
                 owner: me,
                 version: v,
                 from: t.owner,
+                generation: t.generation + 1,
             };
         }
         if !ours.is_empty() {
             self.report_free();
         }
         ours.len()
+    }
+
+    /// Whether every living member we know has seen `dead`'s tombstone: then we have seen
+    /// what they knew of its last gifts. (A partition delays a reclaim; it never wedges
+    /// allocation from what peers own.)
+    fn everyone_acked(&self, dead: Peer) -> bool {
+        self.ring
+            .members
+            .iter()
+            .filter(|(p, m)| **p != dead && !m.dead)
+            .all(|(_, m)| m.acked.contains(&dead))
     }
 
     /// Declares `peer` dead (an operator's `meshctl ipam reclaim`, or unheard-of for the stated

@@ -240,12 +240,29 @@ fn thousands_of_allocations_under_partitions_restarts_and_deaths_never_duplicate
         let mut sim = Sim::new(seed * 7919, 10, 512);
         sim.run(1500, true, true);
         assert!(
-            sim.allocations > 500 && sim.donations > 20 && sim.deaths >= 3,
+            sim.allocations > 500 && sim.donations >= 10 && sim.deaths >= 3,
             "seed {seed}: the run exercised too little: {} allocations, {} donations, {} deaths",
             sim.allocations,
             sim.donations,
             sim.deaths
         );
+        // Healed and settled: the dead peers' space is back with living peers (unless a dead
+        // peer's whole chain of heirs is dead too).
+        for p in sim.alive() {
+            sim.side.insert(p, 0);
+        }
+        for _ in 0..3 {
+            sim.gossip();
+        }
+        sim.check(usize::MAX);
+        let view = &sim.nodes[&sim.alive()[0]].ring;
+        for (s, e, t) in view.pieces() {
+            assert!(
+                !sim.killed.contains(&t.owner) || view.responsible_for(t.owner).is_none(),
+                "seed {seed}: {s}..{e} is still the dead {:?}'s",
+                t.owner
+            );
+        }
     }
 }
 
