@@ -129,6 +129,21 @@ pub fn meshctl(socket: &Path, args: &[&str], json: bool) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// meshctl against `node` with `args`: its stdout, or an error with its stderr.
+pub fn meshctl_on(node: &Meshd, args: &[&str]) -> Result<String> {
+    meshctl(&node.socket, args, false)
+}
+
+/// Whether `addr` answers one ping from the network namespace file `netns` (a path under
+/// /var/run/netns, or /proc/PID/ns/net).
+pub fn pings_from_netns(netns: &str, addr: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", addr])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 pub fn status(node: &Meshd) -> Result<Value> {
     meshctl_json(node, &["status"])
 }

@@ -7,43 +7,21 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use mesh_tests::{
     Host, Lab, ProcId, bins,
-    mesh::{Meshd, Mode, full_mesh, start_mesh_in},
+    mesh::{Meshd, Mode, full_mesh, meshctl_on, pings_from_netns, start_mesh_in},
     wait_until,
 };
 use serde_json::Value;
 
-/// meshctl on `node` with `args`: (success, stdout, stderr).
-fn meshctl(node: &Meshd, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bins::path("meshctl").unwrap())
-        .arg("--socket")
-        .arg(&node.socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn ok(node: &Meshd, args: &[&str]) -> String {
-    let (good, out, err) = meshctl(node, args);
-    assert!(good, "meshctl {args:?}: {err}");
-    out
+    meshctl_on(node, args).unwrap()
 }
 
 fn attachments(node: &Meshd) -> Value {
     serde_json::from_str(&ok(node, &["attachments", "--json"])).unwrap()
 }
 
-/// Pings `addr` from the network namespace file `netns` (a path or /proc/PID/ns/net).
 fn pings_from(netns: &str, addr: &str) -> bool {
-    std::process::Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", addr])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    pings_from_netns(netns, addr)
 }
 
 /// `ip` inside the namespace file `netns`.
@@ -246,8 +224,10 @@ fn bad_requests_say_why_and_change_nothing() {
         ),
         (vec!["hide", "10.51.0.77/24"], "not exposed"),
     ] {
-        let (good, _, err) = meshctl(&node, &args);
-        assert!(!good, "{args:?} was accepted");
+        let err = match meshctl_on(&node, &args) {
+            Ok(out) => panic!("{args:?} was accepted: {out}"),
+            Err(e) => e.to_string(),
+        };
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert_eq!(

@@ -7,34 +7,20 @@ use std::time::Duration;
 use mesh_tests::{
     Lab, bins,
     docker::{Dockerd, IMAGE},
-    mesh::{Meshd, Mode, full_mesh, start_mesh_in},
+    mesh::{Meshd, Mode, full_mesh, meshctl_on, pings_from_netns, start_mesh_in},
     wait_until,
 };
 
+/// meshctl on `node`: (success, what it printed on stdout or stderr).
 fn meshctl(node: &Meshd, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bins::path("meshctl").unwrap())
-        .arg("--socket")
-        .arg(&node.socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    match meshctl_on(node, args) {
+        Ok(out) => (true, out),
+        Err(e) => (false, e.to_string()),
+    }
 }
 
-/// Pings `addr` from the network namespace of process `pid`.
 fn pings_from_pid(pid: u32, addr: &str) -> bool {
-    std::process::Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["ping", "-n", "-q", "-c", "1", "-W", "1", addr])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    pings_from_netns(&format!("/proc/{pid}/ns/net"), addr)
 }
 
 #[test]
@@ -60,18 +46,21 @@ fn a_docker_container_is_attached_by_its_name_and_forgotten_when_removed() {
         ])
         .unwrap();
     let far = format!("/var/run/netns/{}", lab.add_bare_netns("dafar").unwrap());
+    let attach_web = || {
+        meshctl(
+            &nodes[0],
+            &[
+                "attach",
+                "--container",
+                "web",
+                "--docker-host",
+                &host,
+                "10.56.0.1/24",
+            ],
+        )
+    };
 
-    let (good, out) = meshctl(
-        &nodes[0],
-        &[
-            "attach",
-            "--container",
-            "web",
-            "--docker-host",
-            &host,
-            "10.56.0.1/24",
-        ],
-    );
+    let (good, out) = attach_web();
     assert!(good, "{out}");
     assert!(out.contains("container web"), "{out}");
     let (good, out) = meshctl(&nodes[1], &["attach", "--netns", &far, "10.56.0.2/24"]);
@@ -141,17 +130,7 @@ fn a_docker_container_is_attached_by_its_name_and_forgotten_when_removed() {
     );
     assert!(good, "{out}");
     assert!(!pings_from_pid(pid, "10.56.0.2"));
-    let (good, out) = meshctl(
-        &nodes[0],
-        &[
-            "attach",
-            "--container",
-            "web",
-            "--docker-host",
-            &host,
-            "10.56.0.1/24",
-        ],
-    );
+    let (good, out) = attach_web();
     assert!(good, "{out}");
     assert!(wait_until(Duration::from_secs(15), || pings_from_pid(
         pid,

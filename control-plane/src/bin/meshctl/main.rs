@@ -85,14 +85,7 @@ enum Command {
     /// bridge. meshd remembers it across restarts.
     Attach {
         #[command(flatten)]
-        target: Target,
-        /// Docker's API socket, for --container (meshd opens it).
-        #[arg(
-            long,
-            env = "DOCKER_HOST",
-            default_value = "unix:///var/run/docker.sock"
-        )]
-        docker_host: String,
+        namespace: Namespace,
         /// The interface inside the namespace.
         #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
         ifname: String,
@@ -103,14 +96,7 @@ enum Command {
     /// Unplug what `attach` plugged in (the interface disappears from the namespace).
     Detach {
         #[command(flatten)]
-        target: Target,
-        /// Docker's API socket, for --container (meshd opens it).
-        #[arg(
-            long,
-            env = "DOCKER_HOST",
-            default_value = "unix:///var/run/docker.sock"
-        )]
-        docker_host: String,
+        namespace: Namespace,
         #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
         ifname: String,
     },
@@ -181,10 +167,25 @@ struct Target {
     container: Option<String>,
 }
 
-impl Target {
-    fn request(self, ifname: String, cidrs: Vec<String>, docker_host: String) -> AttachRequest {
+/// A namespace, and where Docker answers when it is a container's.
+#[derive(clap::Args)]
+struct Namespace {
+    #[command(flatten)]
+    target: Target,
+    /// Docker's API socket, for --container (meshd opens it).
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker_host: String,
+}
+
+impl Namespace {
+    fn request(self, ifname: String, cidrs: Vec<String>) -> AttachRequest {
+        let (t, docker_host) = (self.target, self.docker_host);
         AttachRequest {
-            target: Some(match (self.netns, self.pid, self.container) {
+            target: Some(match (t.netns, t.pid, t.container) {
                 (Some(p), _, _) => attach_request::Target::Netns(p),
                 (None, Some(pid), _) => attach_request::Target::Pid(pid),
                 (None, None, Some(c)) => attach_request::Target::Container(c),
@@ -297,24 +298,15 @@ fn main() -> Result<()> {
             }
         }
         Command::Attach {
-            target,
-            docker_host,
+            namespace,
             ifname,
             cidrs,
-        } => attachments::print(call(request::Kind::Attach(target.request(
-            ifname,
-            cidrs,
-            docker_host,
-        )))?)?,
-        Command::Detach {
-            target,
-            docker_host,
-            ifname,
-        } => attachments::print(call(request::Kind::Detach(target.request(
-            ifname,
-            Vec::new(),
-            docker_host,
-        )))?)?,
+        } => attachments::print(call(request::Kind::Attach(
+            namespace.request(ifname, cidrs),
+        ))?)?,
+        Command::Detach { namespace, ifname } => attachments::print(call(request::Kind::Detach(
+            namespace.request(ifname, Vec::new()),
+        ))?)?,
         Command::Expose { cidrs } => {
             attachments::print(call(request::Kind::Expose(ExposeRequest { cidrs }))?)?
         }
