@@ -21,6 +21,9 @@ const APT_PACKAGES: &[&str] = &[
     "strace",
     // The boringtun reference lab (`cargo xtask bench`) configures boringtun with `wg`.
     "wireguard-tools",
+    // More userspace references for `cargo xtask bench`: wireguard-go and tinc 1.0.
+    "wireguard-go",
+    "tinc",
     // The bench chart's font.
     "fonts-dejavu-core",
     // tests/tests/systemd_unit.rs checks the unit with `systemd-analyze verify`.

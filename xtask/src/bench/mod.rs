@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these systems (comma-separated): underlay, underlay+mesh-xdp, kernel-vxlan,
-    /// boringtun, boringtun-t1, mesh-ebpf, mesh-ebpf+xdp-rx, mesh-tap, mesh-tap-enc,
+    /// boringtun, boringtun-t1, wireguard-go, tinc, mesh-ebpf, mesh-ebpf+xdp-rx, mesh-tap, mesh-tap-enc,
     /// mesh-mixed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -165,15 +165,19 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    for (system, prefix, threads) in [
-        (System::Boringtun, "mbb", None),
-        (System::BoringtunT1, "mbt", Some("1")),
-    ] {
+    type Build = fn() -> Result<RefLab>;
+    let userspace: [(System, Build); 4] = [
+        (System::Boringtun, || RefLab::boringtun("mbb", None)),
+        (System::BoringtunT1, || RefLab::boringtun("mbt", Some("1"))),
+        (System::WireguardGo, || RefLab::wireguard_go("mbw")),
+        (System::Tinc, || RefLab::tinc("mbi")),
+    ];
+    for (system, build) in userspace {
         if !wanted(system) {
             continue;
         }
         println!("bench: {}", system.description());
-        match RefLab::boringtun(prefix, threads) {
+        match build() {
             Err(e) => results.push(failed(system, &e)),
             Ok(lab) => {
                 let path = TrafficPath {

@@ -5,9 +5,12 @@
 //!
 //! - kernel VXLAN: a Linux bridge and a VXLAN device on each host (Docker's overlay, Flannel's
 //!   vxlan backend), container MTU 1450;
-//! - boringtun (userspace WireGuard, `boringtun-cli`, configured with `wg`): routed, the
-//!   container behind its host with proxy ARP, the other container's /32 through the TUN
-//!   device, MTU 1420.
+//! - userspace WireGuard, boringtun (`boringtun-cli`) or wireguard-go, configured with `wg`:
+//!   routed, the container behind its host with proxy ARP, the other container's /32 through
+//!   the TUN device, MTU 1420;
+//! - tinc 1.0 in switch mode (a userspace L2 mesh VPN: the closest to mesh's TAP mode), its TAP
+//!   device bridged with the container, encrypted as it ships (RSA keys, Blowfish-CBC and
+//!   HMAC-SHA1 on data), MTU 1400 (tinc adds 33 to 49 bytes and some padding).
 //!
 //! The lab is removed on drop (and a leftover of an interrupted run with the same prefix when it
 //! is built).
@@ -151,10 +154,32 @@ impl RefLab {
 
     /// boringtun on each host (`threads`: its `--threads`, `None` for its default).
     pub fn boringtun(prefix: &str, threads: Option<&str>) -> Result<RefLab> {
+        let mut args = vec!["-f".to_owned(), "--disable-drop-privileges".to_owned()];
+        if let Some(t) = threads {
+            args.extend(["--threads".to_owned(), t.to_owned()]);
+        }
+        RefLab::userspace_wireguard(prefix, &which("boringtun-cli")?, &args)
+    }
+
+    /// wireguard-go on each host.
+    pub fn wireguard_go(prefix: &str) -> Result<RefLab> {
+        RefLab::userspace_wireguard(prefix, &which("wireguard-go")?, &["-f".to_owned()])
+    }
+
+    /// A userspace WireGuard (`program args IFACE`, which opens the usual UAPI socket) on each
+    /// host, configured with `wg`.
+    fn userspace_wireguard(
+        prefix: &str,
+        program: &std::path::Path,
+        args: &[String],
+    ) -> Result<RefLab> {
         const MTU: u32 = 1420;
         let mut lab = RefLab::base(prefix)?;
         std::fs::create_dir_all(&lab.state)?;
-        let boringtun = which("boringtun-cli")?;
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut keys = Vec::new();
         for _ in 1..=2 {
             let private = run("wg", &["genkey"])?.trim().to_owned();
@@ -174,24 +199,20 @@ impl RefLab {
                 &["route", "add", &format!("10.40.0.{h}/32"), "dev", &ve],
             )?;
             let log = std::fs::File::create(lab.state.join(format!("h{h}.out")))?;
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &ns])
-                .arg(&boringtun)
-                .args(["-f", "--disable-drop-privileges"]);
-            if let Some(t) = threads {
-                cmd.args(["--threads", t]);
-            }
-            let child = cmd
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .arg(program)
+                .args(args)
                 .arg(&wg)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .context("starting boringtun-cli (`cargo xtask setup` installs it)")?;
+                .with_context(|| format!("starting {name} (`cargo xtask setup` installs it)"))?;
             lab.children.push(child);
             let sock = PathBuf::from(format!("/var/run/wireguard/{wg}.sock"));
             if !wait_until(Duration::from_secs(5), || sock.exists()) {
-                bail!("boringtun did not open {}", sock.display());
+                bail!("{name} did not open {}", sock.display());
             }
             let key = lab.state.join(format!("h{h}.key"));
             std::fs::write(&key, format!("{}\n", keys[usize::from(h) - 1].0))?;
@@ -222,8 +243,86 @@ impl RefLab {
             ip_in(&ns, &["link", "set", &wg, "mtu", &MTU.to_string(), "up"])?;
             ip_in(&ns, &["route", "add", &allowed, "dev", &wg])?;
         }
-        let c1 = lab.ns("c1");
-        let ok = wait_until(Duration::from_secs(5), || {
+        lab.connected(&name)?;
+        Ok(lab)
+    }
+
+    /// tinc 1.0 in switch mode on each host, its TAP device on a bridge with the container.
+    pub fn tinc(prefix: &str) -> Result<RefLab> {
+        const MTU: u32 = 1400;
+        let mut lab = RefLab::base(prefix)?;
+        let tincd = which("tincd")?;
+        let conf = |h: u8| lab.state.join(format!("h{h}"));
+        for h in 1..=2u8 {
+            let dir = conf(h);
+            std::fs::create_dir_all(dir.join("hosts"))?;
+            let mut tinc_conf = format!(
+                "Name = h{h}\nMode = switch\nInterface = tinc{}{h}\nAddressFamily = ipv4\n",
+                lab.prefix
+            );
+            if h == 1 {
+                tinc_conf.push_str("ConnectTo = h2\n");
+            }
+            std::fs::write(dir.join("tinc.conf"), tinc_conf)?;
+            std::fs::write(
+                dir.join("hosts").join(format!("h{h}")),
+                format!("Address = 198.18.0.{h}\nPort = 655\n"),
+            )?;
+            let up = dir.join("tinc-up");
+            std::fs::write(
+                &up,
+                "#!/bin/sh\nip link set \"$INTERFACE\" master br0 mtu 1500 up\n",
+            )?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o755))?;
+            // Not a terminal: tincd writes the key pair where it belongs without asking.
+            run(
+                tincd.to_str().context("tincd's path")?,
+                &["-c", dir.to_str().context("UTF-8 path")?, "-K2048"],
+            )?;
+        }
+        // Each host knows the other's address and public key.
+        for (a, b) in [(1u8, 2u8), (2, 1)] {
+            std::fs::copy(
+                conf(a).join("hosts").join(format!("h{a}")),
+                conf(b).join("hosts").join(format!("h{a}")),
+            )?;
+        }
+        for h in 1..=2u8 {
+            let ns = lab.ns(&format!("h{h}"));
+            ip_in(&ns, &["link", "add", "br0", "type", "bridge"])?;
+            ip_in(&ns, &["link", "set", "br0", "up"])?;
+            lab.container(h, MTU)?;
+            ip_in(
+                &ns,
+                &["link", "set", &format!("ve{h}"), "master", "br0", "up"],
+            )?;
+            let log = std::fs::File::create(lab.state.join(format!("h{h}.out")))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .arg(&tincd)
+                .arg("-c")
+                .arg(conf(h))
+                .arg(format!(
+                    "--pidfile={}",
+                    lab.state.join(format!("h{h}.pid")).display()
+                ))
+                .args(["-D", "-d0"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting tincd (`cargo xtask setup` installs tinc)")?;
+            lab.children.push(child);
+        }
+        lab.connected("tinc")?;
+        Ok(lab)
+    }
+
+    /// Waits until container 1 reaches container 2 across the overlay.
+    fn connected(&self, what: &str) -> Result<()> {
+        let c1 = self.ns("c1");
+        let ok = wait_until(Duration::from_secs(15), || {
             run(
                 "ip",
                 &[
@@ -241,9 +340,9 @@ impl RefLab {
             .is_ok()
         });
         if !ok {
-            bail!("the boringtun lab has no overlay connectivity");
+            bail!("the {what} lab has no overlay connectivity");
         }
-        Ok(lab)
+        Ok(())
     }
 
     fn down(&mut self) {

@@ -21,6 +21,8 @@ pub enum System {
     KernelVxlan,
     Boringtun,
     BoringtunT1,
+    WireguardGo,
+    Tinc,
     MeshEbpf,
     MeshEbpfXdpRx,
     MeshTap,
@@ -29,13 +31,15 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 11] = [
+    pub const ALL: [System; 13] = [
         System::Underlay,
         System::UnderlayMeshd,
         System::UnderlayMeshXdp,
         System::KernelVxlan,
         System::Boringtun,
         System::BoringtunT1,
+        System::WireguardGo,
+        System::Tinc,
         System::MeshEbpf,
         System::MeshEbpfXdpRx,
         System::MeshTap,
@@ -52,6 +56,8 @@ impl System {
             System::KernelVxlan => "kernel-vxlan",
             System::Boringtun => "boringtun",
             System::BoringtunT1 => "boringtun-t1",
+            System::WireguardGo => "wireguard-go",
+            System::Tinc => "tinc",
             System::MeshEbpf => "mesh-ebpf",
             System::MeshEbpfXdpRx => "mesh-ebpf+xdp-rx",
             System::MeshTap => "mesh-tap",
@@ -72,6 +78,8 @@ impl System {
             System::KernelVxlan => "Linux bridge + kernel VXLAN (Docker overlay / Flannel vxlan)",
             System::Boringtun => "boringtun userspace WireGuard, default threads",
             System::BoringtunT1 => "boringtun userspace WireGuard, --threads 1",
+            System::WireguardGo => "wireguard-go userspace WireGuard (Debian's)",
+            System::Tinc => "tinc 1.0 in switch mode, encrypted as it ships (userspace L2 VPN)",
             System::MeshEbpf => "mesh kernel (eBPF) datapath, plaintext (--insecure)",
             System::MeshEbpfXdpRx => {
                 "mesh-ebpf with a native XDP program on each underlay's receive side (observe \
