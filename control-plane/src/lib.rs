@@ -17,6 +17,7 @@ pub mod entry_sign;
 pub mod identity;
 pub mod local_api;
 pub mod metrics;
+pub mod networks;
 pub mod notify;
 pub mod paths;
 pub mod switch;

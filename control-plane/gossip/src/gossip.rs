@@ -92,6 +92,7 @@ impl Gossip {
             addresses,
             short_id: crate::short_id_candidate(me, 0),
             signature: None,
+            networks: Vec::new(),
         };
         cfg.auth.sign(&mut own);
         Gossip {
@@ -254,6 +255,13 @@ impl Gossip {
     pub fn set_addresses(&mut self, addresses: Vec<String>, now_ms: u64) {
         if self.entries[&self.me].addresses != addresses {
             self.edit_own(now_ms, |own| own.addresses = addresses);
+        }
+    }
+
+    /// The networks we created changed (`meshctl network create / rm`).
+    pub fn set_networks(&mut self, networks: Vec<mesh_proto::v1::Network>, now_ms: u64) {
+        if self.entries[&self.me].networks != networks {
+            self.edit_own(now_ms, |own| own.networks = networks);
         }
     }
 

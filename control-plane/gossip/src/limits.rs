@@ -14,6 +14,8 @@ pub struct Limits {
     pub max_links: usize,
     /// Addresses one entry advertises (each becomes a dial target elsewhere).
     pub max_addresses: usize,
+    /// Networks one peer created.
+    pub max_networks: usize,
     /// Bytes of a name, and of an address string.
     pub max_name_bytes: usize,
     pub max_address_bytes: usize,
@@ -31,6 +33,7 @@ impl Default for Limits {
             max_entries: 4096,
             max_links: 256,
             max_addresses: 16,
+            max_networks: 16,
             max_name_bytes: 64,
             max_address_bytes: 64,
             max_future_ms: 10 * 60 * 1000,
@@ -44,7 +47,7 @@ impl Default for Limits {
 pub enum Refusal {
     /// Its version is further ahead of our clock than clocks disagree.
     FutureVersion,
-    /// Too many links or addresses, or a name or address too long.
+    /// Too many links, addresses or networks, or a name or address too long.
     Oversize,
     /// It claims the flood id as its short id.
     ReservedShortId,
@@ -93,6 +96,10 @@ impl Limits {
             || e.links.len() > self.max_links
             || e.addresses.len() > self.max_addresses
             || e.addresses.iter().any(|a| a.len() > self.max_address_bytes)
+            || e.networks.len() > self.max_networks
+            || e.networks.iter().any(|n| {
+                n.name.len() > self.max_name_bytes || n.subnet.len() > self.max_address_bytes
+            })
             || e.links
                 .iter()
                 .any(|l| l.observed_addr.len() > self.max_address_bytes)
@@ -158,6 +165,7 @@ mod tests {
             addresses: vec!["198.18.0.1:6783".into()],
             short_id: 7,
             signature: None,
+            networks: Vec::new(),
         }
     }
 

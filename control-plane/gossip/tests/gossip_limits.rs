@@ -31,6 +31,7 @@ fn entry(id: u64, version: u64) -> PeerEntry {
         addresses: vec![],
         short_id: (id & 0xff_ffff) as u32,
         signature: None,
+        networks: Vec::new(),
     })
 }
 

@@ -3,6 +3,7 @@
 //! connection runs in its own task and talks to the agent through [`Event`]s.
 
 mod conn;
+mod networks;
 mod ping;
 mod targets;
 mod throttle;
@@ -142,6 +143,9 @@ pub struct Agent {
     data_port: u16,
     notifier: Option<crate::notify::Notifier>,
     attachments: Option<Arc<crate::attach::Attachments>>,
+    state_dir: std::path::PathBuf,
+    /// The networks this peer created (`networks.json`, and our gossip entry).
+    networks: Vec<crate::networks::Created>,
     /// What the data path was last given.
     published: Published,
     /// Sources whose password attempts failed, and how long they wait.
@@ -335,6 +339,15 @@ impl Agent {
             now_ms(),
             GossipConfig::new(Arc::new(signer)),
         );
+        let own_networks = networks::load(&cfg.state_dir)?;
+        let mut gossip = gossip;
+        gossip.set_networks(
+            own_networks
+                .iter()
+                .map(crate::networks::Created::to_proto)
+                .collect(),
+            now_ms(),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let agent = Agent {
             local: Arc::new(Local {
@@ -366,6 +379,8 @@ impl Agent {
             data_port: cfg.data_port,
             notifier: cfg.notifier,
             attachments: cfg.attachments,
+            state_dir: cfg.state_dir.clone(),
+            networks: own_networks,
             published: None,
             throttle: throttle::Throttle::default(),
             auth_failures: 0,
@@ -615,6 +630,18 @@ impl Agent {
                 }
                 request::Kind::Hide(e) => {
                     self.on_attachments(reply, |at| async move { at.hide(&e.cidrs).await })
+                }
+                request::Kind::NetworkCreate(n) => {
+                    let _ = reply.send(match self.network_create(n) {
+                        Ok(v) => response::Kind::Networks(v),
+                        Err(e) => response::Kind::Error(e),
+                    });
+                }
+                request::Kind::NetworkRm(n) => {
+                    let _ = reply.send(match self.network_rm(n) {
+                        Ok(v) => response::Kind::Networks(v),
+                        Err(e) => response::Kind::Error(e),
+                    });
                 }
                 request::Kind::Attachments(_) => {
                     self.on_attachments(reply, |at| async move { Ok(at.view().await) })
@@ -900,10 +927,13 @@ impl Agent {
             | request::Kind::Detach(_)
             | request::Kind::Expose(_)
             | request::Kind::Hide(_)
-            | request::Kind::Attachments(_) => {
+            | request::Kind::Attachments(_)
+            | request::Kind::NetworkCreate(_)
+            | request::Kind::NetworkRm(_) => {
                 unreachable!("answered in the event handler")
             }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
+            request::Kind::Networks(_) => response::Kind::Networks(self.networks_view()),
         }
     }
 

@@ -86,6 +86,7 @@ async fn run() -> Result<()> {
         addresses: vec![],
         short_id: short_id_candidate(me, 0),
         signature: None,
+        networks: Vec::new(),
     };
     let mut forged = PeerEntry {
         version: victim.version + 1,

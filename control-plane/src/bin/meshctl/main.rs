@@ -6,12 +6,14 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use mesh::{local_api, paths};
 use mesh_proto::v1::{
-    AttachRequest, AttachmentsRequest, ExposeRequest, FdbRequest, PeersRequest, PingRequest,
-    RoutesRequest, StatusRequest, TargetsRequest, attach_request, request, response,
+    AttachRequest, AttachmentsRequest, ExposeRequest, FdbRequest, NetworkRequest, NetworksRequest,
+    PeersRequest, PingRequest, RoutesRequest, StatusRequest, TargetsRequest, attach_request,
+    request, response,
 };
 
 mod attachments;
 mod health;
+mod networks;
 mod ping;
 mod view;
 
@@ -132,6 +134,9 @@ enum Command {
         #[arg(long, value_name = "CIDR")]
         address: Option<String>,
     },
+    /// The mesh's named networks: create one on any host and every host knows it.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Connect to peers (host[:port]) now and remember them across restarts.
     Connect {
         #[arg(required = true, value_name = "PEER")]
@@ -150,6 +155,25 @@ enum Command {
     /// Print meshctl's manual page (roff), as the package installs it.
     #[command(hide = true)]
     Manual,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Make a network known to every host (gossiped, kept across restarts).
+    Create {
+        name: String,
+        /// Its IPv4 subnet, e.g. 10.40.0.0/16 (networks may share a subnet).
+        #[arg(long)]
+        subnet: String,
+    },
+    /// Every network: name, subnet, id, the host that created it.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a network this host created.
+    Rm { name: String },
 }
 
 /// Which network namespace: exactly one of these.
@@ -341,6 +365,27 @@ fn main() -> Result<()> {
                 "bridge {bridge} {} with MTU {mtu}; meshd adopts it when it starts",
                 if created { "created" } else { "exists" }
             );
+        }
+        Command::Network(n) => {
+            let (kind, json) = match n {
+                NetworkCommand::Create { name, subnet } => (
+                    request::Kind::NetworkCreate(NetworkRequest { name, subnet }),
+                    false,
+                ),
+                NetworkCommand::Ls { json } => (request::Kind::Networks(NetworksRequest {}), json),
+                NetworkCommand::Rm { name } => (
+                    request::Kind::NetworkRm(NetworkRequest {
+                        name,
+                        subnet: String::new(),
+                    }),
+                    false,
+                ),
+            };
+            match call(kind)? {
+                response::Kind::Networks(n) if json => view::print_json(&networks::json(&n)),
+                response::Kind::Networks(n) => networks::print(&n),
+                other => bail!("unexpected answer from meshd: {other:?}"),
+            }
         }
         Command::Connect { peers } => {
             match call(request::Kind::Connect(TargetsRequest { targets: peers }))? {
