@@ -16,8 +16,11 @@ use crate::{
 
 /// The control protocol's version. 2: gossip entries are signed by their owners
 /// (`PeerEntry.signature`); a version-1 peer's unsigned entries would all be refused, so the
-/// two do not connect at all and say why.
-pub const PROTOCOL: u32 = 2;
+/// two do not connect at all and say why. 3: entries carry the networks their owner created
+/// (a version-2 peer would drop the field and find the signature wrong), and heartbeat-flagged
+/// frames with a hop limit above 1 are data-path echoes (`meshctl ping`), which a version-2
+/// peer would read as heartbeats.
+pub const PROTOCOL: u32 = 3;
 
 /// Application close codes, so the other side can say why it was refused.
 pub mod close {
