@@ -87,6 +87,46 @@ fn a_network_created_on_one_host_is_known_everywhere_and_only_its_creator_remove
     }
     assert_eq!(networks(&nodes[1]), before, "nothing changed");
 
+    // Something attached to it on another host: it cannot be removed until detached there.
+    let ns = format!("/var/run/netns/{}", lab.add_bare_netns("nwa").unwrap());
+    for (args, says) in [
+        (
+            vec![
+                "attach",
+                "--netns",
+                &ns,
+                "--network",
+                "nope",
+                "10.60.0.5/16",
+            ],
+            "no network called \"nope\"",
+        ),
+        (
+            vec!["attach", "--netns", &ns, "--network", "web", "10.99.0.5/16"],
+            "not in network web's subnet 10.60.0.0/16",
+        ),
+    ] {
+        let err = meshctl_on(&nodes[1], &args).unwrap_err().to_string();
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    meshctl_on(
+        &nodes[1],
+        &["attach", "--netns", &ns, "--network", "web", "10.60.0.5/16"],
+    )
+    .unwrap();
+    let mut err = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            err = meshctl_on(&nodes[0], &["network", "rm", "web"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            err.contains("in use on nw2")
+        }),
+        "{err}"
+    );
+    meshctl_on(&nodes[1], &["detach", "--netns", &ns]).unwrap();
+
     // The creator's restart keeps it.
     lab.terminate(nodes[0].proc, Duration::from_secs(10))
         .unwrap();

@@ -93,6 +93,7 @@ impl Gossip {
             short_id: crate::short_id_candidate(me, 0),
             signature: None,
             networks: Vec::new(),
+            networks_in_use: Vec::new(),
         };
         cfg.auth.sign(&mut own);
         Gossip {
@@ -262,6 +263,13 @@ impl Gossip {
     pub fn set_networks(&mut self, networks: Vec<mesh_proto::v1::Network>, now_ms: u64) {
         if self.entries[&self.me].networks != networks {
             self.edit_own(now_ms, |own| own.networks = networks);
+        }
+    }
+
+    /// The named networks something here is attached to changed.
+    pub fn set_networks_in_use(&mut self, ids: Vec<u64>, now_ms: u64) {
+        if self.entries[&self.me].networks_in_use != ids {
+            self.edit_own(now_ms, |own| own.networks_in_use = ids);
         }
     }
 

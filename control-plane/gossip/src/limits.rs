@@ -14,8 +14,9 @@ pub struct Limits {
     pub max_links: usize,
     /// Addresses one entry advertises (each becomes a dial target elsewhere).
     pub max_addresses: usize,
-    /// Networks one peer created.
+    /// Networks one peer created, and networks one peer has something attached to.
     pub max_networks: usize,
+    pub max_networks_in_use: usize,
     /// Bytes of a name, and of an address string.
     pub max_name_bytes: usize,
     pub max_address_bytes: usize,
@@ -34,6 +35,7 @@ impl Default for Limits {
             max_links: 256,
             max_addresses: 16,
             max_networks: 16,
+            max_networks_in_use: 256,
             max_name_bytes: 64,
             max_address_bytes: 64,
             max_future_ms: 10 * 60 * 1000,
@@ -97,6 +99,7 @@ impl Limits {
             || e.addresses.len() > self.max_addresses
             || e.addresses.iter().any(|a| a.len() > self.max_address_bytes)
             || e.networks.len() > self.max_networks
+            || e.networks_in_use.len() > self.max_networks_in_use
             || e.networks.iter().any(|n| {
                 n.name.len() > self.max_name_bytes || n.subnet.len() > self.max_address_bytes
             })
@@ -166,6 +169,7 @@ mod tests {
             short_id: 7,
             signature: None,
             networks: Vec::new(),
+            networks_in_use: Vec::new(),
         }
     }
 

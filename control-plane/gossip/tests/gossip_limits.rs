@@ -32,6 +32,7 @@ fn entry(id: u64, version: u64) -> PeerEntry {
         short_id: (id & 0xff_ffff) as u32,
         signature: None,
         networks: Vec::new(),
+        networks_in_use: Vec::new(),
     })
 }
 

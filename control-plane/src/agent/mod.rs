@@ -103,6 +103,8 @@ pub enum Event {
         request: request::Kind,
         reply: oneshot::Sender<response::Kind>,
     },
+    /// The named networks something here is attached to (after an attach or detach).
+    NetworksInUse(Vec<u64>),
 }
 
 /// An established control connection.
@@ -391,6 +393,12 @@ impl Agent {
             last_survey: ((u64::MAX, 0), Instant::now()),
         };
         agent.store.save(&agent.targets)?;
+        if let Some(at) = agent.attachments.clone() {
+            let events = agent.events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(Event::NetworksInUse(at.networks_in_use().await));
+            });
+        }
         Ok((agent, rx))
     }
 
@@ -579,6 +587,7 @@ impl Agent {
                     t.failed(error, auth, Instant::now());
                 }
             }
+            Event::NetworksInUse(ids) => self.gossip.set_networks_in_use(ids, now_ms()),
             Event::Gossip { peer, conn_id, msg } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.gossip.receive(peer, msg, now_ms());
@@ -611,9 +620,14 @@ impl Agent {
                 // Answered when the replies are in; the agent goes on meanwhile.
                 request::Kind::Ping(p) => self.ping(p, reply),
                 // Netlink work off the agent's loop, one change at a time.
-                request::Kind::Attach(a) => {
-                    self.on_attachments(reply, |at| async move { at.attach(a).await })
-                }
+                request::Kind::Attach(a) => match self.resolve_network(&a.network) {
+                    Err(e) => {
+                        let _ = reply.send(response::Kind::Error(e));
+                    }
+                    Ok(net) => {
+                        self.on_attachments(reply, |at| async move { at.attach(a, net).await })
+                    }
+                },
                 request::Kind::Detach(a) => {
                     self.on_attachments(reply, |at| async move { at.detach(a).await })
                 }
@@ -951,12 +965,16 @@ impl Agent {
             ));
             return;
         };
-        let work = op(at);
+        let work = op(at.clone());
+        let events = self.events.clone();
         tokio::spawn(async move {
-            let _ = reply.send(match work.await {
+            let answer = match work.await {
                 Ok(v) => response::Kind::Attachments(v),
                 Err(e) => response::Kind::Error(e),
-            });
+            };
+            // Before the answer: once meshctl returns, the mesh is being told.
+            let _ = events.send(Event::NetworksInUse(at.networks_in_use().await));
+            let _ = reply.send(answer);
         });
     }
 

@@ -94,9 +94,45 @@ impl Agent {
         Ok(self.networks_view())
     }
 
+    /// The network `name` names (empty: default): (name, id, subnet), 0 and no subnet check
+    /// for default; a shadowed one is named NAME@ID.
+    pub(super) fn resolve_network(
+        &self,
+        name: &str,
+    ) -> Result<(String, u64, Option<ipnet::Ipv4Net>), String> {
+        if name.is_empty() || name == networks::DEFAULT {
+            return Ok((networks::DEFAULT.into(), 0, None));
+        }
+        let list = self.network_list();
+        let found = list.iter().find(|n| {
+            let id = n.id.map(|i| format!("{i:016x}")).unwrap_or_default();
+            (n.name == name && !n.shadowed) || format!("{}@{id}", n.name) == name
+        });
+        let n =
+            found.ok_or_else(|| format!("no network called {name:?} (`meshctl network ls`)"))?;
+        let subnet = networks::parse_subnet(&n.subnet)?;
+        Ok((n.name.clone(), n.id.unwrap_or(0), Some(subnet)))
+    }
+
     pub(super) fn network_rm(&mut self, req: NetworkRequest) -> Result<Networks, String> {
         if req.name == networks::DEFAULT {
             return Err("the default network cannot be removed".into());
+        }
+        if let Some(mine) = self.networks.iter().find(|n| n.name == req.name) {
+            let users: Vec<String> = self
+                .gossip
+                .entries()
+                .iter()
+                .filter(|(_, e)| e.networks_in_use.contains(&mine.id))
+                .map(|(id, _)| self.name_of(*id))
+                .collect();
+            if !users.is_empty() {
+                return Err(format!(
+                    "network {} is in use on {}: detach what is attached to it there first",
+                    req.name,
+                    users.join(", ")
+                ));
+            }
         }
         if !self.networks.iter().any(|n| n.name == req.name) {
             return Err(

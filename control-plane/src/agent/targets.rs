@@ -279,6 +279,7 @@ mod tests {
             short_id: 1,
             signature: None,
             networks: Vec::new(),
+            networks_in_use: Vec::new(),
         };
         let many: Vec<String> = (1..=16).map(|p| format!("198.18.0.9:{p}")).collect();
         let entries = BTreeMap::from([

@@ -145,6 +145,7 @@ impl Attachments {
                     cidrs: a.cidrs.iter().map(ToString::to_string).collect(),
                     mac: a.mac.clone(),
                     owner: a.owner.clone(),
+                    network: a.network.clone(),
                 })
                 .collect(),
             exposed: r.exposed.iter().map(ToString::to_string).collect(),
@@ -153,11 +154,42 @@ impl Attachments {
         }
     }
 
-    /// `meshctl attach`.
-    pub async fn attach(&self, req: AttachRequest) -> Result<AttachmentsView, String> {
+    /// Ids of the named networks something here is attached to (for gossip).
+    pub async fn networks_in_use(&self) -> Vec<u64> {
+        let r = self.records.lock().await;
+        let mut ids: Vec<u64> = r
+            .attached
+            .iter()
+            .map(|a| a.network_id)
+            .filter(|i| *i != 0)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// `meshctl attach`, onto `network` (resolved by the agent: its name, its id, 0 for
+    /// default, and its subnet, which every address must be in).
+    pub async fn attach(
+        &self,
+        req: AttachRequest,
+        network: (String, u64, Option<ipnet::Ipv4Net>),
+    ) -> Result<AttachmentsView, String> {
         let (path, named) = target(&req).await?;
         let ifname = ifname_of(&req)?;
         let cidrs = record::parse_cidrs(&req.cidrs)?;
+        if let Some(subnet) = network.2
+            && let Some(c) = cidrs.iter().find(|c| match c.addr() {
+                std::net::IpAddr::V4(a) => !subnet.contains(&a),
+                std::net::IpAddr::V6(_) => true,
+            })
+        {
+            return Err(format!(
+                "{} is not in network {}'s subnet {subnet}",
+                c.addr(),
+                network.0
+            ));
+        }
         let (ns, id) = system::open_netns(&path)?;
         let mut r = self.records.lock().await;
         self.prune(&mut r).await;
@@ -192,6 +224,8 @@ impl Attachments {
             cidrs,
             mac,
             owner: req.owner.clone(),
+            network: network.0,
+            network_id: network.1,
         });
         self.save(&r).map_err(|e| format!("{e:#}"))?;
         Ok(self.view_of(&r))

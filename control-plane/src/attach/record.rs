@@ -26,6 +26,12 @@ pub struct Attached {
     /// Who asked (e.g. "cni:NETWORK:CONTAINER-ID"); empty for `meshctl attach`.
     #[serde(default)]
     pub owner: String,
+    /// The network it is on ("default" when none was named) and that network's id (0 for
+    /// default).
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub network_id: u64,
 }
 
 /// Everything meshd attached and exposed (`attachments.json` in its state dir).
@@ -222,6 +228,8 @@ mod tests {
             cidrs: vec!["10.32.0.5/16".parse().unwrap()],
             mac: String::new(),
             owner: String::new(),
+            network: String::new(),
+            network_id: 0,
         });
         r.exposed.push("10.32.0.100/16".parse().unwrap());
         for used in ["10.32.0.5/24", "10.32.0.100/16"] {
@@ -244,6 +252,8 @@ mod tests {
                 cidrs: vec!["10.1.0.2/24".parse().unwrap()],
                 mac: "02:00:00:00:00:01".into(),
                 owner: "cni:net:abc".into(),
+                network: "web".into(),
+                network_id: 7,
             }],
             exposed: vec!["10.1.0.1/24".parse().unwrap()],
         };

@@ -225,6 +225,7 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
             cidrs,
             docker_host: String::new(),
             owner: owner.clone(),
+            network: String::new(),
         }),
     );
     let view = match asked {
@@ -265,6 +266,7 @@ fn del(conf: &NetConf, input: &[u8]) -> Result<(), CniError> {
             cidrs: Vec::new(),
             docker_host: String::new(),
             owner: cni::owner(&conf.name, &container),
+            network: String::new(),
         }),
     )?;
     delegate(conf, input, "DEL")?;
@@ -322,6 +324,7 @@ fn gc(conf: &NetConf, input: &[u8]) -> Result<(), CniError> {
                 cidrs: Vec::new(),
                 docker_host: String::new(),
                 owner: a.owner.clone(),
+                network: String::new(),
             }),
         )?;
     }

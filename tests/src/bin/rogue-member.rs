@@ -87,6 +87,7 @@ async fn run() -> Result<()> {
         short_id: short_id_candidate(me, 0),
         signature: None,
         networks: Vec::new(),
+        networks_in_use: Vec::new(),
     };
     let mut forged = PeerEntry {
         version: victim.version + 1,

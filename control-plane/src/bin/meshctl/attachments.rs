@@ -13,14 +13,15 @@ pub fn print(answer: response::Kind) -> Result<()> {
         println!("no namespaces attached");
     } else {
         println!(
-            "{:<28} {:<10} {:<12} {:<18} ADDRESSES",
-            "NAMESPACE", "IFNAME", "BRIDGE PORT", "MAC"
+            "{:<28} {:<10} {:<12} {:<12} {:<18} ADDRESSES",
+            "NAMESPACE", "IFNAME", "NETWORK", "BRIDGE PORT", "MAC"
         );
         for x in &a.attached {
             println!(
-                "{:<28} {:<10} {:<12} {:<18} {}",
+                "{:<28} {:<10} {:<12} {:<12} {:<18} {}",
                 x.netns,
                 x.ifname,
+                x.network,
                 x.host_ifname,
                 x.mac,
                 x.cidrs.join(" ")
@@ -45,6 +46,8 @@ pub fn json(a: &Attachments) -> Value {
             "host_ifname": x.host_ifname,
             "mac": x.mac,
             "cidrs": x.cidrs,
+            "network": x.network,
+            "owner": x.owner,
         })).collect::<Vec<_>>(),
         "exposed": a.exposed,
     })

@@ -91,6 +91,9 @@ enum Command {
         /// The interface inside the namespace.
         #[arg(long, default_value = mesh::attach::DEFAULT_IFNAME)]
         ifname: String,
+        /// The network (`meshctl network ls`): its addresses must be in its subnet.
+        #[arg(long, default_value = "default")]
+        network: String,
         /// Addresses for it, e.g. 10.32.0.5/16 (the prefix gives the route to the subnet).
         #[arg(required = true, value_name = "CIDR")]
         cidrs: Vec<String>,
@@ -222,6 +225,7 @@ impl Namespace {
                 .unwrap_or(&docker_host)
                 .to_owned(),
             owner: String::new(),
+            network: String::new(),
         }
     }
 }
@@ -324,10 +328,12 @@ fn main() -> Result<()> {
         Command::Attach {
             namespace,
             ifname,
+            network,
             cidrs,
-        } => attachments::print(call(request::Kind::Attach(
-            namespace.request(ifname, cidrs),
-        ))?)?,
+        } => attachments::print(call(request::Kind::Attach(AttachRequest {
+            network,
+            ..namespace.request(ifname, cidrs)
+        }))?)?,
         Command::Detach { namespace, ifname } => attachments::print(call(request::Kind::Detach(
             namespace.request(ifname, Vec::new()),
         ))?)?,
