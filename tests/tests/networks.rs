@@ -36,6 +36,7 @@ fn a_network_created_on_one_host_is_known_everywhere_and_only_its_creator_remove
     // `default` is there without anyone creating it.
     let d = named(&networks(&nodes[2]), "default").expect("the default network");
     assert_eq!(d["creator"], "");
+    assert_eq!(d["vlan"], 1, "default is untagged VLAN 1");
 
     meshctl_on(
         &nodes[0],
@@ -54,6 +55,8 @@ fn a_network_created_on_one_host_is_known_everywhere_and_only_its_creator_remove
     assert_eq!(web["subnet"], "10.60.0.0/16");
     assert_eq!(web["creator"], "nw1");
     assert_eq!(web["id"].as_str().unwrap().len(), 16);
+    assert_eq!(web["vlan"], 2, "the lowest free VLAN id");
+    assert_eq!(web["vlan_taken"], false);
 
     // Bad requests: each refused with its reason, nothing changes.
     let before = networks(&nodes[1]);

@@ -41,6 +41,8 @@ fn info(l: &Listed) -> NetworkInfo {
         creator: l.creator.clone().unwrap_or_default(),
         created_ms: l.created_ms,
         shadowed: l.shadowed,
+        vlan: u32::from(l.vlan),
+        vlan_taken: l.vlan_taken,
     }
 }
 
@@ -83,25 +85,24 @@ impl Agent {
                 ),
             });
         }
+        let vlan = networks::free_vlan(&self.network_list())?;
         let mut list = self.networks.clone();
         list.push(Created {
             name: req.name,
             subnet: subnet.to_string(),
             id: rand_id(),
             created_ms: now_ms(),
+            vlan,
         });
         self.publish_networks(list)?;
         Ok(self.networks_view())
     }
 
-    /// The network `name` names (empty: default): (name, id, subnet), 0 and no subnet check
-    /// for default; a shadowed one is named NAME@ID.
-    pub(super) fn resolve_network(
-        &self,
-        name: &str,
-    ) -> Result<(String, u64, Option<ipnet::Ipv4Net>), String> {
+    /// The network `name` names (empty: default); a shadowed one is named NAME@ID. One whose
+    /// VLAN id an older network has cannot be chosen.
+    pub(super) fn resolve_network(&self, name: &str) -> Result<networks::Chosen, String> {
         if name.is_empty() || name == networks::DEFAULT {
-            return Ok((networks::DEFAULT.into(), 0, None));
+            return Ok(networks::Chosen::default_network());
         }
         let list = self.network_list();
         let found = list.iter().find(|n| {
@@ -110,8 +111,13 @@ impl Agent {
         });
         let n =
             found.ok_or_else(|| format!("no network called {name:?} (`meshctl network ls`)"))?;
-        let subnet = networks::parse_subnet(&n.subnet)?;
-        Ok((n.name.clone(), n.id.unwrap_or(0), Some(subnet)))
+        n.usable()?;
+        Ok(networks::Chosen {
+            name: n.name.clone(),
+            id: n.id.unwrap_or(0),
+            vlan: n.vlan,
+            subnet: Some(networks::parse_subnet(&n.subnet)?),
+        })
     }
 
     pub(super) fn network_rm(&mut self, req: NetworkRequest) -> Result<Networks, String> {

@@ -173,12 +173,12 @@ impl Attachments {
     pub async fn attach(
         &self,
         req: AttachRequest,
-        network: (String, u64, Option<ipnet::Ipv4Net>),
+        network: crate::networks::Chosen,
     ) -> Result<AttachmentsView, String> {
         let (path, named) = target(&req).await?;
         let ifname = ifname_of(&req)?;
         let cidrs = record::parse_cidrs(&req.cidrs)?;
-        if let Some(subnet) = network.2
+        if let Some(subnet) = network.subnet
             && let Some(c) = cidrs.iter().find(|c| match c.addr() {
                 std::net::IpAddr::V4(a) => !subnet.contains(&a),
                 std::net::IpAddr::V6(_) => true,
@@ -187,7 +187,7 @@ impl Attachments {
             return Err(format!(
                 "{} is not in network {}'s subnet {subnet}",
                 c.addr(),
-                network.0
+                network.name
             ));
         }
         let (ns, id) = system::open_netns(&path)?;
@@ -224,8 +224,8 @@ impl Attachments {
             cidrs,
             mac,
             owner: req.owner.clone(),
-            network: network.0,
-            network_id: network.1,
+            network: network.name,
+            network_id: network.id,
         });
         self.save(&r).map_err(|e| format!("{e:#}"))?;
         Ok(self.view_of(&r))

@@ -13,13 +13,22 @@ fn shown(n: &mesh_proto::v1::NetworkInfo) -> String {
 }
 
 pub fn print(n: &Networks) {
-    println!("{:<40} {:<18} {:<16} CREATED BY", "NETWORK", "SUBNET", "ID");
+    println!(
+        "{:<40} {:<18} {:<16} {:<5} CREATED BY",
+        "NETWORK", "SUBNET", "ID", "VLAN"
+    );
     for x in &n.networks {
+        let vlan = if x.vlan_taken {
+            format!("{}!", x.vlan)
+        } else {
+            x.vlan.to_string()
+        };
         println!(
-            "{:<40} {:<18} {:<16} {}",
+            "{:<40} {:<18} {:<16} {:<5} {}",
             shown(x),
             x.subnet,
             if x.id.is_empty() { "-" } else { &x.id },
+            vlan,
             if x.creator.is_empty() {
                 "(every host)"
             } else {
@@ -30,6 +39,12 @@ pub fn print(n: &Networks) {
     if n.networks.iter().any(|x| x.shadowed) {
         println!(
             "NAME@ID: created apart (during a partition) with a name another network had first"
+        );
+    }
+    if n.networks.iter().any(|x| x.vlan_taken) {
+        println!(
+            "VLAN!: created apart with a VLAN id an older network has; it cannot be used: \
+             remove it and create it again"
         );
     }
 }
@@ -46,6 +61,8 @@ pub fn json(n: &Networks) -> Value {
                 "creator": x.creator,
                 "created_ms": x.created_ms,
                 "shadowed": x.shadowed,
+                "vlan": x.vlan,
+                "vlan_taken": x.vlan_taken,
             }))
             .collect::<Vec<_>>()
     )
