@@ -236,7 +236,7 @@ fn a_frame_for_a_known_mac_is_encapsulated_for_its_peer() {
 }
 
 #[test]
-fn arp_ipv6_and_vlan_tagged_frames_are_encapsulated_too() {
+fn arp_and_ipv6_are_encapsulated_too_and_a_frame_a_container_tagged_never_leaves() {
     let mut dp = datapath();
     dp.fdb_insert(REMOTE_MAC, NEAR).unwrap();
     let mut arp = ethernet(REMOTE_MAC, LOCAL_MAC, 0x0806);
@@ -249,11 +249,33 @@ fn arp_ipv6_and_vlan_tagged_frames_are_encapsulated_too() {
     let mut vlan = ethernet(REMOTE_MAC, LOCAL_MAC, 0x8100);
     vlan.extend_from_slice(&[0x00, 0x2a, 0x08, 0x00]);
     vlan.extend_from_slice(&inner_ipv4(REMOTE_MAC, 40)[14..]);
-    for frame in [arp, ipv6, vlan] {
+    for frame in [arp, ipv6] {
         let out = run(&dp, EGRESS, &frame, TC_ACT_REDIRECT, Some(K::TxSent));
         let (h, inner) = outer(&out, MY_IP, NEAR_IP, NEAR_PORT);
         assert_eq!(h.destination(), NEAR);
         assert_eq!(inner, frame);
+    }
+    // On the wire a tag names a network (docs/wire-format.md): one a container put on itself
+    // must not leave, or it would speak on that network. At its bridge port the frame takes
+    // the bridge's way (untouched, uncounted) to the egress program, which drops it.
+    assert_eq!(run(&dp, PORT, &vlan, TC_ACT_OK, None), vlan);
+    run(&dp, EGRESS, &vlan, TC_ACT_SHOT, Some(K::DropNetwork));
+    let mut qinq = vlan.clone();
+    qinq[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+    run(&dp, EGRESS, &qinq, TC_ACT_SHOT, Some(K::DropNetwork));
+}
+
+#[test]
+fn a_named_networks_frame_from_a_neighbour_goes_to_meshd_untouched() {
+    let dp = datapath();
+    let mut tagged = ethernet(LOCAL_MAC, REMOTE_MAC, 0x8100);
+    tagged.extend_from_slice(&[0x00, 0x07, 0x08, 0x00]);
+    tagged.extend_from_slice(&inner_ipv4(LOCAL_MAC, 40)[14..]);
+    // For us, a flood, and for another peer: meshd delivers it to the network's own bridge
+    // (never the default one), floods and relays it.
+    for destination in [ME, FLOOD_ID, FAR] {
+        let d = from_underlay(NEAR_IP, (PLAIN, 5), NEAR, destination, &tagged);
+        assert_eq!(run(&dp, INGRESS, &d, TC_ACT_OK, Some(K::RxToMeshd)), d);
     }
 }
 
@@ -497,7 +519,8 @@ fn fuzz_program(dp: &KernelDatapath, program: &'static str, bases: &[Vec<u8>], s
                 | K::RxDropBadFlags
                 | K::RxDropUnknownSender
                 | K::RxDropLoop
-                | K::RxDropNoRoute,
+                | K::RxDropNoRoute
+                | K::DropNetwork,
             ) => assert_eq!(rc, TC_ACT_SHOT, "{what}: {main:?}"),
             // To meshd, or not ours at all: passed on byte for byte.
             _ => {

@@ -26,3 +26,42 @@ where
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// Sends each of `frames` (whole Ethernet frames) out of interface `ifname` of namespace `ns`
+/// through a raw packet socket: frames no stack there would make.
+pub fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    let ifname = std::ffi::CString::new(ifname).context("interface name")?;
+    run_in(ns, move || -> Result<()> {
+        // SAFETY: plain socket calls on a raw packet socket owned here (closed by OwnedFd);
+        // buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            if fd < 0 {
+                bail!("packet socket: {}", std::io::Error::last_os_error());
+            }
+            let _owned = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            for frame in &frames {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if sent != frame.len() as isize {
+                    bail!("sending a frame: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    })?
+}

@@ -496,50 +496,19 @@ fn tcpdump_decodes_the_inner_frames_the_kernel_sends() {
 
 /// Sends `count` broadcast frames from `ns`'s eth0, each from a different made-up MAC.
 fn send_invented_macs(ns: &str, count: u32) -> Duration {
-    netns::run_in(ns, move || {
-        // SAFETY: plain socket calls on a raw packet socket we own; buffers outlive the calls.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            );
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
-            addr.sll_halen = 6;
-            let mut frame = [0u8; 60];
+    let frames = (0..count)
+        .map(|i| {
+            let mut frame = vec![0u8; 60];
             frame[..6].copy_from_slice(&[0xff; 6]);
+            let b = i.to_be_bytes();
+            frame[6..12].copy_from_slice(&[0x02, 0x5e, b[0], b[1], b[2], b[3]]);
             frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental
-            let start = std::time::Instant::now();
-            for i in 0..count {
-                let b = i.to_be_bytes();
-                frame[6..12].copy_from_slice(&[0x02, 0x5e, b[0], b[1], b[2], b[3]]);
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    sent,
-                    frame.len() as isize,
-                    "{}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-            start.elapsed()
-        }
-    })
-    .unwrap()
+            frame
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    netns::send_frames(ns, "eth0", frames).unwrap();
+    start.elapsed()
 }
 
 /// 100 000 broadcasts from invented source MACs into a pair of hosts in `mode`: what the

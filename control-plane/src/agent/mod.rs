@@ -105,6 +105,9 @@ pub enum Event {
     },
     /// The named networks something here is attached to (after an attach or detach).
     NetworksInUse(Vec<u64>),
+    /// Named networks (VLAN ids) with something attached here after a restart: their TAP
+    /// devices are opened again.
+    OpenNetworks(Vec<u16>),
 }
 
 /// An established control connection.
@@ -397,6 +400,7 @@ impl Agent {
             let events = agent.events.clone();
             tokio::spawn(async move {
                 let _ = events.send(Event::NetworksInUse(at.networks_in_use().await));
+                let _ = events.send(Event::OpenNetworks(at.vlans_in_use().await));
             });
         }
         Ok((agent, rx))
@@ -588,6 +592,18 @@ impl Agent {
                 }
             }
             Event::NetworksInUse(ids) => self.gossip.set_networks_in_use(ids, now_ms()),
+            Event::OpenNetworks(vlans) => {
+                if let Some(dp) = &self.datapath {
+                    for vlan in vlans {
+                        let ready = dp.open_network(vlan);
+                        tokio::spawn(async move {
+                            if let Ok(Err(e)) = ready.await {
+                                warn!(error = e, "a network attached before the restart");
+                            }
+                        });
+                    }
+                }
+            }
             Event::Gossip { peer, conn_id, msg } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.gossip.receive(peer, msg, now_ms());
@@ -625,7 +641,20 @@ impl Agent {
                         let _ = reply.send(response::Kind::Error(e));
                     }
                     Ok(net) => {
-                        self.on_attachments(reply, |at| async move { at.attach(a, net).await })
+                        // A named network's TAP device and bridge first (frames flow once
+                        // it answers).
+                        let ready = (net.vlan != crate::networks::DEFAULT_VLAN)
+                            .then(|| self.datapath.as_ref().map(|dp| dp.open_network(net.vlan)));
+                        self.on_attachments(reply, |at| async move {
+                            match ready {
+                                None => {}
+                                Some(None) => return Err("no data path is running".to_owned()),
+                                Some(Some(r)) => {
+                                    r.await.map_err(|_| "the data path stopped".to_owned())??
+                                }
+                            }
+                            at.attach(a, net).await
+                        })
                     }
                 },
                 request::Kind::Detach(a) => {

@@ -154,6 +154,21 @@ impl Attachments {
         }
     }
 
+    /// The VLAN ids of the named networks something here is attached to: their TAP devices
+    /// must be open.
+    pub async fn vlans_in_use(&self) -> Vec<u16> {
+        let r = self.records.lock().await;
+        let mut v: Vec<u16> = r
+            .attached
+            .iter()
+            .map(|a| a.vlan)
+            .filter(|v| *v != crate::networks::DEFAULT_VLAN)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Ids of the named networks something here is attached to (for gossip).
     pub async fn networks_in_use(&self) -> Vec<u64> {
         let r = self.records.lock().await;
@@ -201,13 +216,23 @@ impl Attachments {
         if r.find_owned(&req.owner, &ifname).is_some() {
             return Err(format!("{} has {ifname} attached already", req.owner));
         }
-        r.check_free(&cidrs)?;
+        r.check_free(&cidrs, network.vlan)?;
         let host_ifname = record::host_ifname(id, &ifname);
+        // A named network has a bridge of its own, and its frames carry a tag in the mesh,
+        // which comes out of the overlay MTU.
+        let (bridge, mtu) = if network.vlan == crate::networks::DEFAULT_VLAN {
+            (self.bridge.clone(), self.mtu)
+        } else {
+            (
+                crate::tap::network_device(&self.bridge, network.vlan)?,
+                self.mtu - crate::switch::network::TAG_LEN as u32,
+            )
+        };
         let mac = system::plug(
             &ns,
             &system::Plug {
-                bridge: &self.bridge,
-                mtu: self.mtu,
+                bridge: &bridge,
+                mtu,
                 tag: &self.tag,
                 host_ifname: &host_ifname,
                 ifname: &ifname,
@@ -226,6 +251,7 @@ impl Attachments {
             owner: req.owner.clone(),
             network: network.name,
             network_id: network.id,
+            vlan: network.vlan,
         });
         self.save(&r).map_err(|e| format!("{e:#}"))?;
         Ok(self.view_of(&r))
@@ -268,7 +294,7 @@ impl Attachments {
         tunnels.extend_from_slice(peers);
         record::check_expose(&cidrs, &tunnels)?;
         let mut r = self.records.lock().await;
-        r.check_free(&cidrs)?;
+        r.check_free(&cidrs, crate::networks::DEFAULT_VLAN)?;
         for c in &cidrs {
             system::expose(&self.bridge, *c, bridge_mac(&self.tag))
                 .await

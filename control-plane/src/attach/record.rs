@@ -32,6 +32,13 @@ pub struct Attached {
     pub network: String,
     #[serde(default)]
     pub network_id: u64,
+    /// The network's VLAN id: its own bridge and TAP device unless `default`'s (1).
+    #[serde(default = "default_vlan")]
+    pub vlan: u16,
+}
+
+fn default_vlan() -> u16 {
+    crate::networks::DEFAULT_VLAN
 }
 
 /// Everything meshd attached and exposed (`attachments.json` in its state dir).
@@ -126,19 +133,23 @@ impl Records {
     }
 
     /// Every address meshd assigned: attached and exposed.
-    fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+    /// The addresses in use on network `vlan` here (this host's own are on `default`'s).
+    fn addresses(&self, vlan: u16) -> impl Iterator<Item = IpAddr> + '_ {
+        let exposed = (vlan == crate::networks::DEFAULT_VLAN).then_some(&self.exposed);
         self.attached
             .iter()
+            .filter(move |a| a.vlan == vlan)
             .flat_map(|a| a.cidrs.iter().map(IpNet::addr))
-            .chain(self.exposed.iter().map(IpNet::addr))
+            .chain(exposed.into_iter().flatten().map(IpNet::addr))
     }
 
-    /// Refuses an address meshd already gave to a namespace or to this host.
-    pub fn check_free(&self, cidrs: &[IpNet]) -> Result<(), String> {
+    /// Refuses an address meshd already gave to a namespace or to this host on network
+    /// `vlan` (another network may use the same addresses: it is a bridge of its own).
+    pub fn check_free(&self, cidrs: &[IpNet], vlan: u16) -> Result<(), String> {
         for c in cidrs {
-            if self.addresses().any(|a| a == c.addr()) {
+            if self.addresses(vlan).any(|a| a == c.addr()) {
                 return Err(format!(
-                    "{} is in use on this host's mesh bridge (`meshctl attachments`)",
+                    "{} is in use on this network here (`meshctl attachments`)",
                     c.addr()
                 ));
             }
@@ -230,12 +241,17 @@ mod tests {
             owner: String::new(),
             network: String::new(),
             network_id: 0,
+            vlan: 1,
         });
         r.exposed.push("10.32.0.100/16".parse().unwrap());
         for used in ["10.32.0.5/24", "10.32.0.100/16"] {
-            assert!(r.check_free(&[used.parse().unwrap()]).is_err(), "{used}");
+            assert!(r.check_free(&[used.parse().unwrap()], 1).is_err(), "{used}");
+            assert!(
+                r.check_free(&[used.parse().unwrap()], 5).is_ok(),
+                "{used} on another network"
+            );
         }
-        assert!(r.check_free(&["10.32.0.6/16".parse().unwrap()]).is_ok());
+        assert!(r.check_free(&["10.32.0.6/16".parse().unwrap()], 1).is_ok());
         let underlay: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap()];
         assert!(check_expose(&["198.18.5.1/15".parse().unwrap()], &underlay).is_err());
         assert!(check_expose(&["10.32.0.100/16".parse().unwrap()], &underlay).is_ok());
@@ -254,6 +270,7 @@ mod tests {
                 owner: "cni:net:abc".into(),
                 network: "web".into(),
                 network_id: 7,
+                vlan: 2,
             }],
             exposed: vec!["10.1.0.1/24".parse().unwrap()],
         };

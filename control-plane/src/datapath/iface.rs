@@ -81,5 +81,9 @@ pub trait Datapath: Send {
     /// service manager starts a fresh one instead of peers sending into a hole.
     fn failure(&self) -> Option<String>;
     /// Ends the datapath on a clean stop, removing what it leaves in the system.
+    /// Opens named network `vlan`'s TAP device on its own bridge (`switch::network`); the
+    /// answer comes once its frames are carried. Repeating it for an open network is fine.
+    fn open_network(&self, vlan: u16) -> crate::tap::NetworkReady;
+
     fn stop(self: Box<Self>) -> Result<()>;
 }

@@ -131,6 +131,12 @@ impl Datapath for KernelPath {
         Some(r)
     }
 
+    fn open_network(&self, vlan: u16) -> crate::tap::NetworkReady {
+        // A named network's frames go through meshd in both datapaths (the kernel programs
+        // hand tagged frames to it).
+        self.tap.open_network(vlan)
+    }
+
     fn link_up(&self, link: LinkId) -> Option<bool> {
         self.tap.link_up(link)
     }

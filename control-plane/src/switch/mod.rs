@@ -7,6 +7,7 @@ pub mod fdb;
 pub mod forward;
 pub mod heartbeat;
 pub mod mtu;
+pub mod network;
 pub mod offload;
 pub mod pmtu;
 pub mod seal;

@@ -120,6 +120,7 @@ const TAP_DROP_NAMES: [&str; DropReason::ALL.len()] = [
     "tap_dropped_loop",
     "tap_dropped_no_route",
     "tap_dropped_too_big",
+    "tap_dropped_network",
 ];
 
 /// Counts one event.
@@ -132,6 +133,23 @@ fn bump(counter: &AtomicU64) {
 pub type MacLookup = Box<dyn Fn(&Mac) -> Option<(ShortId, u64)> + Send + Sync>;
 
 /// State shared by the agent and the data path thread.
+/// The answer to a request to open a named network's TAP device (`Shared::open_network`).
+pub type NetworkReady = tokio::sync::oneshot::Receiver<Result<(), String>>;
+type NetworkRequest = (u16, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// The name of a named network's bridge or TAP device: meshd's own with `-VLAN` added.
+pub fn network_device(base: &str, vlan: u16) -> Result<String, String> {
+    let name = format!("{base}-{vlan}");
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(format!(
+            "{name} is too long for an interface name (at most {} bytes): give meshd a \
+             shorter --bridge or --tap",
+            libc::IFNAMSIZ - 1
+        ));
+    }
+    Ok(name)
+}
+
 pub struct Shared {
     table: RwLock<Arc<Table>>,
     neighbours: Mutex<Neighbours>,
@@ -148,9 +166,31 @@ pub struct Shared {
     failure: Mutex<Option<String>>,
     /// `meshctl ping`s waiting for replies, and their requests on the way out.
     echoes: ping::Echoes,
+    /// Named networks' TAP devices (each on the network's own bridge), by VLAN id.
+    networks: RwLock<std::collections::HashMap<u16, Arc<vnet::Tap>>>,
+    network_requests: tokio::sync::mpsc::UnboundedSender<NetworkRequest>,
+    network_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NetworkRequest>>>,
 }
 
 impl Shared {
+    /// Has the data path open network `vlan`'s TAP device on the network's bridge (both made
+    /// when missing) and carry its frames; answered once it does.
+    pub fn open_network(&self, vlan: u16) -> NetworkReady {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.network_requests.send((vlan, tx)) {
+            let _ = e.0.1.send(Err("the data path is not running".into()));
+        }
+        rx
+    }
+
+    fn network_tap(&self, vlan: u16) -> Option<Arc<vnet::Tap>> {
+        self.networks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&vlan)
+            .cloned()
+    }
+
     // Locks are taken through `PoisonError::into_inner`: a panic on the data path thread (a
     // bug) poisons them, and the agent must still be able to read them, see the failure
     // (`failure`) and end meshd with the reason, instead of panicking on the lock.
@@ -336,6 +376,10 @@ impl Datapath for TapDatapath {
         ping::PingSession::start(self.shared.clone())
     }
 
+    fn open_network(&self, vlan: u16) -> NetworkReady {
+        self.shared.open_network(vlan)
+    }
+
     fn stop(self: Box<Self>) -> Result<()> {
         // The data path thread and the TAP device end with the process.
         Ok(())
@@ -378,6 +422,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
             cfg.underlay_mtu
         )
     })?;
+    let (network_requests, network_queue) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         table: RwLock::new(Arc::new(Table::default())),
         neighbours: Mutex::new(Neighbours::new(
@@ -394,6 +439,9 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         started: Instant::now(),
         failure: Mutex::new(None),
         echoes: ping::Echoes::default(),
+        networks: RwLock::new(Default::default()),
+        network_requests,
+        network_queue: Mutex::new(Some(network_queue)),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();

@@ -12,12 +12,16 @@ use std::{
 
 use mesh_common::DropReason;
 
-use super::{HEARTBEAT_EVERY, Shared, batch::Batcher, bump, ping, udp::DataSocket, vnet::Tap};
+use super::{
+    HEARTBEAT_EVERY, Shared, TAP_MTU, batch::Batcher, bump, device, network_device, ping,
+    udp::DataSocket, vnet::Tap,
+};
 use crate::switch::{
     LinkId, ShortId,
     echo::{self, Echo},
     forward::{self, Table},
     heartbeat, mtu,
+    network::{self, OnWire},
     offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr},
     wire::Header,
 };
@@ -26,7 +30,11 @@ pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let why = supervise(vec![
         (
             "reading the TAP device",
-            tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone())),
+            tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone(), None)),
+        ),
+        (
+            "opening networks' TAP devices",
+            tokio::spawn(open_networks(shared.clone(), sock.clone())),
         ),
         (
             "receiving from peers",
@@ -76,12 +84,59 @@ struct Local {
     sends: Vec<(ShortId, Header)>,
     /// ICMP errors to write back to the TAP (rare: allocated per answer).
     replies: Vec<Vec<u8>>,
+    /// A named network's frame with its tag on.
+    tagged: Vec<u8>,
+}
+
+/// Opens named networks' TAP devices as the agent asks (`Shared::open_network`), each on its
+/// network's bridge, and reads each in a task of its own. Runs as long as the data path.
+async fn open_networks(shared: Arc<Shared>, sock: Arc<DataSocket>) {
+    let Some(mut queue) = shared
+        .network_queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    else {
+        return std::future::pending().await;
+    };
+    while let Some((vlan, reply)) = queue.recv().await {
+        if shared.network_tap(vlan).is_some() {
+            let _ = reply.send(Ok(()));
+            continue;
+        }
+        let opened = async {
+            let tap_name = network_device(&shared.tap_name, vlan)?;
+            let bridge = network_device(&shared.bridge, vlan)?;
+            let tap = Tap::open(&tap_name).map_err(|e| format!("{e:#}"))?;
+            device::attach(&bridge, &tap_name, TAP_MTU)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            Ok::<_, String>(Arc::new(tap))
+        }
+        .await;
+        match opened {
+            Ok(tap) => {
+                shared
+                    .networks
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(vlan, tap.clone());
+                tracing::info!(vlan, "carrying a network's frames");
+                tokio::spawn(tap_to_net(shared.clone(), tap, sock.clone(), Some(vlan)));
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("opening network VLAN {vlan}: {e}")));
+            }
+        }
+    }
 }
 
 /// Frames from the local bridge to peers. The TAP device's MTU is far above the overlay's, so
 /// an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being dropped
-/// silently by the bridge.
-async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
+/// silently by the bridge. `vlan`: the named network whose TAP device this is (its frames
+/// leave tagged), or none for `default`'s.
+async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, vlan: Option<u16>) {
     let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
     let mut segments = Vec::with_capacity(80 * 1024);
     let mut local = Local::default();
@@ -111,7 +166,11 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             .clone();
         let frame = &mut buf[VNET_HDR_LEN..n];
         let made = offload::wire_frames(&hdr, frame, &mut segments, |f| {
-            local_frame(&shared, &table, f, &mut local)
+            if network::tagged(f) {
+                shared.counters.dropped(DropReason::Network);
+            } else {
+                local_frame(&shared, &table, f, vlan, &mut local);
+            }
         });
         if let Err(e) = made {
             tracing::debug!(?e, "unusable frame from the TAP device");
@@ -126,19 +185,35 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     }
 }
 
-/// One wire-sized frame from the bridge: checked against the overlay MTU, then forwarded.
-fn local_frame(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
-    if mtu::packet_len(frame) <= shared.mtu as usize {
-        forward_local(shared, table, frame, local);
+/// One wire-sized frame from the bridge: checked against the overlay MTU (less the tag on a
+/// named network), then forwarded.
+fn local_frame(shared: &Shared, table: &Table, frame: &[u8], vlan: Option<u16>, local: &mut Local) {
+    let mtu = shared.mtu as usize - if vlan.is_some() { network::TAG_LEN } else { 0 };
+    if mtu::packet_len(frame) <= mtu {
+        forward_tagged(shared, table, frame, vlan, local);
     } else {
-        oversize(
-            shared,
-            frame,
-            shared.mtu as usize,
-            true,
-            local,
-            |f, local| forward_local(shared, table, f, local),
-        );
+        oversize(shared, frame, mtu, true, local, |f, local| {
+            forward_tagged(shared, table, f, vlan, local)
+        });
+    }
+}
+
+/// Forwards a frame from network `vlan`'s bridge with the network's tag on.
+fn forward_tagged(
+    shared: &Shared,
+    table: &Table,
+    frame: &[u8],
+    vlan: Option<u16>,
+    local: &mut Local,
+) {
+    match vlan {
+        None => forward_local(shared, table, frame, local),
+        Some(v) => {
+            let mut tagged = std::mem::take(&mut local.tagged);
+            network::tag(frame, v, &mut tagged);
+            forward_local(shared, table, &tagged, local);
+            local.tagged = tagged;
+        }
     }
 }
 
@@ -241,6 +316,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
     let mut deliveries: Vec<Range<usize>> = Vec::with_capacity(64);
     let mut coalescer = Coalescer::default();
+    let mut untagged = Vec::with_capacity(2048);
     loop {
         let (n, from, seg) = match sock.recv(&mut buf).await {
             Ok(r) => r,
@@ -322,6 +398,25 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         // Consecutive segments of one TCP flow go to the bridge as one super-frame.
         for r in deliveries.drain(..) {
             let frame = &buf[r];
+            match network::on_wire(frame) {
+                OnWire::Default => {}
+                OnWire::Network(vlan) => {
+                    match shared.network_tap(vlan) {
+                        Some(net_tap) => {
+                            bump(&shared.counters.delivered);
+                            network::untag(frame, &mut untagged);
+                            write_tap(&shared, &net_tap, &untagged, false).await;
+                        }
+                        // Nothing here is on that network.
+                        None => shared.counters.dropped(DropReason::Network),
+                    }
+                    continue;
+                }
+                OnWire::Foreign => {
+                    shared.counters.dropped(DropReason::Network);
+                    continue;
+                }
+            }
             bump(&shared.counters.delivered);
             if coalescer.push(frame) {
                 continue;

@@ -77,10 +77,13 @@ pub enum DropReason {
     NoRoute = 7,
     /// Too big for the link and neither answerable with ICMP nor splittable.
     TooBig = 8,
+    /// On no network of this host's: tagged by a container itself (which would let it speak on
+    /// another network), or for a network nothing here is attached to.
+    Network = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::BadFlags,
         DropReason::UnknownSender,
@@ -90,6 +93,7 @@ impl DropReason {
         DropReason::Loop,
         DropReason::NoRoute,
         DropReason::TooBig,
+        DropReason::Network,
     ];
 
     /// Stable snake_case name (the suffix of the counters).
@@ -104,6 +108,7 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::NoRoute => "no_route",
             DropReason::TooBig => "too_big",
+            DropReason::Network => "network",
         }
     }
 }
@@ -165,6 +170,9 @@ pub enum KernelCounter {
     /// Of `TxSent`, frames taken at a container's bridge port (`port_ingress`), before the
     /// bridge.
     TxFromPort = 19,
+    /// Dropped: a frame from the bridge carrying a VLAN tag of its own (a container may not
+    /// choose its network; see `DropReason::Network`).
+    DropNetwork = 20,
 }
 
 impl KernelCounter {
@@ -176,6 +184,7 @@ impl KernelCounter {
             DropReason::UnknownSender => Some(KernelCounter::RxDropUnknownSender),
             DropReason::Loop => Some(KernelCounter::RxDropLoop),
             DropReason::NoRoute => Some(KernelCounter::RxDropNoRoute),
+            DropReason::Network => Some(KernelCounter::DropNetwork),
             _ => None,
         }
     }
@@ -201,6 +210,7 @@ impl KernelCounter {
         KernelCounter::RxFlooded,
         KernelCounter::FloodSkipped,
         KernelCounter::TxFromPort,
+        KernelCounter::DropNetwork,
     ];
 
     /// Stable snake_case name, used in `meshctl status` and JSON output.
@@ -226,12 +236,13 @@ impl KernelCounter {
             KernelCounter::RxFlooded => "kernel_rx_flooded",
             KernelCounter::FloodSkipped => "kernel_flood_copies_skipped",
             KernelCounter::TxFromPort => "kernel_tx_from_port",
+            KernelCounter::DropNetwork => "kernel_dropped_network",
         }
     }
 }
 
 /// Number of slots in the `KERNEL_COUNTERS` map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 20;
+pub const KERNEL_COUNTER_SLOTS: u32 = 21;
 
 #[cfg(test)]
 mod tests {

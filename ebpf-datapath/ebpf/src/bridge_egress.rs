@@ -5,7 +5,9 @@
 //! headers). Broadcast, multicast and unknown destinations are flooded along our broadcast
 //! tree when every child in it is a kernel neighbour (`flood`). Everything else goes on to
 //! meshd through the TAP, which does the rest exactly as in the pure-TAP mode: floods with a
-//! userspace child, sealed links, ICMP answers to oversize packets.
+//! userspace child, sealed links, ICMP answers to oversize packets. A frame that arrives
+//! tagged is dropped (`kernel_dropped_network`): named networks have bridges of their own, and
+//! meshd alone puts their tags on.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -23,6 +25,7 @@ use crate::{
     encap::{learn_local, packet_len, to_peer},
     flood,
     maps::{config, count},
+    packet::vlan_tagged,
 };
 
 #[classifier]
@@ -45,6 +48,13 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelCounter> {
         return Err(KernelCounter::TxOther);
     }
     let eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| KernelCounter::TxOther)?;
+    // A frame that comes tagged from the bridge was tagged by a container: on the wire a tag
+    // says which named network a frame is on, so it would speak on another network.
+    // SAFETY: reading a field of the context the kernel gave us.
+    if vlan_tagged(&eth) || unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        count(KernelCounter::DropNetwork);
+        return Ok(TC_ACT_SHOT);
+    }
     // SAFETY: reading a field of the context the kernel gave us.
     learn_local(&eth, unsafe { (*ctx.skb.skb).ingress_ifindex });
     if eth[0] & 1 != 0 {

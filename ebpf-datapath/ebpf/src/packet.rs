@@ -14,6 +14,16 @@ pub const IPV6_HDR_LEN: usize = 40;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// Whether an Ethernet header carries a VLAN tag in its bytes (a named network's frame on the
+/// wire; from a bridge, a container's own tag).
+#[inline(always)]
+pub fn vlan_tagged(eth: &[u8; ETH_HDR_LEN]) -> bool {
+    matches!(
+        u16::from_be_bytes([eth[12], eth[13]]),
+        ETH_P_8021Q | ETH_P_8021AD
+    )
+}
+
 /// Ethernet header, as on the wire.
 #[repr(C)]
 pub struct EthHdr {

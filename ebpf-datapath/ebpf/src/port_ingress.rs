@@ -23,6 +23,7 @@ use mesh_common::{
 use crate::{
     encap::{learn_local, to_peer},
     maps::{LOCAL_PORTS, config, count},
+    packet::vlan_tagged,
 };
 
 #[classifier]
@@ -38,7 +39,13 @@ pub fn port_ingress(ctx: TcContext) -> i32 {
     };
     // SAFETY: reading a field of the context the kernel gave us.
     learn_local(&eth, unsafe { (*ctx.skb.skb).ifindex });
-    if eth[0] & 1 != 0 || is_local(&eth) {
+    // A tagged frame takes the bridge's way (to its `bridge_egress`, which refuses it).
+    // SAFETY: reading a field of the context the kernel gave us.
+    if eth[0] & 1 != 0
+        || is_local(&eth)
+        || vlan_tagged(&eth)
+        || unsafe { (*ctx.skb.skb).vlan_present } != 0
+    {
         return TC_ACT_OK;
     }
     match to_peer(&ctx, cfg, &eth) {

@@ -34,7 +34,7 @@ use crate::{
         FDB, LOCAL_PORTS, NEIGHBOURS, PEER_PORTS, ROUTES, SENDERS, config, count, link_traffic,
     },
     outer::{self, OUTER_LEN},
-    packet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
+    packet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, UdpHdr, vlan_tagged},
 };
 
 /// What to do with a frame, decided in one place.
@@ -122,6 +122,11 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     let Ok(inner_eth) = ctx.load::<[u8; ETH_LEN]>(INNER_OFF) else {
         return Verdict::Drop(KernelCounter::RxDropMalformed);
     };
+    if vlan_tagged(&inner_eth) {
+        // A named network's frame: meshd delivers it to that network's own bridge (or drops
+        // it when nothing here is on the network), and relays it.
+        return Verdict::ToMeshd;
+    }
     // SAFETY: reading a field of the context the kernel gave us.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 && !one_inner_packet(ctx, &inner_eth) {
         // A batch of datagrams (UDP GSO from a sender's meshd, kept whole by a veth): meshd's
