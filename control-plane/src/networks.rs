@@ -4,10 +4,8 @@
 //! Pure: the agent keeps our own list in `networks.json` and gossips it.
 //!
 //! Each network has a VLAN id, chosen by its creator (the lowest free one; of two chosen apart,
-//! the older network keeps it): the id its frames are to carry inside the mesh, as an 802.1Q
-//! tag on the inner frame, once the data paths keep networks apart. They do not yet: this
-//! kernel has no bridge VLAN filtering, so that needs a bridge and TAP device per network
-//! (docs/operations.md, "Networks").
+//! the older network keeps it): inside the mesh its frames carry an 802.1Q tag with it, and on
+//! each host it has a bridge and TAP device of its own (`crate::switch::network`).
 
 use ipnet::Ipv4Net;
 use mesh_proto::v1::Network;

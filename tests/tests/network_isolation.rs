@@ -232,6 +232,27 @@ fn two_networks_with_one_subnet_do_not_mix(mode: Mode, lab_name: &str) {
         refused > dropped_before,
         "the self-tagged frames were counted"
     );
+
+    // A restarted meshd carries its attached networks again (their TAP devices reopened).
+    lab.terminate(nodes[1].proc, Duration::from_secs(10))
+        .unwrap();
+    let args = mode.args(1, 2, "");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = lab.start_meshd(&hosts[1], &args).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || full_mesh(&[
+        nodes[0].clone(),
+        again.clone()
+    ])));
+    for (ns, what) in [(&r1, "red"), (&b1, "blue")] {
+        assert!(
+            wait_until(Duration::from_secs(20), || ping(
+                &lab,
+                ns,
+                &["-c", "1", "10.70.0.2"]
+            )),
+            "{what} reaches its own network again after the restart"
+        );
+    }
 }
 
 #[test]
