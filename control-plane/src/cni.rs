@@ -64,6 +64,8 @@ pub struct NetConf {
     pub socket: String,
     /// The IPAM plugin to delegate to (its `type`), if configured.
     pub ipam_type: Option<String>,
+    /// The mesh network to attach to (`meshNetwork`; empty: `default`).
+    pub mesh_network: String,
 }
 
 /// Parses the configuration: `cniVersion` (or `cniVersions`) one we support, a `name`, and an
@@ -124,6 +126,18 @@ pub fn parse_conf(bytes: &[u8], default_socket: &str) -> Result<NetConf, CniErro
         .and_then(Value::as_str)
         .unwrap_or(default_socket)
         .to_owned();
+    let mesh_network = match raw.get("meshNetwork") {
+        None => String::new(),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "\"meshNetwork\" is the name of a mesh network (`meshctl network ls`)",
+                )
+            })?
+            .to_owned(),
+    };
     let ipam_type = match raw.get("ipam") {
         None => None,
         Some(i) => Some(
@@ -145,6 +159,7 @@ pub fn parse_conf(bytes: &[u8], default_socket: &str) -> Result<NetConf, CniErro
         name,
         socket,
         ipam_type,
+        mesh_network,
     })
 }
 
@@ -290,6 +305,22 @@ mod tests {
         assert_eq!(
             (c.socket.as_str(), c.ipam_type.as_deref()),
             ("/run/x.sock", Some("host-local"))
+        );
+        assert_eq!(c.mesh_network, "", "default");
+        let c = parse_conf(
+            br#"{"cniVersion":"1.1.0","name":"n","meshNetwork":"web"}"#,
+            "/s",
+        )
+        .unwrap();
+        assert_eq!(c.mesh_network, "web");
+        assert_eq!(
+            parse_conf(
+                br#"{"cniVersion":"1.1.0","name":"n","meshNetwork":7}"#,
+                "/s"
+            )
+            .unwrap_err()
+            .code,
+            code::INVALID_CONFIG
         );
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_tests::{
     Lab, bins,
-    mesh::{Meshd, Mode, full_mesh, start_mesh_in},
+    mesh::{Meshd, Mode, full_mesh, meshctl_json, meshctl_on, start_mesh_in},
     wait_until,
 };
 use serde_json::{Value, json};
@@ -211,6 +211,42 @@ fn mesh_cni_adds_checks_deletes_collects_and_reports_status_as_the_spec_says() {
         "{v}"
     );
     assert_eq!(held_by(&ipam1, "ctr-gone"), 0, "the address went back");
+
+    // `meshNetwork`: the container goes onto that mesh network (its own bridge, the MTU less
+    // the network's tag), and the result says so; an unknown network is refused.
+    meshctl_on(
+        &nodes[0],
+        &["network", "create", "pods", "--subnet", "10.58.0.0/16"],
+    )
+    .unwrap();
+    let mut on_pods = c1.clone();
+    on_pods["meshNetwork"] = json!("pods");
+    let (ok, r) = cni("ADD", &env("ctr-p", &b), &on_pods);
+    assert!(ok, "{r}");
+    assert_eq!(
+        r["interfaces"][0]["mtu"],
+        iface["mtu"].as_u64().unwrap() - 4
+    );
+    let listed = meshctl_json(&nodes[0], &["attachments"]).unwrap();
+    let on = listed["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["owner"].as_str().unwrap().contains("ctr-p"))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (on["network"].clone(), on["vlan"].clone()),
+        (json!("pods"), json!(2))
+    );
+    let mut on_nothing = c1.clone();
+    on_nothing["meshNetwork"] = json!("nothing");
+    let (ok, v) = cni("ADD", &env("ctr-c", &b), &on_nothing);
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("no network called"),
+        "{v}"
+    );
+    assert_eq!(held_by(&ipam1, "ctr-c"), 0, "the address went back");
 
     // STATUS: ready while meshd runs, code 50 once it does not.
     let (ok, v) = cni("STATUS", &[], &c2);

@@ -146,6 +146,8 @@ impl Attachments {
                     mac: a.mac.clone(),
                     owner: a.owner.clone(),
                     network: a.network.clone(),
+                    mtu: crate::switch::network::interface_mtu(self.mtu, a.vlan),
+                    vlan: u32::from(a.vlan),
                 })
                 .collect(),
             exposed: r.exposed.iter().map(ToString::to_string).collect(),
@@ -220,14 +222,12 @@ impl Attachments {
         let host_ifname = record::host_ifname(id, &ifname);
         // A named network has a bridge of its own, and its frames carry a tag in the mesh,
         // which comes out of the overlay MTU.
-        let (bridge, mtu) = if network.vlan == crate::networks::DEFAULT_VLAN {
-            (self.bridge.clone(), self.mtu)
+        let bridge = if network.vlan == crate::networks::DEFAULT_VLAN {
+            self.bridge.clone()
         } else {
-            (
-                crate::tap::network_device(&self.bridge, network.vlan)?,
-                self.mtu - crate::switch::network::TAG_LEN as u32,
-            )
+            crate::tap::network_device(&self.bridge, network.vlan)?
         };
+        let mtu = crate::switch::network::interface_mtu(self.mtu, network.vlan);
         let mac = system::plug(
             &ns,
             &system::Plug {

@@ -225,7 +225,7 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
             cidrs,
             docker_host: String::new(),
             owner: owner.clone(),
-            network: String::new(),
+            network: conf.mesh_network.clone(),
         }),
     );
     let view = match asked {
@@ -239,17 +239,17 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
             });
         }
     };
-    let mac = view
+    let (mac, mtu) = view
         .attached
         .iter()
         .find(|a| a.owner == owner && a.ifname == ifname)
-        .map(|a| a.mac.clone())
+        .map(|a| (a.mac.clone(), a.mtu))
         .unwrap_or_default();
     Ok(cni::add_result(
         &conf.version,
         &ifname,
         &mac,
-        view.mtu,
+        mtu,
         &netns,
         &ipam,
     ))

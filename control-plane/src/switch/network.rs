@@ -42,6 +42,16 @@ pub fn on_wire(frame: &[u8]) -> OnWire {
     }
 }
 
+/// The MTU of an interface on network `vlan`: a named network's tag comes out of the overlay
+/// MTU's budget.
+pub fn interface_mtu(overlay_mtu: u32, vlan: u16) -> u32 {
+    if vlan == DEFAULT_VLAN {
+        overlay_mtu
+    } else {
+        overlay_mtu - TAG_LEN as u32
+    }
+}
+
 /// Whether a frame read from a bridge carries a tag of its own (refused, see the module doc).
 pub fn tagged(frame: &[u8]) -> bool {
     on_wire(frame) != OnWire::Default

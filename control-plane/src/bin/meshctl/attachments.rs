@@ -47,6 +47,8 @@ pub fn json(a: &Attachments) -> Value {
             "mac": x.mac,
             "cidrs": x.cidrs,
             "network": x.network,
+            "vlan": x.vlan,
+            "mtu": x.mtu,
             "owner": x.owner,
         })).collect::<Vec<_>>(),
         "exposed": a.exposed,
