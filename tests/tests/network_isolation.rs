@@ -236,7 +236,8 @@ fn two_networks_with_one_subnet_do_not_mix(mode: Mode, lab_name: &str) {
     // A restarted meshd carries its attached networks again (their TAP devices reopened).
     lab.terminate(nodes[1].proc, Duration::from_secs(10))
         .unwrap();
-    let args = mode.args(1, 2, "");
+    let pw = lab.dir().join("pw.password");
+    let args = mode.args(1, 2, pw.to_str().unwrap());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let again = lab.start_meshd(&hosts[1], &args).unwrap();
     assert!(wait_until(Duration::from_secs(20), || full_mesh(&[
@@ -263,4 +264,14 @@ fn tap_datapath_keeps_networks_apart() {
 #[test]
 fn kernel_datapath_keeps_networks_apart() {
     two_networks_with_one_subnet_do_not_mix(Mode::Kernel, "isok");
+}
+
+#[test]
+fn sealed_links_keep_networks_apart() {
+    two_networks_with_one_subnet_do_not_mix(Mode::TapSealed, "isos");
+}
+
+#[test]
+fn a_mixed_mesh_keeps_networks_apart() {
+    two_networks_with_one_subnet_do_not_mix(Mode::Mixed, "isom");
 }
