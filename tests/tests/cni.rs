@@ -181,6 +181,8 @@ fn mesh_cni_adds_checks_deletes_collects_and_reports_status_as_the_spec_says() {
         "ctr-b collected"
     );
     assert!(in_ns(&a, &["ip", "link", "show", "eth0"]).0, "ctr-a kept");
+    assert_eq!(held_by(&ipam1, "ctr-b"), 0, "ctr-b's address given back");
+    assert_eq!(held_by(&ipam1, "ctr-a"), 1, "ctr-a's kept");
 
     // DEL: gone, its address freed; a second DEL succeeds too (the spec asks for that).
     let (ok, v) = cni("DEL", &env("ctr-a", &a), &c1);

@@ -95,6 +95,17 @@ fn attachments(conf: &NetConf) -> Result<mesh_proto::v1::Attachments, CniError> 
 /// Runs the configured IPAM plugin with `command` (the spec's delegation: same environment,
 /// same configuration); its result, or its error as ours.
 fn delegate(conf: &NetConf, input: &[u8], command: &str) -> Result<Option<Value>, CniError> {
+    delegate_for(conf, input, command, &[])
+}
+
+/// [`delegate`], with `env` overriding the CNI variables the runtime gave us (a DEL on behalf
+/// of another container).
+fn delegate_for(
+    conf: &NetConf,
+    input: &[u8],
+    command: &str,
+    env: &[(&str, &str)],
+) -> Result<Option<Value>, CniError> {
     let Some(ty) = &conf.ipam_type else {
         return Ok(None);
     };
@@ -116,7 +127,7 @@ fn delegate(conf: &NetConf, input: &[u8], command: &str) -> Result<Option<Value>
     let input = if command == "VERSION" {
         input.to_vec()
     } else {
-        let speaks = run_plugin(&plugin, "VERSION", input)
+        let speaks = run_plugin(&plugin, "VERSION", input, &[])
             .ok()
             .and_then(|v| v["supportedVersions"].as_array().cloned())
             .unwrap_or_default();
@@ -141,13 +152,18 @@ fn delegate(conf: &NetConf, input: &[u8], command: &str) -> Result<Option<Value>
             raw.to_string().into_bytes()
         }
     };
-    run_plugin(&plugin, command, &input)
+    run_plugin(&plugin, command, &input, env)
         .map(Some)
         .map_err(|(c, msg)| CniError::new(c, format!("IPAM plugin {ty}: {msg}")))
 }
 
 /// Runs a plugin: its JSON result, or its error's code and message.
-fn run_plugin(plugin: &Path, command: &str, input: &[u8]) -> Result<Value, (u32, String)> {
+fn run_plugin(
+    plugin: &Path,
+    command: &str,
+    input: &[u8],
+    env: &[(&str, &str)],
+) -> Result<Value, (u32, String)> {
     let failed = |e: std::io::Error| {
         (
             code::IO_FAILURE,
@@ -156,6 +172,7 @@ fn run_plugin(plugin: &Path, command: &str, input: &[u8]) -> Result<Value, (u32,
     };
     let mut child = Command::new(plugin)
         .env("CNI_COMMAND", command)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -309,6 +326,7 @@ fn check(conf: &NetConf, input: &[u8]) -> Result<(), CniError> {
 
 fn gc(conf: &NetConf, input: &[u8]) -> Result<(), CniError> {
     let valid = cni::valid_attachments(conf)?;
+    let mut collected = Vec::new();
     for a in attachments(conf)?.attached {
         let Some(container) = cni::container_of(&conf.name, &a.owner) else {
             continue;
@@ -327,9 +345,25 @@ fn gc(conf: &NetConf, input: &[u8]) -> Result<(), CniError> {
                 network: String::new(),
             }),
         )?;
+        collected.push((container.to_owned(), a.ifname.clone()));
     }
     if delegate_speaks_1_1(conf, input) {
         delegate(conf, input, "GC")?;
+    } else {
+        // An IPAM plugin older than GC (Debian's host-local) would keep the collected
+        // attachments' addresses: each is given back with a DEL on its container's behalf.
+        for (container, ifname) in &collected {
+            delegate_for(
+                conf,
+                input,
+                "DEL",
+                &[
+                    ("CNI_CONTAINERID", container),
+                    ("CNI_IFNAME", ifname),
+                    ("CNI_NETNS", ""),
+                ],
+            )?;
+        }
     }
     Ok(())
 }
