@@ -15,6 +15,7 @@ pub mod config_file;
 pub mod datapath;
 pub mod entry_sign;
 pub mod identity;
+pub mod ipam;
 pub mod local_api;
 pub mod metrics;
 pub mod networks;

@@ -94,6 +94,8 @@ impl Gossip {
             signature: None,
             networks: Vec::new(),
             networks_in_use: Vec::new(),
+            rings: Vec::new(),
+            wants_space: Vec::new(),
         };
         cfg.auth.sign(&mut own);
         Gossip {
@@ -270,6 +272,23 @@ impl Gossip {
     pub fn set_networks_in_use(&mut self, ids: Vec<u64>, now_ms: u64) {
         if self.entries[&self.me].networks_in_use != ids {
             self.edit_own(now_ms, |own| own.networks_in_use = ids);
+        }
+    }
+
+    /// Our views of the address rings we take part in, and the networks we need space in,
+    /// changed.
+    pub fn set_ipam(
+        &mut self,
+        rings: Vec<mesh_proto::v1::NetworkRing>,
+        wants_space: Vec<u64>,
+        now_ms: u64,
+    ) {
+        let own = &self.entries[&self.me];
+        if own.rings != rings || own.wants_space != wants_space {
+            self.edit_own(now_ms, |own| {
+                own.rings = rings;
+                own.wants_space = wants_space;
+            });
         }
     }
 

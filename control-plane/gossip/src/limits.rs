@@ -17,6 +17,12 @@ pub struct Limits {
     /// Networks one peer created, and networks one peer has something attached to.
     pub max_networks: usize,
     pub max_networks_in_use: usize,
+    /// Address rings one entry carries a view of (networks it allocates in), and per ring
+    /// its tokens, its members, and the tombstones one member acknowledges.
+    pub max_rings: usize,
+    pub max_ring_tokens: usize,
+    pub max_ring_members: usize,
+    pub max_ring_acks: usize,
     /// Bytes of a name, and of an address string.
     pub max_name_bytes: usize,
     pub max_address_bytes: usize,
@@ -36,6 +42,10 @@ impl Default for Limits {
             max_addresses: 16,
             max_networks: 16,
             max_networks_in_use: 256,
+            max_rings: 8,
+            max_ring_tokens: 256,
+            max_ring_members: 128,
+            max_ring_acks: 16,
             max_name_bytes: 64,
             max_address_bytes: 64,
             max_future_ms: 10 * 60 * 1000,
@@ -100,6 +110,13 @@ impl Limits {
             || e.addresses.iter().any(|a| a.len() > self.max_address_bytes)
             || e.networks.len() > self.max_networks
             || e.networks_in_use.len() > self.max_networks_in_use
+            || e.rings.len() > self.max_rings
+            || e.wants_space.len() > self.max_rings
+            || e.rings.iter().any(|r| {
+                r.tokens.len() > self.max_ring_tokens
+                    || r.members.len() > self.max_ring_members
+                    || r.members.iter().any(|m| m.acked.len() > self.max_ring_acks)
+            })
             || e.networks.iter().any(|n| {
                 n.name.len() > self.max_name_bytes || n.subnet.len() > self.max_address_bytes
             })
@@ -128,6 +145,13 @@ impl Limits {
             + self.max_addresses * (self.max_address_bytes + 4)
             + 16
             + 2 * (self.max_key_bytes + 4)
+            + self.max_networks * (2 * self.max_address_bytes + 32)
+            + self.max_networks_in_use * 9
+            + self.max_rings
+                * (24
+                    + self.max_ring_tokens * 40
+                    + self.max_ring_members * (48 + self.max_ring_acks * 9))
+            + self.max_rings * 9
     }
 }
 
@@ -170,6 +194,8 @@ mod tests {
             signature: None,
             networks: Vec::new(),
             networks_in_use: Vec::new(),
+            rings: Vec::new(),
+            wants_space: Vec::new(),
         }
     }
 

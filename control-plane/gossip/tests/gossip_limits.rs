@@ -33,6 +33,8 @@ fn entry(id: u64, version: u64) -> PeerEntry {
         signature: None,
         networks: Vec::new(),
         networks_in_use: Vec::new(),
+        rings: Vec::new(),
+        wants_space: Vec::new(),
     })
 }
 

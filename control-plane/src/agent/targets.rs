@@ -280,6 +280,8 @@ mod tests {
             signature: None,
             networks: Vec::new(),
             networks_in_use: Vec::new(),
+            rings: Vec::new(),
+            wants_space: Vec::new(),
         };
         let many: Vec<String> = (1..=16).map(|p| format!("198.18.0.9:{p}")).collect();
         let entries = BTreeMap::from([

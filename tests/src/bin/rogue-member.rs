@@ -88,6 +88,8 @@ async fn run() -> Result<()> {
         signature: None,
         networks: Vec::new(),
         networks_in_use: Vec::new(),
+        rings: Vec::new(),
+        wants_space: Vec::new(),
     };
     let mut forged = PeerEntry {
         version: victim.version + 1,
