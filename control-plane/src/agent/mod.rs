@@ -3,6 +3,7 @@
 //! connection runs in its own task and talks to the agent through [`Event`]s.
 
 mod conn;
+mod ipam;
 mod networks;
 mod ping;
 mod targets;
@@ -105,6 +106,9 @@ pub enum Event {
     },
     /// The named networks something here is attached to (after an attach or detach).
     NetworksInUse(Vec<u64>),
+    /// The addresses attachments here use, by named network id: what the allocator handed
+    /// out and nothing uses goes back.
+    AddressesInUse(Vec<(u64, Vec<std::net::Ipv4Addr>)>),
     /// Named networks (VLAN ids) with something attached here after a restart: their TAP
     /// devices are opened again.
     OpenNetworks(Vec<u16>),
@@ -167,6 +171,8 @@ pub struct Agent {
     busy: u64,
     /// When discovery last ran, and for which (gossip generation, connection count).
     last_survey: ((u64, usize), Instant),
+    /// Addresses in named networks (`agent::ipam`).
+    ipam: ipam::Ipam,
 }
 
 /// Incoming connections still authenticating, at most this many at once, and this many from
@@ -394,6 +400,7 @@ impl Agent {
             pending: Default::default(),
             busy: 0,
             last_survey: ((u64::MAX, 0), Instant::now()),
+            ipam: ipam::Ipam::load(&cfg.state_dir, cfg.id)?,
         };
         agent.store.save(&agent.targets)?;
         if let Some(at) = agent.attachments.clone() {
@@ -401,6 +408,7 @@ impl Agent {
             tokio::spawn(async move {
                 let _ = events.send(Event::NetworksInUse(at.networks_in_use().await));
                 let _ = events.send(Event::OpenNetworks(at.vlans_in_use().await));
+                let _ = events.send(Event::AddressesInUse(at.addresses_in_use().await));
             });
         }
         Ok((agent, rx))
@@ -592,6 +600,7 @@ impl Agent {
                 }
             }
             Event::NetworksInUse(ids) => self.gossip.set_networks_in_use(ids, now_ms()),
+            Event::AddressesInUse(v) => self.ipam_in_use(v),
             Event::OpenNetworks(vlans) => {
                 if let Some(dp) = &self.datapath {
                     for vlan in vlans {
@@ -640,22 +649,11 @@ impl Agent {
                     Err(e) => {
                         let _ = reply.send(response::Kind::Error(e));
                     }
-                    Ok(net) => {
-                        // A named network's TAP device and bridge first (frames flow once
-                        // it answers).
-                        let ready = (net.vlan != crate::networks::DEFAULT_VLAN)
-                            .then(|| self.datapath.as_ref().map(|dp| dp.open_network(net.vlan)));
-                        self.on_attachments(reply, |at| async move {
-                            match ready {
-                                None => {}
-                                Some(None) => return Err("no data path is running".to_owned()),
-                                Some(Some(r)) => {
-                                    r.await.map_err(|_| "the data path stopped".to_owned())??
-                                }
-                            }
-                            at.attach(a, net).await
-                        })
+                    // A named network's address from its allocator, when none is given.
+                    Ok(net) if net.subnet.is_some() && a.cidrs.is_empty() => {
+                        self.ipam_attach(a, net, reply)
                     }
+                    Ok(net) => self.attach_now(a, net, reply),
                 },
                 request::Kind::Detach(a) => {
                     self.on_attachments(reply, |at| async move { at.detach(a).await })
@@ -805,6 +803,7 @@ impl Agent {
         if survey {
             self.last_survey = (generation, Instant::now());
             self.discover();
+            self.ipam_survey();
         }
         let due: Vec<String> = self
             .targets
@@ -980,6 +979,26 @@ impl Agent {
         }
     }
 
+    /// Attaches (`meshctl attach`, CNI) on `net`, whose TAP device and bridge come first when
+    /// it is a named network (frames flow once the data path says they do).
+    fn attach_now(
+        &self,
+        a: mesh_proto::v1::AttachRequest,
+        net: crate::networks::Chosen,
+        reply: oneshot::Sender<response::Kind>,
+    ) {
+        let ready = (net.vlan != crate::networks::DEFAULT_VLAN)
+            .then(|| self.datapath.as_ref().map(|dp| dp.open_network(net.vlan)));
+        self.on_attachments(reply, |at| async move {
+            match ready {
+                None => {}
+                Some(None) => return Err("no data path is running".to_owned()),
+                Some(Some(r)) => r.await.map_err(|_| "the data path stopped".to_owned())??,
+            }
+            at.attach(a, net).await
+        })
+    }
+
     /// Runs `op` on the attachments in a task of its own and answers `reply` with its result.
     fn on_attachments<F, Fut>(&self, reply: oneshot::Sender<response::Kind>, op: F)
     where
@@ -1003,6 +1022,7 @@ impl Agent {
             };
             // Before the answer: once meshctl returns, the mesh is being told.
             let _ = events.send(Event::NetworksInUse(at.networks_in_use().await));
+            let _ = events.send(Event::AddressesInUse(at.addresses_in_use().await));
             let _ = reply.send(answer);
         });
     }

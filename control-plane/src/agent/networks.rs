@@ -48,7 +48,7 @@ fn info(l: &Listed) -> NetworkInfo {
 
 impl Agent {
     /// Every network the mesh knows.
-    fn network_list(&self) -> Vec<Listed> {
+    pub(super) fn network_list(&self) -> Vec<Listed> {
         let entries = self.gossip.entries();
         networks::list(
             entries
@@ -86,15 +86,18 @@ impl Agent {
             });
         }
         let vlan = networks::free_vlan(&self.network_list())?;
+        let id = rand_id();
         let mut list = self.networks.clone();
         list.push(Created {
             name: req.name,
             subnet: subnet.to_string(),
-            id: rand_id(),
+            id,
             created_ms: now_ms(),
             vlan,
         });
         self.publish_networks(list)?;
+        // Its creator owns its whole range until it gives space away.
+        self.ipam_seed(id, subnet);
         Ok(self.networks_view())
     }
 

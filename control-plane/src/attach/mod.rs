@@ -171,6 +171,22 @@ impl Attachments {
         v
     }
 
+    /// The IPv4 addresses attachments here use, by named network id (the allocator takes
+    /// back what nobody uses).
+    pub async fn addresses_in_use(&self) -> Vec<(u64, Vec<std::net::Ipv4Addr>)> {
+        let r = self.records.lock().await;
+        let mut by: std::collections::BTreeMap<u64, Vec<std::net::Ipv4Addr>> = Default::default();
+        for a in r.attached.iter().filter(|a| a.network_id != 0) {
+            by.entry(a.network_id)
+                .or_default()
+                .extend(a.cidrs.iter().filter_map(|c| match c.addr() {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                }));
+        }
+        by.into_iter().collect()
+    }
+
     /// Ids of the named networks something here is attached to (for gossip).
     pub async fn networks_in_use(&self) -> Vec<u64> {
         let r = self.records.lock().await;

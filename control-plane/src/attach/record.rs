@@ -56,8 +56,8 @@ const IFNAMSIZ: usize = 15;
 pub fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, String> {
     if cidrs.is_empty() {
         return Err(
-            "give the address(es) to assign, as CIDR (e.g. 10.32.0.5/16): mesh does not \
-             allocate addresses yet"
+            "give the address(es) to assign, as CIDR (e.g. 10.32.0.5/16): mesh allocates \
+             them only in named networks (`meshctl network create`)"
                 .into(),
         );
     }

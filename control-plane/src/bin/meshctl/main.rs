@@ -95,7 +95,9 @@ enum Command {
         #[arg(long, default_value = "default")]
         network: String,
         /// Addresses for it, e.g. 10.32.0.5/16 (the prefix gives the route to the subnet).
-        #[arg(required = true, value_name = "CIDR")]
+        /// None on a named network: one is allocated from the network's range, unique across
+        /// the mesh. The default network needs them given.
+        #[arg(value_name = "CIDR")]
         cidrs: Vec<String>,
     },
     /// Unplug what `attach` plugged in (the interface disappears from the namespace).

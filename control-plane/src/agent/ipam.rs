@@ -1,0 +1,340 @@
+//! Addresses in named networks: the agent's side of `mesh_ipam` (docs/ipam.md). A network's
+//! creator seeds its ring; a peer that needs an address and owns none says so in its entry
+//! (`wants_space`) and the reachable owner with the most free space gives it half of a free
+//! run; views travel in the entries and merge. What we handed out is kept in `ipam.pb`, and an
+//! address no attachment here uses any more goes back to the free pool.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use ipnet::{IpNet, Ipv4Net};
+use mesh_gossip::PeerId;
+use mesh_ipam::{NoAddress, Node, Peer};
+use mesh_proto::{
+    Message,
+    v1::{AttachRequest, IpamState, NetworkAllocations, response},
+};
+use tokio::sync::oneshot;
+
+use super::{Agent, now_ms};
+use crate::{
+    identity::write_atomic,
+    ipam::{self, Range},
+    networks::Chosen,
+};
+
+const FILE: &str = "ipam.pb";
+/// How long an attach waits for a donation before it gives up and says why.
+const WAIT_FOR_SPACE: Duration = Duration::from_secs(15);
+/// A peer asking for space is given some by us at most this often (its entry may still ask
+/// while our gift travels).
+const GIVE_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// A freshly handed-out address is not taken back for lack of an attachment using it while
+/// the attach that asked for it is still under way.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// An attach waiting for space in a network.
+pub(super) struct Waiting {
+    request: AttachRequest,
+    network: Chosen,
+    reply: oneshot::Sender<response::Kind>,
+    since: Instant,
+}
+
+/// The allocator state of one meshd.
+#[derive(Default)]
+pub(super) struct Ipam {
+    nodes: BTreeMap<u64, Node>,
+    waiting: Vec<Waiting>,
+    given: HashMap<(u64, u64), Instant>,
+    fresh: HashMap<(u64, u32), Instant>,
+    /// What `ipam.pb` holds (written only when this changes).
+    saved: Vec<u8>,
+}
+
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+impl Ipam {
+    /// Our rings and allocations from the state dir (none before the first network).
+    pub(super) fn load(state_dir: &Path, me: PeerId) -> Result<Ipam> {
+        let p = path(state_dir);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ipam::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        let state = IpamState::decode(bytes.as_slice()).with_context(|| {
+            format!(
+                "{} is not mesh's address state; fix or remove it",
+                p.display()
+            )
+        })?;
+        let mut nodes = BTreeMap::new();
+        for r in &state.rings {
+            let ring = ipam::from_proto(r, r.size)
+                .with_context(|| format!("{}: a ring that does not fit its range", p.display()))?;
+            let mut node = Node::join(Peer(me.0), ring);
+            if let Some(a) = state.allocated.iter().find(|a| a.network == r.network) {
+                node.allocated = a.offsets.iter().copied().collect();
+            }
+            nodes.insert(r.network, node);
+        }
+        Ok(Ipam {
+            nodes,
+            saved: bytes,
+            ..Ipam::default()
+        })
+    }
+
+    fn state(&self) -> IpamState {
+        IpamState {
+            rings: self
+                .nodes
+                .iter()
+                .map(|(n, node)| ipam::to_proto(*n, &node.ring))
+                .collect(),
+            allocated: self
+                .nodes
+                .iter()
+                .map(|(n, node)| NetworkAllocations {
+                    network: *n,
+                    offsets: node.allocated.iter().copied().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn wants(&self) -> Vec<u64> {
+        let mut w: Vec<u64> = self.waiting.iter().map(|w| w.network.id).collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+}
+
+impl Agent {
+    fn me_peer(&self) -> Peer {
+        Peer(self.local.id.0)
+    }
+
+    /// The subnet of named network `id`, as the mesh lists it now.
+    fn ipam_subnet(&self, id: u64) -> Option<(String, Ipv4Net)> {
+        self.network_list().into_iter().find_map(|n| {
+            (n.id == Some(id) && !n.shadowed && !n.vlan_taken)
+                .then(|| {
+                    Some((
+                        n.name.clone(),
+                        crate::networks::parse_subnet(&n.subnet).ok()?,
+                    ))
+                })
+                .flatten()
+        })
+    }
+
+    /// A network we just created: all of its range is ours.
+    pub(super) fn ipam_seed(&mut self, id: u64, subnet: Ipv4Net) {
+        let node = Node::create(self.me_peer(), Range::of(subnet).size());
+        self.ipam.nodes.insert(id, node);
+        self.ipam_publish();
+    }
+
+    /// An address for an attach to a named network without one: at once from our own space,
+    /// or once a donation comes (`reply` is then answered from `ipam_survey`).
+    pub(super) fn ipam_attach(
+        &mut self,
+        mut request: AttachRequest,
+        network: Chosen,
+        reply: oneshot::Sender<response::Kind>,
+    ) {
+        match self.ipam_allocate(&network) {
+            Ok(Some(cidr)) => {
+                request.cidrs = vec![cidr.to_string()];
+                self.attach_now(request, network, reply);
+            }
+            Ok(None) => {
+                self.ipam.waiting.push(Waiting {
+                    request,
+                    network,
+                    reply,
+                    since: Instant::now(),
+                });
+                self.ipam_publish();
+            }
+            Err(e) => {
+                let _ = reply.send(response::Kind::Error(e));
+            }
+        }
+    }
+
+    /// `Ok(None)`: nothing of ours is free, ask for space.
+    fn ipam_allocate(&mut self, network: &Chosen) -> Result<Option<IpNet>, String> {
+        let subnet = network
+            .subnet
+            .ok_or_else(|| "the default network has no allocator: give the address".to_owned())?;
+        let range = Range::of(subnet);
+        let Some(node) = self.ipam.nodes.get_mut(&network.id) else {
+            return Ok(None);
+        };
+        match node.allocate() {
+            Ok(offset) => {
+                self.ipam.fresh.insert((network.id, offset), Instant::now());
+                self.ipam_publish();
+                Ok(Some(range.cidr(offset)))
+            }
+            Err(NoAddress::Tombstoned) => Err(format!(
+                "this host was declared gone in network {}'s allocator and hands out nothing",
+                network.name
+            )),
+            Err(NoAddress::NoSpace) => {
+                if ipam::why_none(&node.ring, &network.name, range.size()).contains("no free") {
+                    return Err(ipam::why_none(&node.ring, &network.name, range.size()));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Merges the views in every entry, gives space to peers that ask for it, serves attaches
+    /// waiting for space, and publishes what changed. Runs with the topology survey.
+    pub(super) fn ipam_survey(&mut self) {
+        let me = self.me_peer();
+        let entries = self.gossip.entries().clone();
+        let reachable: std::collections::BTreeSet<u64> =
+            self.gossip.routes().next_hop.keys().map(|p| p.0).collect();
+        // Networks gone from the mesh take their rings with them.
+        let listed: Vec<u64> = self.ipam.nodes.keys().copied().collect();
+        for id in listed {
+            if self.ipam_subnet(id).is_none() {
+                self.ipam.nodes.remove(&id);
+            }
+        }
+        let wanted = self.ipam.wants();
+        for (peer, e) in &entries {
+            if *peer == self.local.id {
+                continue;
+            }
+            for r in &e.rings {
+                let Some((_, subnet)) = self.ipam_subnet(r.network) else {
+                    continue;
+                };
+                let Some(ring) = ipam::from_proto(r, Range::of(subnet).size()) else {
+                    continue;
+                };
+                match self.ipam.nodes.get_mut(&r.network) {
+                    Some(node) => node.merge(&ring),
+                    None if wanted.contains(&r.network) => {
+                        let mut node = Node::join(me, ring.clone());
+                        node.merge(&ring);
+                        self.ipam.nodes.insert(r.network, node);
+                    }
+                    None => {}
+                }
+            }
+        }
+        // Donations.
+        let now = Instant::now();
+        self.ipam
+            .given
+            .retain(|_, at| now.duration_since(*at) < GIVE_AGAIN_AFTER);
+        for (peer, e) in &entries {
+            if *peer == self.local.id || !reachable.contains(&peer.0) {
+                continue;
+            }
+            for net in &e.wants_space {
+                if self.ipam.given.contains_key(&(*net, peer.0)) {
+                    continue;
+                }
+                let Some(node) = self.ipam.nodes.get_mut(net) else {
+                    continue;
+                };
+                let can_act = |p: Peer| p == me || reachable.contains(&p.0);
+                if ipam::we_give(node, Peer(peer.0), can_act) && node.donate(Peer(peer.0)) {
+                    tracing::info!(peer = %self.name_of(*peer), network = net, "gave address space");
+                    self.ipam.given.insert((*net, peer.0), now);
+                }
+            }
+        }
+        // Attaches waiting for space.
+        for w in std::mem::take(&mut self.ipam.waiting) {
+            match self.ipam_allocate(&w.network) {
+                Ok(Some(cidr)) => {
+                    let mut request = w.request;
+                    request.cidrs = vec![cidr.to_string()];
+                    self.attach_now(request, w.network, w.reply);
+                }
+                Ok(None) if w.since.elapsed() < WAIT_FOR_SPACE => self.ipam.waiting.push(w),
+                Ok(None) => {
+                    let why = match (self.ipam.nodes.get(&w.network.id), w.network.subnet) {
+                        (Some(node), Some(s)) => {
+                            ipam::why_none(&node.ring, &w.network.name, Range::of(s).size())
+                        }
+                        _ => format!(
+                            "no host that owns addresses in network {} is reachable \
+                             (`meshctl ipam`)",
+                            w.network.name
+                        ),
+                    };
+                    let _ = w.reply.send(response::Kind::Error(why));
+                }
+                Err(e) => {
+                    let _ = w.reply.send(response::Kind::Error(e));
+                }
+            }
+        }
+        self.ipam_publish();
+    }
+
+    /// Gives back what we handed out that no attachment here uses (after a detach, or an
+    /// attach that failed), sparing addresses handed out moments ago.
+    pub(super) fn ipam_in_use(&mut self, in_use: Vec<(u64, Vec<Ipv4Addr>)>) {
+        let now = Instant::now();
+        self.ipam
+            .fresh
+            .retain(|_, at| now.duration_since(*at) < FRESH_FOR);
+        let ids: Vec<u64> = self.ipam.nodes.keys().copied().collect();
+        for id in ids {
+            let Some((_, subnet)) = self.ipam_subnet(id) else {
+                continue;
+            };
+            let range = Range::of(subnet);
+            let used: Vec<u32> = in_use
+                .iter()
+                .filter(|(n, _)| *n == id)
+                .flat_map(|(_, addrs)| addrs.iter().filter_map(|a| range.offset(*a)))
+                .collect();
+            let fresh = &self.ipam.fresh;
+            let node = self.ipam.nodes.get_mut(&id).expect("listed above");
+            let unused: Vec<u32> = node
+                .allocated
+                .iter()
+                .copied()
+                .filter(|o| !used.contains(o) && !fresh.contains_key(&(id, *o)))
+                .collect();
+            for o in unused {
+                node.release(o);
+            }
+        }
+        self.ipam_publish();
+    }
+
+    /// Puts our views and wants in our entry and on disk, when they changed.
+    fn ipam_publish(&mut self) {
+        let state = self.ipam.state();
+        let wants = self.ipam.wants();
+        self.gossip.set_ipam(state.rings.clone(), wants, now_ms());
+        let bytes = state.encode_to_vec();
+        if bytes != self.ipam.saved {
+            match write_atomic(&path(&self.state_dir), &bytes, 0o600) {
+                Ok(()) => self.ipam.saved = bytes,
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "saving the address state"),
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Addresses from mesh's allocator (docs/ipam.md) in a real mesh: namespaces attached to a
+//! named network without an address get one from its range, unique across the mesh — the
+//! creator's own, or space another host was given on asking — and reach each other; a full
+//! range says so; the default network still needs addresses given.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use mesh_tests::{
+    Lab,
+    mesh::{Meshd, Mode, full_mesh, meshctl_json, meshctl_on, pings_from_netns, start_mesh_in},
+    wait_until,
+};
+use serde_json::Value;
+
+/// The IPv4 addresses meshd's attachments on `node` have in network `network`.
+fn addresses(node: &Meshd, network: &str) -> Vec<Ipv4Addr> {
+    let v: Value = meshctl_json(node, &["attachments"]).unwrap();
+    v["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["network"] == network)
+        .flat_map(|a| a["cidrs"].as_array().unwrap().clone())
+        .map(|c| {
+            c.as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
+    let mut lab = Lab::new("ipam").unwrap();
+    let hosts: Vec<_> = (1..=3)
+        .map(|i| lab.add_host(&format!("ip{i}")).unwrap())
+        .collect();
+    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    meshctl_on(
+        &nodes[0],
+        &["network", "create", "pool", "--subnet", "10.80.0.0/24"],
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || nodes.iter().all(|n| {
+            meshctl_on(n, &["network", "ls"]).unwrap().contains("pool")
+        })),
+        "every host knows the network"
+    );
+
+    // Eight namespaces per host, the three hosts at once; only the creator owns space at
+    // first, the others ask for some.
+    const EACH: usize = 8;
+    let mut spaces: Vec<Vec<String>> = Vec::new();
+    for h in 0..3 {
+        spaces.push(
+            (0..EACH)
+                .map(|i| {
+                    let ns = lab.add_bare_netns(&format!("p{h}n{i}")).unwrap();
+                    format!("/var/run/netns/{ns}")
+                })
+                .collect(),
+        );
+    }
+    std::thread::scope(|s| {
+        for (node, list) in nodes.iter().zip(&spaces) {
+            s.spawn(move || {
+                for ns in list {
+                    meshctl_on(node, &["attach", "--netns", ns, "--network", "pool"])
+                        .unwrap_or_else(|e| panic!("{}: {e:#}", node.host.name));
+                }
+            });
+        }
+    });
+    let mut all = Vec::new();
+    for n in &nodes {
+        let mine = addresses(n, "pool");
+        assert_eq!(mine.len(), EACH, "{}: {mine:?}", n.host.name);
+        all.extend(mine);
+    }
+    let unique: BTreeSet<Ipv4Addr> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no address twice: {all:?}");
+    assert!(
+        all.iter()
+            .all(|a| a.octets()[..3] == [10, 80, 0] && !matches!(a.octets()[3], 0 | 255)),
+        "inside the subnet, not its network or broadcast address: {all:?}"
+    );
+
+    // They are real: a namespace on the last host reaches one on the first.
+    let first = addresses(&nodes[0], "pool")[0].to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || pings_from_netns(
+            &spaces[2][0],
+            &first
+        )),
+        "allocated addresses carry traffic"
+    );
+
+    // Detached, an address goes back and is handed out again, still without a duplicate.
+    meshctl_on(&nodes[1], &["detach", "--netns", &spaces[1][0]]).unwrap();
+    meshctl_on(
+        &nodes[1],
+        &["attach", "--netns", &spaces[1][0], "--network", "pool"],
+    )
+    .unwrap();
+    let again: Vec<Ipv4Addr> = nodes.iter().flat_map(|n| addresses(n, "pool")).collect();
+    let unique: BTreeSet<Ipv4Addr> = again.iter().copied().collect();
+    assert_eq!(
+        (unique.len(), again.len()),
+        (3 * EACH, 3 * EACH),
+        "{again:?}"
+    );
+
+    // A range with room for two: the third says the range is full, and changes nothing.
+    meshctl_on(
+        &nodes[0],
+        &["network", "create", "tiny", "--subnet", "10.81.0.0/30"],
+    )
+    .unwrap();
+    let tiny: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "/var/run/netns/{}",
+                lab.add_bare_netns(&format!("t{i}")).unwrap()
+            )
+        })
+        .collect();
+    for ns in &tiny[..2] {
+        meshctl_on(&nodes[0], &["attach", "--netns", ns, "--network", "tiny"]).unwrap();
+    }
+    let err = meshctl_on(
+        &nodes[0],
+        &["attach", "--netns", &tiny[2], "--network", "tiny"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no free address"), "{err}");
+    assert_eq!(addresses(&nodes[0], "tiny").len(), 2);
+
+    // The default network has no allocator: the address must be given.
+    let err = meshctl_on(&nodes[0], &["attach", "--netns", &tiny[2]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("give the address"), "{err}");
+}
