@@ -116,6 +116,54 @@ fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
         "{again:?}"
     );
 
+    // `meshctl ipam` shows who owns what: the second host owns space it was given.
+    let v: Value = meshctl_json(&nodes[1], &["ipam"]).unwrap();
+    let pool = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pool")
+        .cloned()
+        .unwrap();
+    assert_eq!(pool["size"], 254);
+    assert_eq!(pool["allocated_here"], EACH);
+    let owners: BTreeSet<&str> = pool["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["owner"].as_str().unwrap())
+        .collect();
+    assert!(owners.contains("ip1") && owners.contains("ip2"), "{pool}");
+    assert!(
+        meshctl_on(&nodes[1], &["ipam"])
+            .unwrap()
+            .contains("10.80.0.")
+    );
+
+    // What a host handed out survives its restart: it hands out none of it again.
+    lab.terminate(nodes[1].proc, Duration::from_secs(10))
+        .unwrap();
+    let n2 = lab
+        .start_meshd(&hosts[1], &["--insecure", "--datapath", "tap"])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || full_mesh(&[
+        nodes[0].clone(),
+        n2.clone(),
+        nodes[2].clone()
+    ])));
+    let extra = format!("/var/run/netns/{}", lab.add_bare_netns("pextra").unwrap());
+    meshctl_on(&n2, &["attach", "--netns", &extra, "--network", "pool"]).unwrap();
+    let after: Vec<Ipv4Addr> = [&nodes[0], &n2, &nodes[2]]
+        .iter()
+        .flat_map(|n| addresses(n, "pool"))
+        .collect();
+    let unique: BTreeSet<Ipv4Addr> = after.iter().copied().collect();
+    assert_eq!(
+        (unique.len(), after.len()),
+        (3 * EACH + 1, 3 * EACH + 1),
+        "{after:?}"
+    );
+
     // A range with room for two: the third says the range is full, and changes nothing.
     meshctl_on(
         &nodes[0],

@@ -17,7 +17,10 @@ use mesh_gossip::PeerId;
 use mesh_ipam::{NoAddress, Node, Peer};
 use mesh_proto::{
     Message,
-    v1::{AttachRequest, IpamState, NetworkAllocations, response},
+    v1::{
+        AttachRequest, Ipam as IpamView, IpamMember, IpamNetwork, IpamPiece, IpamState,
+        NetworkAllocations, response,
+    },
 };
 use tokio::sync::oneshot;
 
@@ -34,9 +37,6 @@ const WAIT_FOR_SPACE: Duration = Duration::from_secs(15);
 /// A peer asking for space is given some by us at most this often (its entry may still ask
 /// while our gift travels).
 const GIVE_AGAIN_AFTER: Duration = Duration::from_secs(5);
-/// A freshly handed-out address is not taken back for lack of an attachment using it while
-/// the attach that asked for it is still under way.
-const FRESH_FOR: Duration = Duration::from_secs(60);
 
 /// An attach waiting for space in a network.
 pub(super) struct Waiting {
@@ -52,7 +52,8 @@ pub(super) struct Ipam {
     nodes: BTreeMap<u64, Node>,
     waiting: Vec<Waiting>,
     given: HashMap<(u64, u64), Instant>,
-    fresh: HashMap<(u64, u32), Instant>,
+    /// Handed out to an attach still under way: not taken back for lack of a user yet.
+    in_flight: std::collections::HashSet<(u64, u32)>,
     /// What `ipam.pb` holds (written only when this changes).
     saved: Vec<u8>,
 }
@@ -154,9 +155,10 @@ impl Agent {
         reply: oneshot::Sender<response::Kind>,
     ) {
         match self.ipam_allocate(&network) {
-            Ok(Some(cidr)) => {
+            Ok(Some((cidr, offset))) => {
                 request.cidrs = vec![cidr.to_string()];
-                self.attach_now(request, network, reply);
+                let id = network.id;
+                self.attach_now(request, network, reply, Some((id, offset)));
             }
             Ok(None) => {
                 self.ipam.waiting.push(Waiting {
@@ -174,7 +176,7 @@ impl Agent {
     }
 
     /// `Ok(None)`: nothing of ours is free, ask for space.
-    fn ipam_allocate(&mut self, network: &Chosen) -> Result<Option<IpNet>, String> {
+    fn ipam_allocate(&mut self, network: &Chosen) -> Result<Option<(IpNet, u32)>, String> {
         let subnet = network
             .subnet
             .ok_or_else(|| "the default network has no allocator: give the address".to_owned())?;
@@ -184,9 +186,9 @@ impl Agent {
         };
         match node.allocate() {
             Ok(offset) => {
-                self.ipam.fresh.insert((network.id, offset), Instant::now());
+                self.ipam.in_flight.insert((network.id, offset));
                 self.ipam_publish();
-                Ok(Some(range.cidr(offset)))
+                Ok(Some((range.cidr(offset), offset)))
             }
             Err(NoAddress::Tombstoned) => Err(format!(
                 "this host was declared gone in network {}'s allocator and hands out nothing",
@@ -208,10 +210,11 @@ impl Agent {
         let entries = self.gossip.entries().clone();
         let reachable: std::collections::BTreeSet<u64> =
             self.gossip.routes().next_hop.keys().map(|p| p.0).collect();
-        // Networks gone from the mesh take their rings with them.
+        // A network gone from the mesh takes its ring with it once nothing here uses its
+        // addresses (right after a restart the list may simply not have arrived yet).
         let listed: Vec<u64> = self.ipam.nodes.keys().copied().collect();
         for id in listed {
-            if self.ipam_subnet(id).is_none() {
+            if self.ipam_subnet(id).is_none() && self.ipam.nodes[&id].allocated.is_empty() {
                 self.ipam.nodes.remove(&id);
             }
         }
@@ -264,10 +267,11 @@ impl Agent {
         // Attaches waiting for space.
         for w in std::mem::take(&mut self.ipam.waiting) {
             match self.ipam_allocate(&w.network) {
-                Ok(Some(cidr)) => {
+                Ok(Some((cidr, offset))) => {
                     let mut request = w.request;
                     request.cidrs = vec![cidr.to_string()];
-                    self.attach_now(request, w.network, w.reply);
+                    let id = w.network.id;
+                    self.attach_now(request, w.network, w.reply, Some((id, offset)));
                 }
                 Ok(None) if w.since.elapsed() < WAIT_FOR_SPACE => self.ipam.waiting.push(w),
                 Ok(None) => {
@@ -291,13 +295,19 @@ impl Agent {
         self.ipam_publish();
     }
 
-    /// Gives back what we handed out that no attachment here uses (after a detach, or an
-    /// attach that failed), sparing addresses handed out moments ago.
+    /// The attach an address was handed out for is over: the address is in use, or (when
+    /// it failed) free again.
+    pub(super) fn ipam_settled(&mut self, network: u64, offset: u32, attached: bool) {
+        self.ipam.in_flight.remove(&(network, offset));
+        if !attached && let Some(node) = self.ipam.nodes.get_mut(&network) {
+            node.release(offset);
+            self.ipam_publish();
+        }
+    }
+
+    /// Gives back what we handed out that no attachment here uses (after a detach, or a
+    /// restart), sparing addresses whose attach is under way.
     pub(super) fn ipam_in_use(&mut self, in_use: Vec<(u64, Vec<Ipv4Addr>)>) {
-        let now = Instant::now();
-        self.ipam
-            .fresh
-            .retain(|_, at| now.duration_since(*at) < FRESH_FOR);
         let ids: Vec<u64> = self.ipam.nodes.keys().copied().collect();
         for id in ids {
             let Some((_, subnet)) = self.ipam_subnet(id) else {
@@ -309,19 +319,66 @@ impl Agent {
                 .filter(|(n, _)| *n == id)
                 .flat_map(|(_, addrs)| addrs.iter().filter_map(|a| range.offset(*a)))
                 .collect();
-            let fresh = &self.ipam.fresh;
+            let in_flight = &self.ipam.in_flight;
             let node = self.ipam.nodes.get_mut(&id).expect("listed above");
             let unused: Vec<u32> = node
                 .allocated
                 .iter()
                 .copied()
-                .filter(|o| !used.contains(o) && !fresh.contains_key(&(id, *o)))
+                .filter(|o| !used.contains(o) && !in_flight.contains(&(id, *o)))
                 .collect();
             for o in unused {
                 node.release(o);
             }
         }
         self.ipam_publish();
+    }
+
+    /// `meshctl ipam`: each network we take part in, its pieces and owners, its members'
+    /// free space, and which owners we cannot reach.
+    pub(super) fn ipam_view(&mut self) -> IpamView {
+        let me = self.me_peer();
+        let reachable: std::collections::BTreeSet<u64> =
+            self.gossip.routes().next_hop.keys().map(|p| p.0).collect();
+        let can_reach = |p: Peer| p == me || reachable.contains(&p.0);
+        let waiting = self.ipam.wants();
+        let mut networks = Vec::new();
+        for (id, node) in &self.ipam.nodes {
+            let Some((name, subnet)) = self.ipam_subnet(*id) else {
+                continue;
+            };
+            let range = Range::of(subnet);
+            networks.push(IpamNetwork {
+                name,
+                subnet: subnet.to_string(),
+                size: range.size(),
+                allocated_here: node.allocated.len() as u32,
+                free_here: node.free_count(),
+                pieces: node
+                    .ring
+                    .pieces()
+                    .map(|(start, end, t)| IpamPiece {
+                        first: range.addr(start).to_string(),
+                        last: range.addr(end - 1).to_string(),
+                        owner: self.name_of(PeerId(t.owner.0)),
+                        owner_reachable: can_reach(t.owner),
+                    })
+                    .collect(),
+                members: node
+                    .ring
+                    .members
+                    .iter()
+                    .map(|(p, m)| IpamMember {
+                        name: self.name_of(PeerId(p.0)),
+                        free: m.free,
+                        reachable: can_reach(*p),
+                        dead: m.dead,
+                    })
+                    .collect(),
+                waiting: waiting.contains(id),
+            });
+        }
+        IpamView { networks }
     }
 
     /// Puts our views and wants in our entry and on disk, when they changed.

@@ -109,6 +109,12 @@ pub enum Event {
     /// The addresses attachments here use, by named network id: what the allocator handed
     /// out and nothing uses goes back.
     AddressesInUse(Vec<(u64, Vec<std::net::Ipv4Addr>)>),
+    /// The attach an allocated address was for is over.
+    AllocationSettled {
+        network: u64,
+        offset: u32,
+        attached: bool,
+    },
     /// Named networks (VLAN ids) with something attached here after a restart: their TAP
     /// devices are opened again.
     OpenNetworks(Vec<u16>),
@@ -601,6 +607,11 @@ impl Agent {
             }
             Event::NetworksInUse(ids) => self.gossip.set_networks_in_use(ids, now_ms()),
             Event::AddressesInUse(v) => self.ipam_in_use(v),
+            Event::AllocationSettled {
+                network,
+                offset,
+                attached,
+            } => self.ipam_settled(network, offset, attached),
             Event::OpenNetworks(vlans) => {
                 if let Some(dp) = &self.datapath {
                     for vlan in vlans {
@@ -653,7 +664,7 @@ impl Agent {
                     Ok(net) if net.subnet.is_some() && a.cidrs.is_empty() => {
                         self.ipam_attach(a, net, reply)
                     }
-                    Ok(net) => self.attach_now(a, net, reply),
+                    Ok(net) => self.attach_now(a, net, reply, None),
                 },
                 request::Kind::Detach(a) => {
                     self.on_attachments(reply, |at| async move { at.detach(a).await })
@@ -976,26 +987,41 @@ impl Agent {
             }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
             request::Kind::Networks(_) => response::Kind::Networks(self.networks_view()),
+            request::Kind::Ipam(_) => response::Kind::Ipam(self.ipam_view()),
         }
     }
 
     /// Attaches (`meshctl attach`, CNI) on `net`, whose TAP device and bridge come first when
-    /// it is a named network (frames flow once the data path says they do).
+    /// it is a named network (frames flow once the data path says they do). `allocated`: the
+    /// (network, offset) the allocator handed out for it, settled when the attach is over.
     fn attach_now(
         &self,
         a: mesh_proto::v1::AttachRequest,
         net: crate::networks::Chosen,
         reply: oneshot::Sender<response::Kind>,
+        allocated: Option<(u64, u32)>,
     ) {
         let ready = (net.vlan != crate::networks::DEFAULT_VLAN)
             .then(|| self.datapath.as_ref().map(|dp| dp.open_network(net.vlan)));
+        let events = self.events.clone();
         self.on_attachments(reply, |at| async move {
-            match ready {
-                None => {}
-                Some(None) => return Err("no data path is running".to_owned()),
-                Some(Some(r)) => r.await.map_err(|_| "the data path stopped".to_owned())??,
+            let done = async {
+                match ready {
+                    None => {}
+                    Some(None) => return Err("no data path is running".to_owned()),
+                    Some(Some(r)) => r.await.map_err(|_| "the data path stopped".to_owned())??,
+                }
+                at.attach(a, net).await
             }
-            at.attach(a, net).await
+            .await;
+            if let Some((network, offset)) = allocated {
+                let _ = events.send(Event::AllocationSettled {
+                    network,
+                    offset,
+                    attached: done.is_ok(),
+                });
+            }
+            done
         })
     }
 

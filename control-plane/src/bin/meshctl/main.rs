@@ -6,13 +6,14 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use mesh::{local_api, paths};
 use mesh_proto::v1::{
-    AttachRequest, AttachmentsRequest, ExposeRequest, FdbRequest, NetworkRequest, NetworksRequest,
-    PeersRequest, PingRequest, RoutesRequest, StatusRequest, TargetsRequest, attach_request,
-    request, response,
+    AttachRequest, AttachmentsRequest, ExposeRequest, FdbRequest, IpamRequest, NetworkRequest,
+    NetworksRequest, PeersRequest, PingRequest, RoutesRequest, StatusRequest, TargetsRequest,
+    attach_request, request, response,
 };
 
 mod attachments;
 mod health;
+mod ipam;
 mod networks;
 mod ping;
 mod view;
@@ -138,6 +139,13 @@ enum Command {
         /// 10.32.0.1/16: Docker wants one on a bridge it is given.
         #[arg(long, value_name = "CIDR")]
         address: Option<String>,
+    },
+    /// The address allocator of named networks: who owns which part of each range, free
+    /// space per host, owners out of reach.
+    Ipam {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The mesh's named networks: create one on any host and every host knows it.
     #[command(subcommand)]
@@ -395,6 +403,11 @@ fn main() -> Result<()> {
                 other => bail!("unexpected answer from meshd: {other:?}"),
             }
         }
+        Command::Ipam { json } => match call(request::Kind::Ipam(IpamRequest {}))? {
+            response::Kind::Ipam(v) if json => view::print_json(&ipam::json(&v)),
+            response::Kind::Ipam(v) => ipam::print(&v),
+            other => bail!("unexpected answer from meshd: {other:?}"),
+        },
         Command::Connect { peers } => {
             match call(request::Kind::Connect(TargetsRequest { targets: peers }))? {
                 response::Kind::Done(text) => println!("{text}"),
