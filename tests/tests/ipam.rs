@@ -196,3 +196,78 @@ fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
         .to_string();
     assert!(err.contains("give the address"), "{err}");
 }
+
+/// Owners of `network`'s pieces as `node` sees them.
+fn owners(node: &Meshd, network: &str) -> Vec<String> {
+    let v: Value = meshctl_json(node, &["ipam"]).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["name"] == network)
+        .flat_map(|n| n["pieces"].as_array().unwrap().clone())
+        .map(|p| p["owner"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_host_gone_for_good_and_reclaimed_returns_its_space_to_its_heir() {
+    let mut lab = Lab::new("ipamgone").unwrap();
+    let hosts: Vec<_> = (1..=3)
+        .map(|i| lab.add_host(&format!("ig{i}")).unwrap())
+        .collect();
+    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    meshctl_on(
+        &nodes[0],
+        &["network", "create", "pool", "--subnet", "10.82.0.0/24"],
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || {
+        meshctl_on(&nodes[2], &["network", "ls"])
+            .unwrap()
+            .contains("pool")
+    }));
+    // The third host is given space by the first (its heir), and uses some.
+    for i in 0..2 {
+        let ns = format!(
+            "/var/run/netns/{}",
+            lab.add_bare_netns(&format!("g{i}")).unwrap()
+        );
+        meshctl_on(&nodes[2], &["attach", "--netns", &ns, "--network", "pool"]).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || owners(&nodes[0], "pool")
+            .contains(&"ig3".to_owned())),
+        "the first host sees the third's piece"
+    );
+    let err = meshctl_on(&nodes[0], &["ipam", "reclaim", "ig3"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is reachable"), "{err}");
+    let err = meshctl_on(&nodes[0], &["ipam", "reclaim", "nobody"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds no address space"), "{err}");
+
+    // It goes for good, and is declared gone once the first host no longer reaches it.
+    lab.terminate(nodes[2].proc, Duration::from_secs(10))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        !mesh_tests::mesh::sees_established(&nodes[0], &["ig3"])
+            && meshctl_on(&nodes[0], &["ipam", "reclaim", "ig3"]).is_ok()
+    }));
+    // Its heir (the first host, which gave it its space) takes its pieces back.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let o = owners(&nodes[0], "pool");
+            !o.is_empty() && o.iter().all(|x| x == "ig1")
+        }),
+        "{:?}",
+        owners(&nodes[0], "pool")
+    );
+    let v: Value = meshctl_json(&nodes[0], &["ipam"]).unwrap();
+    assert_eq!(
+        v[0]["free_here"], 254,
+        "all of the range is free with its creator again"
+    );
+}

@@ -334,6 +334,42 @@ impl Agent {
         self.ipam_publish();
     }
 
+    /// `meshctl ipam reclaim PEER`: a tombstone for `who` in every ring it is a member of. Its
+    /// heir takes its pieces once every living member has acknowledged it (`Node::settle`).
+    pub(super) fn ipam_reclaim(&mut self, who: &str) -> Result<(), String> {
+        let members: std::collections::BTreeSet<u64> = self
+            .ipam
+            .nodes
+            .values()
+            .flat_map(|n| n.ring.members.keys().map(|p| p.0))
+            .collect();
+        let found = members
+            .iter()
+            .copied()
+            .find(|id| self.name_of(PeerId(*id)) == who || format!("{:016x}", id) == who)
+            .ok_or_else(|| {
+                format!("{who} holds no address space here (`meshctl ipam` lists the members)")
+            })?;
+        if found == self.local.id.0 {
+            return Err("this host cannot declare itself gone".into());
+        }
+        if self.gossip.routes().next_hop.contains_key(&PeerId(found)) {
+            return Err(format!(
+                "{who} is reachable: a live peer's addresses stay its own (stop it for good \
+                 first)"
+            ));
+        }
+        for node in self.ipam.nodes.values_mut() {
+            if node.ring.members.contains_key(&Peer(found)) {
+                node.tombstone(Peer(found));
+                node.settle();
+            }
+        }
+        tracing::info!(peer = who, "declared gone in the address allocator");
+        self.ipam_publish();
+        Ok(())
+    }
+
     /// `meshctl ipam`: each network we take part in, its pieces and owners, its members'
     /// free space, and which owners we cannot reach.
     pub(super) fn ipam_view(&mut self) -> IpamView {

@@ -987,7 +987,13 @@ impl Agent {
             }
             request::Kind::Fdb(_) => response::Kind::Fdb(self.fdb()),
             request::Kind::Networks(_) => response::Kind::Networks(self.networks_view()),
-            request::Kind::Ipam(_) => response::Kind::Ipam(self.ipam_view()),
+            request::Kind::Ipam(r) if r.reclaim.is_empty() => {
+                response::Kind::Ipam(self.ipam_view())
+            }
+            request::Kind::Ipam(r) => match self.ipam_reclaim(&r.reclaim) {
+                Ok(()) => response::Kind::Ipam(self.ipam_view()),
+                Err(e) => response::Kind::Error(e),
+            },
         }
     }
 

@@ -146,6 +146,8 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<IpamCommand>,
     },
     /// The mesh's named networks: create one on any host and every host knows it.
     #[command(subcommand)]
@@ -168,6 +170,17 @@ enum Command {
     /// Print meshctl's manual page (roff), as the package installs it.
     #[command(hide = true)]
     Manual,
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Declare PEER gone for good (a host that will not come back): its address space goes to
+    /// its heir once every living member has heard. Refused while PEER is reachable: a live
+    /// peer's addresses stay its own.
+    Reclaim {
+        #[arg(value_name = "PEER")]
+        peer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -403,7 +416,12 @@ fn main() -> Result<()> {
                 other => bail!("unexpected answer from meshd: {other:?}"),
             }
         }
-        Command::Ipam { json } => match call(request::Kind::Ipam(IpamRequest {}))? {
+        Command::Ipam { json, action } => match call(request::Kind::Ipam(IpamRequest {
+            reclaim: match action {
+                Some(IpamCommand::Reclaim { peer }) => peer,
+                None => String::new(),
+            },
+        }))? {
             response::Kind::Ipam(v) if json => view::print_json(&ipam::json(&v)),
             response::Kind::Ipam(v) => ipam::print(&v),
             other => bail!("unexpected answer from meshd: {other:?}"),
