@@ -217,7 +217,7 @@ pub fn result_ips(result: &Value) -> Vec<String> {
 }
 
 /// The ADD result: our one interface (in the sandbox), the IPAM result's addresses on it, its
-/// routes and DNS.
+/// routes and DNS; without an IPAM plugin, the addresses mesh's allocator gave (`allocated`).
 pub fn add_result(
     version: &str,
     ifname: &str,
@@ -225,8 +225,9 @@ pub fn add_result(
     mtu: u32,
     sandbox: &str,
     ipam: &Value,
+    allocated: &[String],
 ) -> Value {
-    let ips: Vec<Value> = ipam
+    let mut ips: Vec<Value> = ipam
         .get("ips")
         .and_then(Value::as_array)
         .cloned()
@@ -237,6 +238,12 @@ pub fn add_result(
             ip
         })
         .collect();
+    if ips.is_empty() {
+        ips = allocated
+            .iter()
+            .map(|a| json!({"address": a, "interface": 0}))
+            .collect();
+    }
     let mut r = json!({
         "cniVersion": version,
         "interfaces": [{"name": ifname, "mac": mac, "mtu": mtu, "sandbox": sandbox}],
@@ -347,12 +354,29 @@ mod tests {
             1450,
             "/var/run/netns/x",
             &ipam,
+            &["10.9.9.9/24".to_owned()],
         );
         assert_eq!(r["interfaces"][0]["sandbox"], "/var/run/netns/x");
         assert_eq!(r["ips"][0]["interface"], 0);
         assert_eq!(r["ips"][0]["gateway"], "10.1.0.1");
         assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
-        assert_eq!(result_ips(&r), vec!["10.1.0.5/24"]);
+        assert_eq!(
+            result_ips(&r),
+            vec!["10.1.0.5/24"],
+            "the IPAM plugin's, when there is one"
+        );
+        // Without an IPAM plugin: what mesh's allocator gave.
+        let r = add_result(
+            "1.1.0",
+            "eth0",
+            "m",
+            1450,
+            "/x",
+            &json!({}),
+            &["10.9.9.9/24".into()],
+        );
+        assert_eq!(result_ips(&r), vec!["10.9.9.9/24"]);
+        assert_eq!(r["ips"][0]["interface"], 0);
     }
 
     #[test]

@@ -241,6 +241,20 @@ fn mesh_cni_adds_checks_deletes_collects_and_reports_status_as_the_spec_says() {
         (on["network"].clone(), on["vlan"].clone()),
         (json!("pods"), json!(2))
     );
+    // Without an IPAM plugin, on a named network: mesh's allocator gives the address, and a
+    // DEL gives it back.
+    let mut by_mesh = c1.clone();
+    by_mesh.as_object_mut().unwrap().remove("ipam");
+    by_mesh["meshNetwork"] = json!("pods");
+    let m = ns(&mut lab, "cnm");
+    let (ok, r) = cni("ADD", &env("ctr-m", &m), &by_mesh);
+    assert!(ok, "{r}");
+    let given = r["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(given.starts_with("10.58.") && given.ends_with("/16"), "{r}");
+    let (_, inside) = in_ns(&m, &["ip", "-o", "addr", "show", "eth0"]);
+    assert!(inside.contains(&given), "{inside}");
+    let (ok, v) = cni("DEL", &env("ctr-m", &m), &by_mesh);
+    assert!(ok, "{v}");
     let mut on_nothing = c1.clone();
     on_nothing["meshNetwork"] = json!("nothing");
     let (ok, v) = cni("ADD", &env("ctr-c", &b), &on_nothing);

@@ -210,10 +210,11 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
         env("CNI_NETNS")?,
         env("CNI_IFNAME")?,
     );
-    if conf.ipam_type.is_none() {
+    if conf.ipam_type.is_none() && conf.mesh_network.is_empty() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            "mesh-cni needs an \"ipam\" plugin (e.g. host-local) to give addresses",
+            "mesh-cni needs an \"ipam\" plugin (e.g. host-local) to give addresses on the \
+             default network; on a named one (\"meshNetwork\") mesh's allocator gives them",
         ));
     }
     let owner = cni::owner(&conf.name, &container);
@@ -256,11 +257,11 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
             });
         }
     };
-    let (mac, mtu) = view
+    let (mac, mtu, cidrs) = view
         .attached
         .iter()
         .find(|a| a.owner == owner && a.ifname == ifname)
-        .map(|a| (a.mac.clone(), a.mtu))
+        .map(|a| (a.mac.clone(), a.mtu, a.cidrs.clone()))
         .unwrap_or_default();
     Ok(cni::add_result(
         &conf.version,
@@ -269,6 +270,7 @@ fn add(conf: &NetConf, input: &[u8]) -> Result<Value, CniError> {
         mtu,
         &netns,
         &ipam,
+        &cidrs,
     ))
 }
 
