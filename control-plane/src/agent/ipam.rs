@@ -125,18 +125,16 @@ impl Agent {
         Peer(self.local.id.0)
     }
 
-    /// The subnet of named network `id`, as the mesh lists it now.
-    fn ipam_subnet(&self, id: u64) -> Option<(String, Ipv4Net)> {
-        self.network_list().into_iter().find_map(|n| {
-            (n.id == Some(id) && !n.shadowed && !n.vlan_taken)
-                .then(|| {
-                    Some((
-                        n.name.clone(),
-                        crate::networks::parse_subnet(&n.subnet).ok()?,
-                    ))
-                })
-                .flatten()
-        })
+    /// Every usable named network, as the mesh lists it now: id → (name, subnet).
+    fn ipam_networks(&self) -> HashMap<u64, (String, Ipv4Net)> {
+        self.network_list()
+            .into_iter()
+            .filter(|n| !n.shadowed && !n.vlan_taken)
+            .filter_map(|n| {
+                let subnet = crate::networks::parse_subnet(&n.subnet).ok()?;
+                Some((n.id?, (n.name, subnet)))
+            })
+            .collect()
     }
 
     /// A network we just created: all of its range is ours.
@@ -207,27 +205,31 @@ impl Agent {
     /// waiting for space, and publishes what changed. Runs with the topology survey.
     pub(super) fn ipam_survey(&mut self) {
         let me = self.me_peer();
-        let entries = self.gossip.entries().clone();
+        let networks = self.ipam_networks();
+        // Only the entries that take part in allocation (copied: the loop changes our state).
+        let entries: Vec<(PeerId, mesh_proto::v1::PeerEntry)> = self
+            .gossip
+            .entries()
+            .iter()
+            .filter(|(p, e)| {
+                **p != self.local.id && (!e.rings.is_empty() || !e.wants_space.is_empty())
+            })
+            .map(|(p, e)| (*p, e.clone()))
+            .collect();
         let reachable: std::collections::BTreeSet<u64> =
             self.gossip.routes().next_hop.keys().map(|p| p.0).collect();
         // A network gone from the mesh takes its ring with it once nothing here uses its
         // addresses (right after a restart the list may simply not have arrived yet).
-        let listed: Vec<u64> = self.ipam.nodes.keys().copied().collect();
-        for id in listed {
-            if self.ipam_subnet(id).is_none() && self.ipam.nodes[&id].allocated.is_empty() {
-                self.ipam.nodes.remove(&id);
-            }
-        }
+        self.ipam
+            .nodes
+            .retain(|id, node| networks.contains_key(id) || !node.allocated.is_empty());
         let wanted = self.ipam.wants();
-        for (peer, e) in &entries {
-            if *peer == self.local.id {
-                continue;
-            }
+        for (_, e) in &entries {
             for r in &e.rings {
-                let Some((_, subnet)) = self.ipam_subnet(r.network) else {
+                let Some((_, subnet)) = networks.get(&r.network) else {
                     continue;
                 };
-                let Some(ring) = ipam::from_proto(r, Range::of(subnet).size()) else {
+                let Some(ring) = ipam::from_proto(r, Range::of(*subnet).size()) else {
                     continue;
                 };
                 match self.ipam.nodes.get_mut(&r.network) {
@@ -247,7 +249,7 @@ impl Agent {
             .given
             .retain(|_, at| now.duration_since(*at) < GIVE_AGAIN_AFTER);
         for (peer, e) in &entries {
-            if *peer == self.local.id || !reachable.contains(&peer.0) {
+            if !reachable.contains(&peer.0) {
                 continue;
             }
             for net in &e.wants_space {
@@ -308,9 +310,10 @@ impl Agent {
     /// Gives back what we handed out that no attachment here uses (after a detach, or a
     /// restart), sparing addresses whose attach is under way.
     pub(super) fn ipam_in_use(&mut self, in_use: Vec<(u64, Vec<Ipv4Addr>)>) {
+        let networks = self.ipam_networks();
         let ids: Vec<u64> = self.ipam.nodes.keys().copied().collect();
         for id in ids {
-            let Some((_, subnet)) = self.ipam_subnet(id) else {
+            let Some((_, subnet)) = networks.get(&id).cloned() else {
                 continue;
             };
             let range = Range::of(subnet);
@@ -378,9 +381,10 @@ impl Agent {
             self.gossip.routes().next_hop.keys().map(|p| p.0).collect();
         let can_reach = |p: Peer| p == me || reachable.contains(&p.0);
         let waiting = self.ipam.wants();
+        let listed = self.ipam_networks();
         let mut networks = Vec::new();
         for (id, node) in &self.ipam.nodes {
-            let Some((name, subnet)) = self.ipam_subnet(*id) else {
+            let Some((name, subnet)) = listed.get(id).cloned() else {
                 continue;
             };
             let range = Range::of(subnet);
