@@ -271,3 +271,68 @@ fn a_host_gone_for_good_and_reclaimed_returns_its_space_to_its_heir() {
         "all of the range is free with its creator again"
     );
 }
+
+#[test]
+fn a_partitioned_half_keeps_allocating_and_the_healed_mesh_has_no_duplicate() {
+    let mut lab = Lab::new("ipampart").unwrap();
+    let hosts: Vec<_> = (1..=4)
+        .map(|i| lab.add_host(&format!("iq{i}")).unwrap())
+        .collect();
+    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    meshctl_on(
+        &nodes[0],
+        &["network", "create", "pool", "--subnet", "10.83.0.0/24"],
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || {
+        meshctl_on(&nodes[3], &["network", "ls"])
+            .unwrap()
+            .contains("pool")
+    }));
+    let mut n = 0;
+    let mut attach = |lab: &mut Lab, node: &Meshd| {
+        n += 1;
+        let ns = format!(
+            "/var/run/netns/{}",
+            lab.add_bare_netns(&format!("q{n}")).unwrap()
+        );
+        meshctl_on(node, &["attach", "--netns", &ns, "--network", "pool"])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", node.host.name));
+    };
+    // Before the split, the third host gets space from the creator.
+    attach(&mut lab, &nodes[2]);
+    assert!(
+        wait_until(Duration::from_secs(15), || owners(&nodes[2], "pool")
+            .contains(&"iq3".to_owned())),
+        "the third host owns space"
+    );
+
+    // Split {1, 2} from {3, 4}: each half allocates on both of its hosts, the second half
+    // from the space its third host owns (the fourth asks it for some).
+    for x in 0..2 {
+        for y in 2..4 {
+            lab.drop_between(&hosts[x], &hosts[y]).unwrap();
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || {
+        !mesh_tests::mesh::sees_established(&nodes[0], &["iq3"])
+            && !mesh_tests::mesh::sees_established(&nodes[3], &["iq1"])
+    }));
+    for node in [&nodes[0], &nodes[1], &nodes[2], &nodes[3]] {
+        for _ in 0..3 {
+            attach(&mut lab, node);
+        }
+    }
+
+    // Healed: every address is still held once.
+    for x in 0..2 {
+        for y in 2..4 {
+            lab.allow_between(&hosts[x], &hosts[y]).unwrap();
+        }
+    }
+    assert!(wait_until(Duration::from_secs(30), || full_mesh(&nodes)));
+    let all: Vec<Ipv4Addr> = nodes.iter().flat_map(|n| addresses(n, "pool")).collect();
+    let unique: BTreeSet<Ipv4Addr> = all.iter().copied().collect();
+    assert_eq!((unique.len(), all.len()), (13, 13), "{all:?}");
+}

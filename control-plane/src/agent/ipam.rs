@@ -340,11 +340,19 @@ impl Agent {
     /// `meshctl ipam reclaim PEER`: a tombstone for `who` in every ring it is a member of. Its
     /// heir takes its pieces once every living member has acknowledged it (`Node::settle`).
     pub(super) fn ipam_reclaim(&mut self, who: &str) -> Result<(), String> {
+        // Members, and owners whose own view has not arrived yet (a donation names its
+        // recipient before the recipient reports).
         let members: std::collections::BTreeSet<u64> = self
             .ipam
             .nodes
             .values()
-            .flat_map(|n| n.ring.members.keys().map(|p| p.0))
+            .flat_map(|n| {
+                n.ring
+                    .members
+                    .keys()
+                    .map(|p| p.0)
+                    .chain(n.ring.tokens.values().map(|t| t.owner.0))
+            })
             .collect();
         let found = members
             .iter()
@@ -363,8 +371,11 @@ impl Agent {
             ));
         }
         for node in self.ipam.nodes.values_mut() {
-            if node.ring.members.contains_key(&Peer(found)) {
-                node.tombstone(Peer(found));
+            let gone = Peer(found);
+            if node.ring.members.contains_key(&gone)
+                || node.ring.tokens.values().any(|t| t.owner == gone)
+            {
+                node.tombstone(gone);
                 node.settle();
             }
         }

@@ -188,7 +188,8 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
 /// One wire-sized frame from the bridge: checked against the overlay MTU (less the tag on a
 /// named network), then forwarded.
 fn local_frame(shared: &Shared, table: &Table, frame: &[u8], vlan: Option<u16>, local: &mut Local) {
-    let mtu = shared.mtu as usize - if vlan.is_some() { network::TAG_LEN } else { 0 };
+    let on = vlan.unwrap_or(crate::networks::DEFAULT_VLAN);
+    let mtu = network::interface_mtu(shared.mtu, on) as usize;
     if mtu::packet_len(frame) <= mtu {
         forward_tagged(shared, table, frame, vlan, local);
     } else {
