@@ -45,7 +45,9 @@ pub const TARGETS: &[Target] = &[
         boards: "Raspberry Pi 3, 4, 5 and Zero 2 with a 64-bit OS; ARM cloud VMs",
         triple: "aarch64-unknown-linux-gnu",
         gcc: "aarch64-linux-gnu-gcc",
-        apt: &["gcc-aarch64-linux-gnu"],
+        // The C library's headers are only a Recommends of the compiler, and setup installs
+        // without those.
+        apt: &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
         build_std: false,
         qemu: "qemu-aarch64-static",
         cpu: "cortex-a53",
@@ -55,7 +57,7 @@ pub const TARGETS: &[Target] = &[
         boards: "Raspberry Pi 2, 3, 4 and Zero 2 with a 32-bit OS",
         triple: "armv7-unknown-linux-gnueabihf",
         gcc: "arm-linux-gnueabihf-gcc",
-        apt: &["gcc-arm-linux-gnueabihf"],
+        apt: &["gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross"],
         build_std: false,
         qemu: "qemu-arm-static",
         cpu: "cortex-a7",
