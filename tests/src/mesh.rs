@@ -426,7 +426,9 @@ pub fn tcp_transfer(
                     || String::from_utf8_lossy(&out.stderr).into_owned(),
                     str::to_owned,
                 );
-                out.status.success()
+                // iperf3 3.12 can exit 0 with "unable to connect" in its JSON (a client
+                // started before its server listens): only a transfer counts.
+                out.status.success() && report["error"].is_null() && received > 0
             }
             Err(e) => {
                 last = e.to_string();
