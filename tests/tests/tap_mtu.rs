@@ -133,7 +133,10 @@ fn pmtu_scenario(label: &str, mode: Mode) {
     let said = String::from_utf8_lossy(&over.stdout).into_owned();
     assert!(
         said.contains(&format!("mtu = {probed}")),
-        "a full-size packet to p2 should be answered with its link MTU: {said}"
+        "a full-size packet to p2 should be answered with its link MTU {probed} (now {:?}, \
+         {} answers): {said}",
+        link_mtu("p2"),
+        tap_counter(&nodes[0], "tap_too_big_answered")
     );
     // The wide path still carries the full overlay MTU.
     assert!(wait_until(Duration::from_secs(15), || df_ping(

@@ -32,6 +32,9 @@ const ETH: usize = 14;
 /// A neighbour whose heartbeats stopped this long ago has no working data path.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long what a closed link's path probe found is kept for a new link to the same address.
+const PATH_MEMORY: Duration = Duration::from_secs(60);
+
 /// A link the agent hands over when its control connection is established.
 #[derive(Debug)]
 pub struct LinkSpec {
@@ -124,6 +127,11 @@ pub struct Neighbours {
     min_datagram: usize,
     /// Our own short id, as last published (it can move: see `Gossip::short_id`).
     me: Option<ShortId>,
+    /// What the path probes of recently closed links found, by their address. A link that
+    /// replaces one (both ends dialled and the other connection won, or a reconnect) runs over
+    /// the same underlay path; a fresh probe would assume the full size for seconds and
+    /// black-hole big frames on a narrow path meanwhile.
+    recent_paths: HashMap<SocketAddr, (PathProbe, Instant)>,
 }
 
 impl Neighbours {
@@ -139,6 +147,7 @@ impl Neighbours {
             max_datagram: overlay_mtu + overhead,
             min_datagram: min_overlay_mtu + overhead,
             me: None,
+            recent_paths: HashMap::new(),
         }
     }
 
@@ -217,6 +226,10 @@ impl Neighbours {
         let crypto = spec
             .secret
             .map(|(s, dialed)| LinkCrypto::new(&s, dialed, me, now_ms));
+        let path = match self.recent_paths.remove(&spec.addr) {
+            Some((path, at)) if at.elapsed() < PATH_MEMORY => path,
+            _ => PathProbe::new(self.min_datagram, self.max_datagram),
+        };
         self.links.insert(
             link,
             Neighbour {
@@ -228,7 +241,7 @@ impl Neighbours {
                 since: Instant::now(),
                 crypto,
                 traffic: Traffic::default(),
-                path: PathProbe::new(self.min_datagram, self.max_datagram),
+                path,
                 received: Received::default(),
                 rtt: Default::default(),
             },
@@ -250,6 +263,11 @@ impl Neighbours {
             if !n.sealed() {
                 self.unindex_plain(link, n.addr.ip());
             }
+            let now = Instant::now();
+            // Bounded by the links closed within the memory (peers reconnecting).
+            self.recent_paths
+                .retain(|_, (_, at)| now.duration_since(*at) < PATH_MEMORY);
+            self.recent_paths.insert(n.addr, (n.path, now));
         }
     }
 
@@ -543,6 +561,30 @@ mod tests {
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 9)),
         4000,
     );
+
+    #[test]
+    fn a_link_that_replaces_one_keeps_what_the_path_probe_found() {
+        let mut n = table(1, 10, 2, 9, true);
+        let full = n.link_mtu(ShortId::from_wire(2)).unwrap();
+        assert_eq!(full, 1422, "a fresh link assumes the full size");
+        // The path carries 1300-byte datagrams and nothing bigger: probe until settled.
+        let now = Instant::now();
+        let path = &mut n.links.get_mut(&LinkId(10)).unwrap().path;
+        for _ in 0..100 {
+            path.next_probe(now);
+            path.reported(1300, now);
+        }
+        let narrow = n.link_mtu(ShortId::from_wire(2)).unwrap();
+        assert!(narrow < full && narrow + 16 > 1300 - overhead(true));
+
+        // The other connection wins: the same path, a new link.
+        n.remove_link(LinkId(10));
+        assert!(n.add_link(LinkId(11), spec(2, 1, Some(9), true), 0));
+        assert_eq!(n.link_mtu(ShortId::from_wire(2)), Some(narrow));
+        // A link to another address knows nothing of that path.
+        assert!(n.add_link(LinkId(12), spec(3, 2, Some(8), true), 0));
+        assert_eq!(n.link_mtu(ShortId::from_wire(3)), Some(full));
+    }
 
     #[test]
     fn sealed_frames_cross_between_neighbours_and_count_traffic() {
