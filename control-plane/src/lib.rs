@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cni;
 pub mod config_file;
 pub mod datapath;
+pub mod docker_plugin;
 pub mod entry_sign;
 pub mod identity;
 pub mod ipam;

@@ -15,6 +15,8 @@ use crate::{Host, Lab, wait_until};
 
 /// Debian's docker CLI (docker.io), matching its dockerd.
 const DOCKER: &str = "/usr/bin/docker";
+/// Where Docker looks for plugin sockets.
+const PLUGIN_DIR: &str = "/run/docker/plugins";
 /// The image every test container runs.
 pub const IMAGE: &str = "meshtest:busybox";
 
@@ -29,11 +31,36 @@ impl Dockerd {
     /// imports [`IMAGE`]. Entered with nsenter, not `ip netns exec`, which remounts /sys and
     /// hides the cgroup hierarchy dockerd needs.
     pub fn start(lab: &Lab, host: &Host, args: &[&str]) -> Result<Dockerd> {
+        Dockerd::start_with_plugins(lab, host, args, None)
+    }
+
+    /// [`Dockerd::start`], finding its plugins in `plugins` (e.g. a meshd's
+    /// `--docker-plugin` socket there): dockerd runs in a mount namespace of its own where
+    /// that directory is /run/docker/plugins, the one place Docker looks for plugin sockets.
+    pub fn start_with_plugins(
+        lab: &Lab,
+        host: &Host,
+        args: &[&str],
+        plugins: Option<&std::path::Path>,
+    ) -> Result<Dockerd> {
         let dir = lab.dir().join(format!("{}-docker", host.name));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log"))?;
-        let child = Command::new("nsenter")
+        let mut command = match plugins {
+            None => Command::new("nsenter"),
+            Some(p) => {
+                std::fs::create_dir_all(PLUGIN_DIR)?;
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind \"$0\" {PLUGIN_DIR} && exec nsenter \"$@\""
+                    ))
+                    .arg(p);
+                c
+            }
+        };
+        let child = command
             .arg(format!("--net=/var/run/netns/{}", host.ns))
             .arg("dockerd")
             .arg("--data-root")
@@ -96,7 +123,7 @@ impl Dockerd {
         if !busybox.exists() {
             std::fs::copy("/usr/bin/busybox", &busybox)
                 .context("copying busybox (Debian package busybox-static)")?;
-            for applet in ["sh", "sleep", "ip", "ping", "nc", "cat"] {
+            for applet in ["sh", "sleep", "ip", "ping", "nc", "cat", "wc", "head"] {
                 std::os::unix::fs::symlink("busybox", bin.join(applet))?;
             }
         }

@@ -12,7 +12,16 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let path = format!("/var/run/netns/{ns}");
+    run_in_file(&format!("/var/run/netns/{ns}"), f)
+}
+
+/// [`run_in`] for the namespace file `path` (e.g. /proc/PID/ns/net: a container's).
+pub fn run_in_file<T, F>(path: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let path = path.to_owned();
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     let handle = std::thread::spawn(move || -> Result<T> {
         // SAFETY: setns on this thread only; the fd is valid for the call.

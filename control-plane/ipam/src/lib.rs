@@ -166,6 +166,17 @@ pub enum NoAddress {
     Tombstoned,
 }
 
+/// Why a chosen address could not be handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotYours {
+    /// We do not own it (another peer does, or nobody knows yet).
+    NotOurs,
+    /// We handed it out already.
+    InUse,
+    /// We were declared dead.
+    Tombstoned,
+}
+
 /// One peer's allocator: the shared view and what it handed out itself.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -239,6 +250,22 @@ impl Node {
         self.allocated.insert(a);
         self.report_free();
         Ok(a)
+    }
+
+    /// Hands out `a`, which someone chose (a fixed address): only when we own it and it is
+    /// free, since only an address's owner may hand it out.
+    pub fn allocate_at(&mut self, a: u32) -> Result<(), NotYours> {
+        if self.ring.is_dead(self.me) {
+            return Err(NotYours::Tombstoned);
+        }
+        if !self.owned().iter().any(|(s, e)| (*s..*e).contains(&a)) {
+            return Err(NotYours::NotOurs);
+        }
+        if !self.allocated.insert(a) {
+            return Err(NotYours::InUse);
+        }
+        self.report_free();
+        Ok(())
     }
 
     /// Takes an address back (its container is gone).
@@ -421,6 +448,22 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chosen_address_is_handed_out_only_by_its_owner_and_only_once() {
+        let mut a = Node::create(Peer(1), 8);
+        let mut b = Node::join(Peer(2), a.ring.clone());
+        assert_eq!(b.allocate_at(3), Err(NotYours::NotOurs));
+        assert_eq!(a.allocate_at(3), Ok(()));
+        assert_eq!(a.allocate_at(3), Err(NotYours::InUse));
+        assert_eq!(a.allocate(), Ok(0));
+        assert_eq!(a.free_count(), 6);
+        assert_eq!(
+            a.allocate_at(8),
+            Err(NotYours::NotOurs),
+            "outside the range"
+        );
+    }
 
     #[test]
     fn the_creator_owns_everything_and_hands_out_the_lowest_free_address() {

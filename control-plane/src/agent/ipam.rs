@@ -38,11 +38,31 @@ const WAIT_FOR_SPACE: Duration = Duration::from_secs(15);
 /// while our gift travels).
 const GIVE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
-/// An attach waiting for space in a network.
+/// What an address is for.
+pub(super) enum Then {
+    /// An attach that gave none.
+    Attach(AttachRequest, oneshot::Sender<response::Kind>),
+    /// Docker's IPAM: the address is held for Docker until it releases it.
+    Docker(oneshot::Sender<Result<serde_json::Value, String>>),
+}
+
+impl Then {
+    fn fail(self, why: String) {
+        match self {
+            Then::Attach(_, reply) => {
+                let _ = reply.send(response::Kind::Error(why));
+            }
+            Then::Docker(reply) => {
+                let _ = reply.send(Err(why));
+            }
+        }
+    }
+}
+
+/// An address wanted in a network where we have no free space yet.
 pub(super) struct Waiting {
-    request: AttachRequest,
+    then: Then,
     network: Chosen,
-    reply: oneshot::Sender<response::Kind>,
     since: Instant,
 }
 
@@ -54,6 +74,8 @@ pub(super) struct Ipam {
     given: HashMap<(u64, u64), Instant>,
     /// Handed out to an attach still under way: not taken back for lack of a user yet.
     in_flight: std::collections::HashSet<(u64, u32)>,
+    /// Handed out to Docker's IPAM, by network: Docker holds them until it releases them.
+    held: BTreeMap<u64, std::collections::BTreeSet<u32>>,
     /// What `ipam.pb` holds (written only when this changes).
     saved: Vec<u8>,
 }
@@ -87,8 +109,14 @@ impl Ipam {
             }
             nodes.insert(r.network, node);
         }
+        let held = state
+            .held
+            .iter()
+            .map(|h| (h.network, h.offsets.iter().copied().collect()))
+            .collect();
         Ok(Ipam {
             nodes,
+            held,
             saved: bytes,
             ..Ipam::default()
         })
@@ -107,6 +135,15 @@ impl Ipam {
                 .map(|(n, node)| NetworkAllocations {
                     network: *n,
                     offsets: node.allocated.iter().copied().collect(),
+                })
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .filter(|(_, offsets)| !offsets.is_empty())
+                .map(|(n, offsets)| NetworkAllocations {
+                    network: *n,
+                    offsets: offsets.iter().copied().collect(),
                 })
                 .collect(),
         }
@@ -148,29 +185,126 @@ impl Agent {
     /// or once a donation comes (`reply` is then answered from `ipam_survey`).
     pub(super) fn ipam_attach(
         &mut self,
-        mut request: AttachRequest,
+        request: AttachRequest,
         network: Chosen,
         reply: oneshot::Sender<response::Kind>,
     ) {
+        self.ipam_address(network, Then::Attach(request, reply));
+    }
+
+    /// An address in `network` for `then`: at once from our own space, or once a donation
+    /// comes (see `ipam_survey`).
+    pub(super) fn ipam_address(&mut self, network: Chosen, then: Then) {
         match self.ipam_allocate(&network) {
-            Ok(Some((cidr, offset))) => {
-                request.cidrs = vec![cidr.to_string()];
-                let id = network.id;
-                self.attach_now(request, network, reply, Some((id, offset)));
-            }
+            Ok(Some((cidr, offset))) => self.ipam_deliver(network, cidr, offset, then),
             Ok(None) => {
                 self.ipam.waiting.push(Waiting {
-                    request,
+                    then,
                     network,
-                    reply,
                     since: Instant::now(),
                 });
                 self.ipam_publish();
             }
-            Err(e) => {
-                let _ = reply.send(response::Kind::Error(e));
+            Err(e) => then.fail(e),
+        }
+    }
+
+    /// Hands address `cidr` (at `offset`) to what it was for.
+    fn ipam_deliver(&mut self, network: Chosen, cidr: IpNet, offset: u32, then: Then) {
+        match then {
+            Then::Attach(mut request, reply) => {
+                request.cidrs = vec![cidr.to_string()];
+                let id = network.id;
+                self.attach_now(request, network, reply, Some((id, offset)));
+            }
+            Then::Docker(reply) => {
+                self.ipam.in_flight.remove(&(network.id, offset));
+                self.ipam.held.entry(network.id).or_default().insert(offset);
+                self.ipam_publish();
+                let (IpNet::V4(v4), Some(subnet)) = (cidr, network.subnet) else {
+                    let _ = reply.send(Err("mesh networks are IPv4".into()));
+                    return;
+                };
+                let _ = reply.send(Ok(crate::docker_plugin::protocol::address_answer(
+                    v4.addr(),
+                    subnet,
+                )));
             }
         }
+    }
+
+    /// Docker's IPAM asks for a fixed address (`--ip`, `--gateway`): handed out when it is in
+    /// our own space and free, and held for Docker.
+    pub(super) fn ipam_hold_at(
+        &mut self,
+        network: &Chosen,
+        address: Ipv4Addr,
+    ) -> Result<serde_json::Value, String> {
+        let subnet = network
+            .subnet
+            .ok_or_else(|| "the default network has no allocator".to_owned())?;
+        let range = Range::of(subnet);
+        let offset = range.offset(address).ok_or_else(|| {
+            format!(
+                "{address} is not a host address in network {}'s subnet {subnet}",
+                network.name
+            )
+        })?;
+        let node = self.ipam.nodes.get_mut(&network.id).ok_or_else(|| {
+            format!(
+                "{address} belongs to another host's part of network {}: leave the address \
+                 out and mesh picks one (`meshctl ipam` shows who owns what)",
+                network.name
+            )
+        })?;
+        match node.allocate_at(offset) {
+            Ok(()) => {}
+            Err(mesh_ipam::NotYours::InUse) => {
+                return Err(format!("{address} is in use"));
+            }
+            Err(mesh_ipam::NotYours::NotOurs) => {
+                return Err(format!(
+                    "{address} belongs to another host's part of network {}: leave the \
+                     address out and mesh picks one (`meshctl ipam` shows who owns what)",
+                    network.name
+                ));
+            }
+            Err(mesh_ipam::NotYours::Tombstoned) => {
+                return Err(format!(
+                    "this host was declared gone in network {}'s allocator and hands out \
+                     nothing",
+                    network.name
+                ));
+            }
+        }
+        self.ipam.held.entry(network.id).or_default().insert(offset);
+        self.ipam_publish();
+        Ok(crate::docker_plugin::protocol::address_answer(
+            address, subnet,
+        ))
+    }
+
+    /// Docker's IPAM releases an address it held.
+    pub(super) fn ipam_release_held(
+        &mut self,
+        network_id: u64,
+        subnet: Ipv4Net,
+        address: Ipv4Addr,
+    ) -> Result<(), String> {
+        let offset = Range::of(subnet)
+            .offset(address)
+            .ok_or_else(|| format!("{address} is not in {subnet}"))?;
+        let was = self
+            .ipam
+            .held
+            .get_mut(&network_id)
+            .is_some_and(|h| h.remove(&offset));
+        if was && let Some(node) = self.ipam.nodes.get_mut(&network_id) {
+            node.release(offset);
+        }
+        self.ipam_publish();
+        // Releasing what is not held is what Docker does after a failed request: no error.
+        Ok(())
     }
 
     /// `Ok(None)`: nothing of ours is free, ask for space.
@@ -266,15 +400,10 @@ impl Agent {
                 }
             }
         }
-        // Attaches waiting for space.
+        // Addresses waiting for space.
         for w in std::mem::take(&mut self.ipam.waiting) {
             match self.ipam_allocate(&w.network) {
-                Ok(Some((cidr, offset))) => {
-                    let mut request = w.request;
-                    request.cidrs = vec![cidr.to_string()];
-                    let id = w.network.id;
-                    self.attach_now(request, w.network, w.reply, Some((id, offset)));
-                }
+                Ok(Some((cidr, offset))) => self.ipam_deliver(w.network, cidr, offset, w.then),
                 Ok(None) if w.since.elapsed() < WAIT_FOR_SPACE => self.ipam.waiting.push(w),
                 Ok(None) => {
                     let why = match (self.ipam.nodes.get(&w.network.id), w.network.subnet) {
@@ -287,11 +416,9 @@ impl Agent {
                             w.network.name
                         ),
                     };
-                    let _ = w.reply.send(response::Kind::Error(why));
+                    w.then.fail(why);
                 }
-                Err(e) => {
-                    let _ = w.reply.send(response::Kind::Error(e));
-                }
+                Err(e) => w.then.fail(e),
             }
         }
         self.ipam_publish();
@@ -323,12 +450,17 @@ impl Agent {
                 .flat_map(|(_, addrs)| addrs.iter().filter_map(|a| range.offset(*a)))
                 .collect();
             let in_flight = &self.ipam.in_flight;
+            let held = self.ipam.held.get(&id);
             let node = self.ipam.nodes.get_mut(&id).expect("listed above");
             let unused: Vec<u32> = node
                 .allocated
                 .iter()
                 .copied()
-                .filter(|o| !used.contains(o) && !in_flight.contains(&(id, *o)))
+                .filter(|o| {
+                    !used.contains(o)
+                        && !in_flight.contains(&(id, *o))
+                        && !held.is_some_and(|h| h.contains(o))
+                })
                 .collect();
             for o in unused {
                 node.release(o);

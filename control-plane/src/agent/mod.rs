@@ -3,6 +3,7 @@
 //! connection runs in its own task and talks to the agent through [`Event`]s.
 
 mod conn;
+mod docker;
 mod ipam;
 mod networks;
 mod ping;
@@ -118,6 +119,17 @@ pub enum Event {
     /// Named networks (VLAN ids) with something attached here after a restart: their TAP
     /// devices are opened again.
     OpenNetworks(Vec<u16>),
+    /// A named network's TAP device and bridge, wanted before something joins it (`ready`
+    /// says when frames flow, or why not).
+    OpenNetwork {
+        vlan: u16,
+        ready: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    /// A request from Docker (`meshd --docker-plugin`).
+    Docker {
+        call: crate::docker_plugin::protocol::Call,
+        reply: oneshot::Sender<std::result::Result<serde_json::Value, String>>,
+    },
 }
 
 /// An established control connection.
@@ -624,6 +636,21 @@ impl Agent {
                     }
                 }
             }
+            Event::OpenNetwork { vlan, ready } => match &self.datapath {
+                None => {
+                    let _ = ready.send(Err("no data path is running".into()));
+                }
+                Some(dp) => {
+                    let opened = dp.open_network(vlan);
+                    tokio::spawn(async move {
+                        let r = opened
+                            .await
+                            .unwrap_or_else(|_| Err("the data path stopped".into()));
+                        let _ = ready.send(r);
+                    });
+                }
+            },
+            Event::Docker { call, reply } => self.docker(call, reply),
             Event::Gossip { peer, conn_id, msg } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.gossip.receive(peer, msg, now_ms());

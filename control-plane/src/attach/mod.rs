@@ -80,7 +80,11 @@ impl Attachments {
         let mut r = me.records.lock().await;
         me.prune(&mut r).await;
         for name in system::tagged(&me.tag).await? {
-            if !r.attached.iter().any(|a| a.host_ifname == name) {
+            let docker = r
+                .docker_endpoints
+                .iter()
+                .any(|e| e.host_ifname.as_deref() == Some(name.as_str()));
+            if !docker && !r.attached.iter().any(|a| a.host_ifname == name) {
                 tracing::warn!(
                     veth = name,
                     "removing a half-made attachment (meshd stopped while making it)"
@@ -149,6 +153,23 @@ impl Attachments {
                     mtu: crate::switch::network::interface_mtu(self.mtu, a.vlan),
                     vlan: u32::from(a.vlan),
                 })
+                .chain(r.docker_endpoints.iter().filter_map(|e| {
+                    let n = r
+                        .docker_networks
+                        .iter()
+                        .find(|n| n.id == e.docker_network)?;
+                    Some(Attachment {
+                        netns: e.sandbox.clone(),
+                        ifname: String::new(),
+                        host_ifname: e.host_ifname.clone().unwrap_or_default(),
+                        cidrs: vec![e.cidr.to_string()],
+                        mac: e.mac.clone(),
+                        owner: format!("docker:{}", short(&e.id)),
+                        network: n.network.clone(),
+                        mtu: crate::switch::network::interface_mtu(self.mtu, n.vlan),
+                        vlan: u32::from(n.vlan),
+                    })
+                }))
                 .collect(),
             exposed: r.exposed.iter().map(ToString::to_string).collect(),
             bridge: self.bridge.clone(),
@@ -160,10 +181,21 @@ impl Attachments {
     /// must be open.
     pub async fn vlans_in_use(&self) -> Vec<u16> {
         let r = self.records.lock().await;
+        let joined = r
+            .docker_endpoints
+            .iter()
+            .filter(|e| e.host_ifname.is_some());
         let mut v: Vec<u16> = r
             .attached
             .iter()
             .map(|a| a.vlan)
+            .chain(joined.filter_map(|e| {
+                let n = r
+                    .docker_networks
+                    .iter()
+                    .find(|n| n.id == e.docker_network)?;
+                Some(n.vlan)
+            }))
             .filter(|v| *v != crate::networks::DEFAULT_VLAN)
             .collect();
         v.sort_unstable();
@@ -184,16 +216,25 @@ impl Attachments {
                     std::net::IpAddr::V6(_) => None,
                 }));
         }
+        for e in &r.docker_endpoints {
+            if let Some(n) = r.docker_networks.iter().find(|n| n.id == e.docker_network)
+                && let std::net::IpAddr::V4(v4) = e.cidr.addr()
+            {
+                by.entry(n.network_id).or_default().push(v4);
+            }
+        }
         by.into_iter().collect()
     }
 
     /// Ids of the named networks something here is attached to (for gossip).
     pub async fn networks_in_use(&self) -> Vec<u64> {
         let r = self.records.lock().await;
+        // A Docker network on a mesh network uses it, containers or not.
         let mut ids: Vec<u64> = r
             .attached
             .iter()
             .map(|a| a.network_id)
+            .chain(r.docker_networks.iter().map(|n| n.network_id))
             .filter(|i| *i != 0)
             .collect();
         ids.sort_unstable();
@@ -350,6 +391,171 @@ impl Attachments {
         }
         self.save(&r).map_err(|e| format!("{e:#}"))?;
         Ok(self.view_of(&r))
+    }
+}
+
+/// Docker's long ids, shortened as `docker ps` shows them.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Docker's side of the attachments (`agent::docker`): its networks on the mesh and their
+/// endpoints, kept with the rest, so a restarted meshd still knows them.
+impl Attachments {
+    /// Records Docker network `id` as mesh network `network` (again: the same answer).
+    pub async fn docker_network_add(
+        &self,
+        id: &str,
+        network: &crate::networks::Chosen,
+    ) -> Result<(), String> {
+        let mut r = self.records.lock().await;
+        if let Some(n) = r.docker_networks.iter().find(|n| n.id == id) {
+            return if n.network_id == network.id {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Docker network {} is on mesh network {} already",
+                    short(id),
+                    n.network
+                ))
+            };
+        }
+        r.docker_networks.push(record::DockerNetwork {
+            id: id.to_owned(),
+            network: network.name.clone(),
+            network_id: network.id,
+            vlan: network.vlan,
+        });
+        self.save(&r).map_err(|e| format!("{e:#}"))
+    }
+
+    pub async fn docker_network(&self, id: &str) -> Option<record::DockerNetwork> {
+        let r = self.records.lock().await;
+        r.docker_networks.iter().find(|n| n.id == id).cloned()
+    }
+
+    /// Forgets a Docker network. Docker removes its endpoints first; any still here are ones
+    /// whose removal meshd missed (it was down), and go with it.
+    pub async fn docker_network_rm(&self, id: &str) -> Result<(), String> {
+        let mut r = self.records.lock().await;
+        for e in r.docker_endpoints.iter().filter(|e| e.docker_network == id) {
+            if let Some(host) = &e.host_ifname {
+                system::unplug(host).await.map_err(|e| format!("{e:#}"))?;
+            }
+        }
+        r.docker_endpoints.retain(|e| e.docker_network != id);
+        r.docker_networks.retain(|n| n.id != id);
+        self.save(&r).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Records an endpoint with its address (which must be free on its network here) and MAC
+    /// (chosen here when Docker chose none). Returns the MAC when chosen here.
+    pub async fn docker_endpoint_add(
+        &self,
+        id: &str,
+        docker_network: &str,
+        cidr: IpNet,
+        mac: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        let mut r = self.records.lock().await;
+        let net = r
+            .docker_networks
+            .iter()
+            .find(|n| n.id == docker_network)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "Docker network {} is not on the mesh",
+                    short(docker_network)
+                )
+            })?;
+        if r.docker_endpoints.iter().any(|e| e.id == id) {
+            return Err(format!("endpoint {} exists already", short(id)));
+        }
+        r.check_free(&[cidr], net.vlan)?;
+        let chosen = match mac {
+            Some(m) => {
+                record::parse_mac(m)?;
+                None
+            }
+            None => Some(record::format_mac(record::docker_mac(id))),
+        };
+        r.docker_endpoints.push(record::DockerEndpoint {
+            id: id.to_owned(),
+            docker_network: docker_network.to_owned(),
+            cidr,
+            mac: mac
+                .map(str::to_owned)
+                .or(chosen.clone())
+                .unwrap_or_default(),
+            host_ifname: None,
+            sandbox: String::new(),
+        });
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(chosen)
+    }
+
+    /// Makes endpoint `id`'s veth pair (on its network's bridge) for Docker to move into
+    /// `sandbox`. Returns the name of the end Docker moves.
+    pub async fn docker_join(&self, id: &str, sandbox: &str) -> Result<String, String> {
+        let mut r = self.records.lock().await;
+        let i = r
+            .docker_endpoints
+            .iter()
+            .position(|e| e.id == id)
+            .ok_or_else(|| format!("no endpoint {} here", short(id)))?;
+        let e = r.docker_endpoints[i].clone();
+        let net = r
+            .docker_networks
+            .iter()
+            .find(|n| n.id == e.docker_network)
+            .cloned()
+            .ok_or_else(|| format!("Docker network {} is not on the mesh", short(id)))?;
+        let (host, inner) = record::docker_ifnames(id);
+        let bridge = if net.vlan == crate::networks::DEFAULT_VLAN {
+            self.bridge.clone()
+        } else {
+            crate::tap::network_device(&self.bridge, net.vlan)?
+        };
+        let mtu = crate::switch::network::interface_mtu(self.mtu, net.vlan);
+        let mac = record::parse_mac(&e.mac)?;
+        system::veth_for_docker(&bridge, mtu, &self.tag, &host, &inner, mac)
+            .await
+            .map_err(|e| format!("joining endpoint {}: {e:#}", short(id)))?;
+        r.docker_endpoints[i].host_ifname = Some(host);
+        r.docker_endpoints[i].sandbox = sandbox.to_owned();
+        self.save(&r).map_err(|e| format!("{e:#}"))?;
+        Ok(inner)
+    }
+
+    /// Removes endpoint `id`'s veth (gone already is fine: the container's namespace died).
+    pub async fn docker_leave(&self, id: &str) -> Result<(), String> {
+        let mut r = self.records.lock().await;
+        let Some(e) = r.docker_endpoints.iter_mut().find(|e| e.id == id) else {
+            return Err(format!("no endpoint {} here", short(id)));
+        };
+        if let Some(host) = e.host_ifname.take() {
+            system::unplug(&host)
+                .await
+                .map_err(|err| format!("leaving endpoint {}: {err:#}", short(id)))?;
+        }
+        e.sandbox.clear();
+        self.save(&r).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Forgets endpoint `id` (after it left; a veth still there goes too).
+    pub async fn docker_endpoint_rm(&self, id: &str) -> Result<(), String> {
+        let mut r = self.records.lock().await;
+        if let Some(host) = r
+            .docker_endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .and_then(|e| e.host_ifname.clone())
+        {
+            system::unplug(&host).await.map_err(|e| format!("{e:#}"))?;
+        }
+        r.docker_endpoints.retain(|e| e.id != id);
+        self.save(&r).map_err(|e| format!("{e:#}"))
     }
 }
 

@@ -41,11 +41,72 @@ fn default_vlan() -> u16 {
     crate::networks::DEFAULT_VLAN
 }
 
+/// A Docker network on the mesh (`docker network create --driver mesh`): Docker's id for it,
+/// and the mesh network it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerNetwork {
+    pub id: String,
+    pub network: String,
+    pub network_id: u64,
+    pub vlan: u16,
+}
+
+/// A Docker endpoint (a container on a mesh Docker network): created, then joined (its veth
+/// exists) until it leaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    pub id: String,
+    /// Docker's network id.
+    pub docker_network: String,
+    pub cidr: IpNet,
+    pub mac: String,
+    /// The bridge-side veth while joined.
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    /// The container's namespace (Docker's sandbox key) while joined.
+    #[serde(default)]
+    pub sandbox: String,
+}
+
 /// Everything meshd attached and exposed (`attachments.json` in its state dir).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Records {
     pub attached: Vec<Attached>,
     pub exposed: Vec<IpNet>,
+    #[serde(default)]
+    pub docker_networks: Vec<DockerNetwork>,
+    #[serde(default)]
+    pub docker_endpoints: Vec<DockerEndpoint>,
+}
+
+/// The veth names of a Docker endpoint: the bridge side, and the side Docker moves into the
+/// container (stable, derived from the endpoint id, within IFNAMSIZ).
+pub fn docker_ifnames(endpoint: &str) -> (String, String) {
+    let h = fnv(endpoint.as_bytes()) as u32;
+    (format!("vd{h:08x}"), format!("vd{h:08x}c"))
+}
+
+/// A locally administered unicast MAC for a Docker endpoint, derived from its id.
+pub fn docker_mac(endpoint: &str) -> [u8; 6] {
+    let h = fnv(format!("mac:{endpoint}").as_bytes()).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address");
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    parts.try_into().map_err(|_| bad())
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The longest interface name Linux takes.
@@ -136,11 +197,17 @@ impl Records {
     /// The addresses in use on network `vlan` here (this host's own are on `default`'s).
     fn addresses(&self, vlan: u16) -> impl Iterator<Item = IpAddr> + '_ {
         let exposed = (vlan == crate::networks::DEFAULT_VLAN).then_some(&self.exposed);
+        let docker = self.docker_endpoints.iter().filter(move |e| {
+            self.docker_networks
+                .iter()
+                .any(|n| n.id == e.docker_network && n.vlan == vlan)
+        });
         self.attached
             .iter()
             .filter(move |a| a.vlan == vlan)
             .flat_map(|a| a.cidrs.iter().map(IpNet::addr))
             .chain(exposed.into_iter().flatten().map(IpNet::addr))
+            .chain(docker.map(|e| e.cidr.addr()))
     }
 
     /// Refuses an address meshd already gave to a namespace or to this host on network
@@ -273,7 +340,31 @@ mod tests {
                 vlan: 2,
             }],
             exposed: vec!["10.1.0.1/24".parse().unwrap()],
+            docker_networks: vec![DockerNetwork {
+                id: "n1".into(),
+                network: "web".into(),
+                network_id: 7,
+                vlan: 2,
+            }],
+            docker_endpoints: vec![DockerEndpoint {
+                id: "e1".into(),
+                docker_network: "n1".into(),
+                cidr: "10.1.0.3/24".parse().unwrap(),
+                mac: format_mac(docker_mac("e1")),
+                host_ifname: Some(docker_ifnames("e1").0),
+                sandbox: "/var/run/docker/netns/x".into(),
+            }],
         };
+        // A Docker endpoint's address is in use on its network like an attachment's.
+        let e = r
+            .check_free(&["10.1.0.3/24".parse().unwrap()], 2)
+            .unwrap_err();
+        assert!(e.contains("in use"), "{e}");
+        assert!(r.check_free(&["10.1.0.3/24".parse().unwrap()], 3).is_ok());
+        assert_eq!(parse_mac(&r.docker_endpoints[0].mac), Ok(docker_mac("e1")));
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        let (host, inner) = docker_ifnames("e1");
+        assert!(check_ifname(&host).is_ok() && check_ifname(&inner).is_ok());
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Records>(&text).unwrap(), r);
     }

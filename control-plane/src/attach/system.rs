@@ -251,6 +251,67 @@ pub async fn plug(ns: &File, p: &Plug<'_>) -> Result<String> {
     .await
 }
 
+/// A veth pair for Docker: `host_ifname` on the bridge, tagged, up; `peer` left in meshd's
+/// namespace with the MTU and `mac` set, for Docker to move into the container and name. On
+/// failure nothing is left.
+pub async fn veth_for_docker(
+    bridge: &str,
+    mtu: u32,
+    tag: &str,
+    host_ifname: &str,
+    peer: &str,
+    mac: [u8; 6],
+) -> Result<()> {
+    here(|h| async move {
+        if find(&h, host_ifname).await?.is_some() {
+            bail!("{host_ifname} exists already: the endpoint is joined");
+        }
+        let bridge_idx = need(&h, bridge)
+            .await
+            .context("the network's bridge (is the data path running?)")?;
+        h.link()
+            .add(LinkVeth::new(host_ifname, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {host_ifname}"))?;
+        let made = async {
+            let host = need(&h, host_ifname).await?;
+            let inner = need(&h, peer).await?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(inner)
+                        .mtu(mtu)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("setting up {peer}"))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(host)
+                        .alias(tag)
+                        .mtu(mtu)
+                        .controller(bridge_idx)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("putting {host_ifname} on {bridge}"))?;
+            Ok(())
+        }
+        .await;
+        if made.is_err()
+            && let Ok(Some((idx, _))) = find(&h, host_ifname).await
+        {
+            let _ = h.link().del(idx).execute().await;
+        }
+        made
+    })
+    .await
+}
+
 /// Deletes the bridge-side veth `host_ifname` (and with it the namespace's end). Gone already
 /// is fine: the namespace died, and its veth with it.
 pub async fn unplug(host_ifname: &str) -> Result<()> {

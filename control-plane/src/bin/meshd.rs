@@ -146,6 +146,21 @@ struct Args {
     /// RTT, link state, datapath, gossip, FDB size, handshake failures). Off by default.
     #[arg(long, env = "MESH_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve Docker as its network and IPAM driver `mesh` on this socket (default
+    /// /run/docker/plugins/mesh.sock, where Docker finds it): `docker network create
+    /// --driver mesh --ipam-driver mesh --subnet CIDR NAME` puts Docker's containers on the
+    /// mesh network with that subnet (or `--ipam-opt mesh.network=NAME` names it; a name with
+    /// a subnet creates it), with addresses from the mesh's allocator. Off by default, so that
+    /// several meshd on one machine do not compete for the socket.
+    #[arg(
+        long,
+        env = "MESH_DOCKER_PLUGIN",
+        value_name = "SOCKET",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = mesh::docker_plugin::DEFAULT_SOCKET
+    )]
+    docker_plugin: Option<PathBuf>,
     /// Configuration file (TOML, a key per option). Default: /etc/mesh/meshd.toml when it
     /// exists.
     #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
@@ -473,6 +488,30 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         }
     });
 
+    // After the agent: Docker may ask at once.
+    let _plugin = match &args.docker_plugin {
+        None => None,
+        Some(path) => {
+            let mut socket = mesh::docker_plugin::bind(path)?;
+            tracing::info!(socket = %socket.path.display(), "serving Docker as driver and IPAM driver");
+            let events = agent.events();
+            let task = tokio::spawn(async move {
+                mesh::docker_plugin::serve(&mut socket, move |call| {
+                    let events = events.clone();
+                    async move {
+                        let (reply, answer) = oneshot::channel();
+                        events
+                            .send(Event::Docker { call, reply })
+                            .map_err(|_| "meshd is stopping".to_owned())?;
+                        answer.await.map_err(|_| "meshd is stopping".to_owned())?
+                    }
+                })
+                .await;
+            });
+            Some(AbortOnDrop(task))
+        }
+    };
+
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -518,6 +557,15 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     }
     tracing::info!("meshd stopped");
     Ok(())
+}
+
+/// A task stopped when its owner goes (the Docker plugin: its socket is removed with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Asks the agent what `meshctl` would: `None` once the agent is gone (meshd is stopping).
