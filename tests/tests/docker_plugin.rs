@@ -77,6 +77,7 @@ fn scenario(label: &str, mode: Mode) {
     let pw = lab.password_file("pw", "mesh test").unwrap();
     let mut nodes = Vec::new();
     let mut plugin_dirs: Vec<PathBuf> = Vec::new();
+    let mut meshd_args: Vec<Vec<String>> = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         // Each host's Docker finds its own meshd's socket (see `Dockerd::start_with_plugins`).
         let dir = lab.dir().join(format!("{}-plugins", h.name));
@@ -91,6 +92,7 @@ fn scenario(label: &str, mode: Mode) {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         nodes.push(lab.start_meshd(h, &refs).unwrap());
         plugin_dirs.push(dir);
+        meshd_args.push(args);
     }
     assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     meshctl_on(
@@ -227,6 +229,89 @@ fn scenario(label: &str, mode: Mode) {
         .unwrap();
     assert_eq!(address(&dockers[1], "app2", "web"), a2);
 
+    // meshd restarts under running containers: Docker's network, its endpoints and the
+    // addresses held for Docker survive.
+    lab.terminate(nodes[0].proc, Duration::from_secs(10))
+        .unwrap();
+    let refs: Vec<&str> = meshd_args[0].iter().map(String::as_str).collect();
+    nodes[0] = lab.start_meshd(&hosts[0], &refs).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || full_mesh(&nodes)));
+    assert!(
+        wait_until(Duration::from_secs(20), || pings_from_netns(
+            &n1,
+            &a2.to_string()
+        )),
+        "the container still reaches the other host (and a2's new container, which has the \
+         MAC its address had) after meshd restarted"
+    );
+    assert_eq!(allocated_here(&nodes[0], "web"), 2);
+    dockers[0]
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "app3",
+            "--network",
+            "web",
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+        .unwrap();
+    let a3 = address(&dockers[0], "app3", "web");
+    assert!(a3 != a1 && a3 != a2, "{a3} is new");
+    assert_eq!(allocated_here(&nodes[0], "web"), 3);
+    dockers[0].docker(&["rm", "-f", "app"]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || allocated_here(&nodes[0], "web")
+            == 2),
+        "an endpoint made before the restart is released after it"
+    );
+
+    // A mesh network named from Docker, with a subnet, is created on the mesh; the other
+    // host's Docker then names it without one. A name that does not exist is refused.
+    dockers[1]
+        .docker(&[
+            "network",
+            "create",
+            "--driver",
+            "mesh",
+            "--ipam-driver",
+            "mesh",
+            "--ipam-opt",
+            "mesh.network=api",
+            "--subnet",
+            "10.92.0.0/24",
+            "api",
+        ])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || {
+        meshctl_on(&nodes[0], &["network", "ls"])
+            .unwrap()
+            .contains("10.92.0.0/24")
+    }));
+    let by_name = |d: &Dockerd, name: &str| {
+        d.docker(&[
+            "network",
+            "create",
+            "--driver",
+            "mesh",
+            "--ipam-driver",
+            "mesh",
+            "--ipam-opt",
+            &format!("mesh.network={name}"),
+            "-o",
+            &format!("mesh.network={name}"),
+            name,
+        ])
+    };
+    by_name(&dockers[0], "api").unwrap();
+    let err = by_name(&dockers[0], "ghost").unwrap_err().to_string();
+    assert!(err.contains("no network called \"ghost\""), "{err}");
+    for d in &dockers {
+        d.docker(&["network", "rm", "api"]).unwrap();
+    }
+
     // A Docker network on it keeps the mesh network from being removed.
     let err = meshctl_on(&nodes[0], &["network", "rm", "web"])
         .unwrap_err()
@@ -235,7 +320,7 @@ fn scenario(label: &str, mode: Mode) {
 
     // Removing the Docker networks gives back everything they held.
     for d in &dockers {
-        d.docker(&["rm", "-f", "app", "app2"]).ok();
+        d.docker(&["rm", "-f", "app", "app2", "app3"]).ok();
         d.docker(&["network", "rm", "web"]).unwrap();
     }
     for n in &nodes {

@@ -478,7 +478,10 @@ impl Attachments {
                 record::parse_mac(m)?;
                 None
             }
-            None => Some(record::format_mac(record::docker_mac(id))),
+            None => match cidr.addr() {
+                IpAddr::V4(a) => Some(record::format_mac(record::docker_mac(net.network_id, a))),
+                IpAddr::V6(_) => return Err("mesh networks are IPv4".into()),
+            },
         };
         r.docker_endpoints.push(record::DockerEndpoint {
             id: id.to_owned(),

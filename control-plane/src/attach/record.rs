@@ -86,10 +86,14 @@ pub fn docker_ifnames(endpoint: &str) -> (String, String) {
     (format!("vd{h:08x}"), format!("vd{h:08x}c"))
 }
 
-/// A locally administered unicast MAC for a Docker endpoint, derived from its id.
-pub fn docker_mac(endpoint: &str) -> [u8; 6] {
-    let h = fnv(format!("mac:{endpoint}").as_bytes()).to_be_bytes();
-    [0x02, h[0], h[1], h[2], h[3], h[4]]
+/// A locally administered unicast MAC for a Docker endpoint: its IPv4 address, after a byte
+/// of its network's id. An address handed out again (a container replaced) comes with the
+/// same MAC, so the other containers' ARP entries stay right; within a network addresses are
+/// unique, and so are these.
+pub fn docker_mac(network_id: u64, addr: std::net::Ipv4Addr) -> [u8; 6] {
+    let n = fnv(&network_id.to_le_bytes()).to_be_bytes()[0];
+    let a = addr.octets();
+    [0x02, n, a[0], a[1], a[2], a[3]]
 }
 
 /// Parses "aa:bb:cc:dd:ee:ff".
@@ -350,7 +354,7 @@ mod tests {
                 id: "e1".into(),
                 docker_network: "n1".into(),
                 cidr: "10.1.0.3/24".parse().unwrap(),
-                mac: format_mac(docker_mac("e1")),
+                mac: format_mac(docker_mac(7, "10.1.0.3".parse().unwrap())),
                 host_ifname: Some(docker_ifnames("e1").0),
                 sandbox: "/var/run/docker/netns/x".into(),
             }],
@@ -361,7 +365,17 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("in use"), "{e}");
         assert!(r.check_free(&["10.1.0.3/24".parse().unwrap()], 3).is_ok());
-        assert_eq!(parse_mac(&r.docker_endpoints[0].mac), Ok(docker_mac("e1")));
+        assert_eq!(
+            parse_mac(&r.docker_endpoints[0].mac),
+            Ok([
+                0x02,
+                docker_mac(7, "10.1.0.3".parse().unwrap())[1],
+                10,
+                1,
+                0,
+                3
+            ])
+        );
         assert!(parse_mac("02:00:00:00:00").is_err());
         let (host, inner) = docker_ifnames("e1");
         assert!(check_ifname(&host).is_ok() && check_ifname(&inner).is_ok());
