@@ -171,6 +171,31 @@ pub fn why_none(ring: &Ring, name: &str, size: u32) -> String {
     }
 }
 
+/// Parses `--ipam-reclaim-after`: a number with a unit (`90s`, `30m`, `24h`, `7d`), or
+/// `never`.
+pub fn parse_reclaim_after(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s == "never" {
+        return Ok(None);
+    }
+    let bad = || format!("{s:?}: give a time like 90s, 30m, 24h or 7d, or never");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err(format!(
+            "{s:?}: a peer is out of reach for a while before it is declared gone (or never)"
+        ));
+    }
+    Ok(Some(std::time::Duration::from_secs(n.saturating_mul(secs))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +263,26 @@ mod tests {
         a.allocate().unwrap();
         a.allocate().unwrap();
         assert!(why_none(&a.ring, "web", 2).contains("no free address: all 2"));
+    }
+
+    #[test]
+    fn reclaim_after_takes_a_time_with_its_unit_or_never() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_reclaim_after("90s"),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            parse_reclaim_after("24h"),
+            Ok(Some(Duration::from_secs(86400)))
+        );
+        assert_eq!(
+            parse_reclaim_after("7d"),
+            Ok(Some(Duration::from_secs(7 * 86400)))
+        );
+        assert_eq!(parse_reclaim_after("never"), Ok(None));
+        for bad in ["", "h", "24", "24x", "0s", "-1h", "1.5h"] {
+            assert!(parse_reclaim_after(bad).is_err(), "{bad}");
+        }
     }
 }

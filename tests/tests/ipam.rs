@@ -7,7 +7,10 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use mesh_tests::{
     Lab,
-    mesh::{Meshd, Mode, full_mesh, meshctl_json, meshctl_on, pings_from_netns, start_mesh_in},
+    mesh::{
+        Meshd, Mode, full_mesh, meshctl_json, meshctl_on, pings_from_netns, start_mesh_in,
+        start_mesh_in_with,
+    },
     wait_until,
 };
 use serde_json::Value;
@@ -211,11 +214,24 @@ fn owners(node: &Meshd, network: &str) -> Vec<String> {
 
 #[test]
 fn a_host_gone_for_good_and_reclaimed_returns_its_space_to_its_heir() {
-    let mut lab = Lab::new("ipamgone").unwrap();
+    gone_scenario("ipamgone", None);
+}
+
+#[test]
+fn a_host_out_of_reach_longer_than_stated_returns_its_space_by_itself() {
+    gone_scenario("ipamauto", Some("5s"));
+}
+
+/// A host is given space, uses some, and goes for good; its space comes back to its heir,
+/// through `meshctl ipam reclaim` or (with `reclaim_after`) by itself.
+fn gone_scenario(label: &str, reclaim_after: Option<&str>) {
+    let mut lab = Lab::new(label).unwrap();
     let hosts: Vec<_> = (1..=3)
         .map(|i| lab.add_host(&format!("ig{i}")).unwrap())
         .collect();
-    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
+    let after = reclaim_after.map(|a| format!("--ipam-reclaim-after={a}"));
+    let extra: Vec<&str> = after.iter().map(String::as_str).collect();
+    let nodes = start_mesh_in_with(&mut lab, &hosts, Mode::TapPlain, &extra).unwrap();
     assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     meshctl_on(
         &nodes[0],
@@ -249,16 +265,19 @@ fn a_host_gone_for_good_and_reclaimed_returns_its_space_to_its_heir() {
         .to_string();
     assert!(err.contains("holds no address space"), "{err}");
 
-    // It goes for good, and is declared gone once the first host no longer reaches it.
+    // It goes for good, and is declared gone once the first host no longer reaches it: by
+    // the operator, or once it has been out of reach for the stated time.
     lab.terminate(nodes[2].proc, Duration::from_secs(10))
         .unwrap();
-    assert!(wait_until(Duration::from_secs(30), || {
-        !mesh_tests::mesh::sees_established(&nodes[0], &["ig3"])
-            && meshctl_on(&nodes[0], &["ipam", "reclaim", "ig3"]).is_ok()
-    }));
+    if reclaim_after.is_none() {
+        assert!(wait_until(Duration::from_secs(30), || {
+            !mesh_tests::mesh::sees_established(&nodes[0], &["ig3"])
+                && meshctl_on(&nodes[0], &["ipam", "reclaim", "ig3"]).is_ok()
+        }));
+    }
     // Its heir (the first host, which gave it its space) takes its pieces back.
     assert!(
-        wait_until(Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(40), || {
             let o = owners(&nodes[0], "pool");
             !o.is_empty() && o.iter().all(|x| x == "ig1")
         }),

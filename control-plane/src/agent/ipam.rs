@@ -76,6 +76,10 @@ pub(super) struct Ipam {
     in_flight: std::collections::HashSet<(u64, u32)>,
     /// Handed out to Docker's IPAM, by network: Docker holds them until it releases them.
     held: BTreeMap<u64, std::collections::BTreeSet<u32>>,
+    /// `--ipam-reclaim-after`, and since when each ring member we cannot reach has been out
+    /// of reach (since our start at the earliest: a restart only delays a reclaim).
+    reclaim_after: Option<Duration>,
+    unreachable_since: HashMap<u64, Instant>,
     /// What `ipam.pb` holds (written only when this changes).
     saved: Vec<u8>,
 }
@@ -86,11 +90,20 @@ fn path(state_dir: &Path) -> PathBuf {
 
 impl Ipam {
     /// Our rings and allocations from the state dir (none before the first network).
-    pub(super) fn load(state_dir: &Path, me: PeerId) -> Result<Ipam> {
+    pub(super) fn load(
+        state_dir: &Path,
+        me: PeerId,
+        reclaim_after: Option<Duration>,
+    ) -> Result<Ipam> {
         let p = path(state_dir);
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ipam::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Ipam {
+                    reclaim_after,
+                    ..Ipam::default()
+                });
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
         };
         let state = IpamState::decode(bytes.as_slice()).with_context(|| {
@@ -117,6 +130,7 @@ impl Ipam {
         Ok(Ipam {
             nodes,
             held,
+            reclaim_after,
             saved: bytes,
             ..Ipam::default()
         })
@@ -377,6 +391,7 @@ impl Agent {
                 }
             }
         }
+        self.ipam_reclaim_unreachable(&reachable);
         // Donations.
         let now = Instant::now();
         self.ipam
@@ -467,6 +482,55 @@ impl Agent {
             }
         }
         self.ipam_publish();
+    }
+
+    /// `--ipam-reclaim-after`: a ring member (or owner) out of reach that long is declared
+    /// gone, as `meshctl ipam reclaim` would. Only its heir acts on that, once every living
+    /// member acknowledged it; a peer alive on the other side of a partition longer than this
+    /// would keep addresses its heir hands out again (docs/ipam.md).
+    fn ipam_reclaim_unreachable(&mut self, reachable: &std::collections::BTreeSet<u64>) {
+        let Some(after) = self.ipam.reclaim_after else {
+            return;
+        };
+        let me = self.local.id.0;
+        let mut out_of_reach = std::collections::BTreeSet::new();
+        for node in self.ipam.nodes.values() {
+            let owners = node.ring.tokens.values().map(|t| t.owner);
+            for p in node.ring.members.keys().copied().chain(owners) {
+                if p.0 != me && !reachable.contains(&p.0) && !node.ring.is_dead(p) {
+                    out_of_reach.insert(p.0);
+                }
+            }
+        }
+        let now = Instant::now();
+        self.ipam
+            .unreachable_since
+            .retain(|p, _| out_of_reach.contains(p));
+        let mut gone = Vec::new();
+        for p in out_of_reach {
+            let since = *self.ipam.unreachable_since.entry(p).or_insert(now);
+            if now.duration_since(since) >= after {
+                gone.push(p);
+            }
+        }
+        for p in gone {
+            self.ipam.unreachable_since.remove(&p);
+            for node in self.ipam.nodes.values_mut() {
+                let peer = Peer(p);
+                if node.ring.members.contains_key(&peer)
+                    || node.ring.tokens.values().any(|t| t.owner == peer)
+                {
+                    node.tombstone(peer);
+                    node.settle();
+                }
+            }
+            tracing::warn!(
+                peer = %self.name_of(PeerId(p)),
+                after = ?after,
+                "declared gone in the address allocator: out of reach longer than \
+                 --ipam-reclaim-after"
+            );
+        }
     }
 
     /// `meshctl ipam reclaim PEER`: a tombstone for `who` in every ring it is a member of. Its

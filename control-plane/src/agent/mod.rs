@@ -70,6 +70,9 @@ pub struct Config {
     pub notifier: Option<crate::notify::Notifier>,
     /// Namespaces and host addresses on the mesh bridge (with a datapath only).
     pub attachments: Option<Arc<crate::attach::Attachments>>,
+    /// A member of an address ring unreachable this long is declared gone (its addresses go
+    /// to its heir); none: only `meshctl ipam reclaim` does that.
+    pub ipam_reclaim_after: Option<Duration>,
 }
 
 /// One line for systemd's STATUS: peers connected and the datapath in use.
@@ -418,7 +421,7 @@ impl Agent {
             pending: Default::default(),
             busy: 0,
             last_survey: ((u64::MAX, 0), Instant::now()),
-            ipam: ipam::Ipam::load(&cfg.state_dir, cfg.id)?,
+            ipam: ipam::Ipam::load(&cfg.state_dir, cfg.id, cfg.ipam_reclaim_after)?,
         };
         agent.store.save(&agent.targets)?;
         if let Some(at) = agent.attachments.clone() {

@@ -161,6 +161,19 @@ struct Args {
         default_missing_value = mesh::docker_plugin::DEFAULT_SOCKET
     )]
     docker_plugin: Option<PathBuf>,
+    /// A host that takes part in a network's address allocation and has been out of reach
+    /// this long (90s, 30m, 24h, 7d) is declared gone, and its addresses return to the host
+    /// that gave it its space, as `meshctl ipam reclaim` does. Set it above the longest
+    /// partition you expect: a host alive on the other side of a longer one keeps addresses
+    /// that are handed out again. `never`: only `meshctl ipam reclaim` reclaims.
+    #[arg(
+        long,
+        env = "MESH_IPAM_RECLAIM_AFTER",
+        value_name = "TIME",
+        default_value = "24h",
+        value_parser = |s: &str| mesh::ipam::parse_reclaim_after(s).map(ReclaimAfter)
+    )]
+    ipam_reclaim_after: ReclaimAfter,
     /// Configuration file (TOML, a key per option). Default: /etc/mesh/meshd.toml when it
     /// exists.
     #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
@@ -170,6 +183,10 @@ struct Args {
     #[arg(long, env = "MESH_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Auto)]
     xdp_mode: XdpAttachMode,
 }
+
+/// `--ipam-reclaim-after`: a time, or never (`None`).
+#[derive(Clone, Copy, Debug)]
+struct ReclaimAfter(Option<std::time::Duration>);
 
 fn main() -> Result<()> {
     let args = parse_args()?;
@@ -442,6 +459,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         data_port: args.data_port,
         notifier: mesh::notify::Notifier::from_env()?,
         attachments: Some(std::sync::Arc::new(attachments)),
+        ipam_reclaim_after: args.ipam_reclaim_after.0,
     })?;
     tracing::info!(
         name,
