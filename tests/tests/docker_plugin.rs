@@ -95,6 +95,33 @@ fn scenario(label: &str, mode: Mode) {
         meshd_args.push(args);
     }
     assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
+    // A second meshd cannot take a plugin socket that is served, and says so before it
+    // changes anything.
+    let second = lab.dir().join("second");
+    let out = lab
+        .exec(
+            &hosts[0].ns,
+            mesh_tests::bins::path("meshd").unwrap().to_str().unwrap(),
+            &[
+                "--insecure",
+                "--underlay",
+                &hosts[0].underlay_if,
+                "--state-dir",
+                second.join("state").to_str().unwrap(),
+                "--run-dir",
+                second.join("run").to_str().unwrap(),
+                &format!(
+                    "--docker-plugin={}",
+                    plugin_dirs[0].join("mesh.sock").display()
+                ),
+            ],
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("another process"),
+        "{said}"
+    );
     meshctl_on(
         &nodes[0],
         &["network", "create", "web", "--subnet", "10.90.0.0/24"],

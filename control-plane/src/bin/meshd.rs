@@ -423,6 +423,11 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
 
     let socket = paths::socket_in(&args.run_dir);
     let listener = local_api::bind(&socket)?;
+    // Before the data path changes anything: a socket another process serves stops us here.
+    let plugin_socket = match &args.docker_plugin {
+        Some(path) => Some(mesh::docker_plugin::bind(path)?),
+        None => None,
+    };
     let underlay_mtu = tap::underlay_mtu(&underlay).await?;
     let tap = tap::start(tap::Config {
         bridge: args.bridge.clone(),
@@ -507,10 +512,9 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     });
 
     // After the agent: Docker may ask at once.
-    let _plugin = match &args.docker_plugin {
+    let _plugin = match plugin_socket {
         None => None,
-        Some(path) => {
-            let mut socket = mesh::docker_plugin::bind(path)?;
+        Some(mut socket) => {
             tracing::info!(socket = %socket.path.display(), "serving Docker as driver and IPAM driver");
             let events = agent.events();
             let task = tokio::spawn(async move {

@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, body::Bytes, header};
 use hyper_util::rt::TokioIo;
@@ -40,26 +40,17 @@ impl Drop for Socket {
     }
 }
 
-/// Binds `path` (making its directory), replacing a socket nobody serves any more; refuses
-/// one another process serves.
+/// Binds `path` as the API socket is bound (its directory made, mode 0660 from the start, a
+/// stale socket replaced, one another process serves refused).
 pub fn bind(path: &Path) -> Result<Socket> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--docker-plugin: creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "--docker-plugin: {} is served by another process (another meshd?); give this \
-                 one another socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("--docker-plugin: listening on {}", path.display()))?;
+    let listener = crate::local_api::bind(path).map_err(|e| match e {
+        crate::local_api::ApiError::AlreadyServing(p) => anyhow::anyhow!(
+            "--docker-plugin: another process (another meshd?) serves {}; stop it, or give \
+             this meshd another socket",
+            p.display()
+        ),
+        e => anyhow::Error::from(e).context(format!("--docker-plugin={}", path.display())),
+    })?;
     Ok(Socket {
         path: path.to_owned(),
         listener: Some(listener),
