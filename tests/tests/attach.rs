@@ -217,6 +217,10 @@ fn bad_requests_say_why_and_change_nothing() {
             vec!["attach", "--netns", &b, "--ifname", "a/b", "10.51.0.2/24"],
             "not a valid interface name",
         ),
+        (
+            vec!["attach", "--netns", &b, "--network", "nope", "10.51.0.2/24"],
+            "no network called \"nope\"",
+        ),
         (vec!["detach", "--netns", &b], "no mesh0 attached"),
         (
             vec!["expose", "198.18.0.200/24"],
