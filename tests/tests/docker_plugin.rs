@@ -19,6 +19,37 @@ use mesh_tests::{
 };
 use serde_json::Value;
 
+/// `docker network create --driver mesh --ipam-driver mesh` with `args`, named `name`.
+fn mesh_network(d: &Dockerd, name: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec![
+        "network",
+        "create",
+        "--driver",
+        "mesh",
+        "--ipam-driver",
+        "mesh",
+    ];
+    all.extend_from_slice(args);
+    all.push(name);
+    d.docker(&all)
+}
+
+/// Starts container `name` on Docker network `web`.
+fn run_on_web(d: &Dockerd, name: &str) {
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])
+    .unwrap();
+}
+
 /// The address container `name` has on Docker network `network`.
 fn address(d: &Dockerd, name: &str, network: &str) -> Ipv4Addr {
     let f = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
@@ -142,32 +173,10 @@ fn scenario(label: &str, mode: Mode) {
 
     // Each host's Docker puts a network on the mesh network, found by its subnet.
     for d in &dockers {
-        d.docker(&[
-            "network",
-            "create",
-            "--driver",
-            "mesh",
-            "--ipam-driver",
-            "mesh",
-            "--subnet",
-            "10.90.0.0/24",
-            "web",
-        ])
-        .unwrap();
+        mesh_network(d, "web", &["--subnet", "10.90.0.0/24"]).unwrap();
     }
     // A subnet no mesh network has is refused, saying what to do; nothing is created.
-    let err = dockers[0]
-        .docker(&[
-            "network",
-            "create",
-            "--driver",
-            "mesh",
-            "--ipam-driver",
-            "mesh",
-            "--subnet",
-            "10.91.0.0/24",
-            "nope",
-        ])
+    let err = mesh_network(&dockers[0], "nope", &["--subnet", "10.91.0.0/24"])
         .unwrap_err()
         .to_string();
     assert!(
@@ -177,18 +186,7 @@ fn scenario(label: &str, mode: Mode) {
     assert!(dockers[0].docker(&["network", "inspect", "nope"]).is_err());
 
     for d in &dockers {
-        d.docker(&[
-            "run",
-            "-d",
-            "--name",
-            "app",
-            "--network",
-            "web",
-            IMAGE,
-            "sleep",
-            "600",
-        ])
-        .unwrap();
+        run_on_web(d, "app");
     }
     let (a1, a2) = (
         address(&dockers[0], "app", "web"),
@@ -241,19 +239,7 @@ fn scenario(label: &str, mode: Mode) {
             .unwrap()
             .is_empty()
     );
-    dockers[1]
-        .docker(&[
-            "run",
-            "-d",
-            "--name",
-            "app2",
-            "--network",
-            "web",
-            IMAGE,
-            "sleep",
-            "600",
-        ])
-        .unwrap();
+    run_on_web(&dockers[1], "app2");
     assert_eq!(address(&dockers[1], "app2", "web"), a2);
 
     // meshd restarts under running containers: Docker's network, its endpoints and the
@@ -272,19 +258,7 @@ fn scenario(label: &str, mode: Mode) {
          MAC its address had) after meshd restarted"
     );
     assert_eq!(allocated_here(&nodes[0], "web"), 2);
-    dockers[0]
-        .docker(&[
-            "run",
-            "-d",
-            "--name",
-            "app3",
-            "--network",
-            "web",
-            IMAGE,
-            "sleep",
-            "600",
-        ])
-        .unwrap();
+    run_on_web(&dockers[0], "app3");
     let a3 = address(&dockers[0], "app3", "web");
     assert!(a3 != a1 && a3 != a2, "{a3} is new");
     assert_eq!(allocated_here(&nodes[0], "web"), 3);
@@ -297,40 +271,20 @@ fn scenario(label: &str, mode: Mode) {
 
     // A mesh network named from Docker, with a subnet, is created on the mesh; the other
     // host's Docker then names it without one. A name that does not exist is refused.
-    dockers[1]
-        .docker(&[
-            "network",
-            "create",
-            "--driver",
-            "mesh",
-            "--ipam-driver",
-            "mesh",
-            "--ipam-opt",
-            "mesh.network=api",
-            "--subnet",
-            "10.92.0.0/24",
-            "api",
-        ])
-        .unwrap();
+    mesh_network(
+        &dockers[1],
+        "api",
+        &["--ipam-opt", "mesh.network=api", "--subnet", "10.92.0.0/24"],
+    )
+    .unwrap();
     assert!(wait_until(Duration::from_secs(15), || {
         meshctl_on(&nodes[0], &["network", "ls"])
             .unwrap()
             .contains("10.92.0.0/24")
     }));
     let by_name = |d: &Dockerd, name: &str| {
-        d.docker(&[
-            "network",
-            "create",
-            "--driver",
-            "mesh",
-            "--ipam-driver",
-            "mesh",
-            "--ipam-opt",
-            &format!("mesh.network={name}"),
-            "-o",
-            &format!("mesh.network={name}"),
-            name,
-        ])
+        let opt = format!("mesh.network={name}");
+        mesh_network(d, name, &["--ipam-opt", &opt, "-o", &opt])
     };
     by_name(&dockers[0], "api").unwrap();
     let err = by_name(&dockers[0], "ghost").unwrap_err().to_string();

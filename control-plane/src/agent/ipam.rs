@@ -163,6 +163,19 @@ impl Ipam {
         }
     }
 
+    /// A tombstone for `gone` in every ring it is a member or owner of; its heir takes its
+    /// pieces once every living member has acknowledged it (`Node::settle`).
+    fn declare_gone(&mut self, gone: Peer) {
+        for node in self.nodes.values_mut() {
+            if node.ring.members.contains_key(&gone)
+                || node.ring.tokens.values().any(|t| t.owner == gone)
+            {
+                node.tombstone(gone);
+                node.settle();
+            }
+        }
+    }
+
     fn wants(&self) -> Vec<u64> {
         let mut w: Vec<u64> = self.waiting.iter().map(|w| w.network.id).collect();
         w.sort_unstable();
@@ -515,15 +528,7 @@ impl Agent {
         }
         for p in gone {
             self.ipam.unreachable_since.remove(&p);
-            for node in self.ipam.nodes.values_mut() {
-                let peer = Peer(p);
-                if node.ring.members.contains_key(&peer)
-                    || node.ring.tokens.values().any(|t| t.owner == peer)
-                {
-                    node.tombstone(peer);
-                    node.settle();
-                }
-            }
+            self.ipam.declare_gone(Peer(p));
             tracing::warn!(
                 peer = %self.name_of(PeerId(p)),
                 after = ?after,
@@ -566,15 +571,7 @@ impl Agent {
                  first)"
             ));
         }
-        for node in self.ipam.nodes.values_mut() {
-            let gone = Peer(found);
-            if node.ring.members.contains_key(&gone)
-                || node.ring.tokens.values().any(|t| t.owner == gone)
-            {
-                node.tombstone(gone);
-                node.settle();
-            }
-        }
+        self.ipam.declare_gone(Peer(found));
         tracing::info!(peer = who, "declared gone in the address allocator");
         self.ipam_publish();
         Ok(())
