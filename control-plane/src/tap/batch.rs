@@ -71,6 +71,11 @@ impl Batcher {
             .map(|b| (b.addr, b.seg, b.buf.as_slice(), b.count))
     }
 
+    /// The bytes waiting to be sent.
+    pub fn bytes(&self) -> usize {
+        self.batches[..self.used].iter().map(|b| b.buf.len()).sum()
+    }
+
     pub fn clear(&mut self) {
         self.used = 0;
     }

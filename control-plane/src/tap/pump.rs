@@ -140,9 +140,23 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
     let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
     let mut segments = Vec::with_capacity(80 * 1024);
     let mut local = Local::default();
+    let mut drained = 0;
     loop {
-        let n = match tap.recv(&mut buf).await {
+        // Small frames that queued up while we were busy go out together: up to DRAIN reads
+        // are forwarded before the sends, so frames the TAP device hands over one per read
+        // share GSO sends too. A frame that finds nothing queued behind it is sent at once.
+        let read = if drained == 0 {
+            tap.recv(&mut buf).await
+        } else {
+            tap.try_recv(&mut buf)
+        };
+        let n = match read {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                drained = 0;
+                send_queued(&shared, &tap, &sock, &mut local).await;
+                continue;
+            }
             Err(e) => {
                 shared.fail(format!(
                     "reading the TAP device {} failed: {e}",
@@ -152,11 +166,13 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
             }
         };
         bump(&shared.counters.tap_reads);
+        drained += 1;
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
             shared.counters.dropped(DropReason::Malformed);
             continue;
         };
-        if hdr.gso_size > 0 {
+        let super_frame = hdr.gso_size > 0;
+        if super_frame {
             bump(&shared.counters.gso_reads);
         }
         let table = shared
@@ -176,13 +192,29 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
             tracing::debug!(?e, "unusable frame from the TAP device");
             shared.counters.dropped(DropReason::Malformed);
         }
-        for r in local.replies.drain(..) {
-            if let Err(e) = tap.send(&r).await {
-                tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
-            }
+        // A super-frame (TCP in bulk) is plenty for one send already: waiting for more would
+        // only delay its segments and the ACKs they clock.
+        if super_frame || drained >= DRAIN || local.batcher.bytes() >= DRAIN_BYTES {
+            drained = 0;
+            send_queued(&shared, &tap, &sock, &mut local).await;
         }
-        flush(&shared, &sock, &mut local.batcher).await;
     }
+}
+
+/// Most TAP reads forwarded before their frames are sent.
+const DRAIN: usize = 64;
+/// Most bytes waiting to be sent before they are.
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Sends what the frames read so far produced: ICMP answers back into the bridge, datagrams
+/// to the peers.
+async fn send_queued(shared: &Shared, tap: &Tap, sock: &DataSocket, local: &mut Local) {
+    for r in local.replies.drain(..) {
+        if let Err(e) = tap.send(&r).await {
+            tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
+        }
+    }
+    flush(shared, sock, &mut local.batcher).await;
 }
 
 /// One wire-sized frame from the bridge: checked against the overlay MTU (less the tag on a

@@ -101,16 +101,14 @@ impl Tap {
     /// Reads one frame, its virtio-net header first.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.fd
-            .async_io(Interest::READABLE, |fd| {
-                // SAFETY: read(2) into a buffer we own, within its length.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            })
+            .async_io(Interest::READABLE, |fd| read(fd, buf))
             .await
+    }
+
+    /// Reads one frame if one is waiting (`WouldBlock` if none): how a reader drains what
+    /// queued up while it was busy, without going back to the event loop.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fd.try_io(Interest::READABLE, |fd| read(fd, buf))
     }
 
     /// Writes one whole Ethernet frame (checksums already right).
@@ -142,5 +140,15 @@ impl Tap {
                 }
             })
             .await
+    }
+}
+
+fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read(2) into a buffer we own, within its length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
