@@ -8,8 +8,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 use mesh_tests::{
     Lab,
     mesh::{
-        Meshd, Mode, full_mesh, meshctl_json, meshctl_on, pings_from_netns, start_mesh_in,
-        start_mesh_in_with,
+        Meshd, Mode, full_mesh, meshctl_json, meshctl_on, pings_from_netns, start_mesh_in_with,
     },
     wait_until,
 };
@@ -36,17 +35,24 @@ fn addresses(node: &Meshd, network: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-#[test]
-fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
-    let mut lab = Lab::new("ipam").unwrap();
-    let hosts: Vec<_> = (1..=3)
-        .map(|i| lab.add_host(&format!("ip{i}")).unwrap())
+/// `count` hosts named `prefix`1.. meshed in TAP mode (meshd also given `extra`), and network
+/// `pool` with `subnet` created on the first and known to every host.
+fn pool_mesh(
+    label: &str,
+    prefix: &str,
+    count: usize,
+    subnet: &str,
+    extra: &[&str],
+) -> (Lab, Vec<mesh_tests::Host>, Vec<Meshd>) {
+    let mut lab = Lab::new(label).unwrap();
+    let hosts: Vec<_> = (1..=count)
+        .map(|i| lab.add_host(&format!("{prefix}{i}")).unwrap())
         .collect();
-    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
+    let nodes = start_mesh_in_with(&mut lab, &hosts, Mode::TapPlain, extra).unwrap();
     assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
     meshctl_on(
         &nodes[0],
-        &["network", "create", "pool", "--subnet", "10.80.0.0/22"],
+        &["network", "create", "pool", "--subnet", subnet],
     )
     .unwrap();
     assert!(
@@ -55,6 +61,12 @@ fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
         })),
         "every host knows the network"
     );
+    (lab, hosts, nodes)
+}
+
+#[test]
+fn namespaces_on_a_named_network_get_unique_addresses_from_every_host() {
+    let (mut lab, hosts, nodes) = pool_mesh("ipam", "ip", 3, "10.80.0.0/22", &[]);
 
     // A hundred namespaces per host, the three hosts at once: 300 addresses. Only the creator
     // owns space at first, the others ask for some.
@@ -226,24 +238,9 @@ fn a_host_out_of_reach_longer_than_stated_returns_its_space_by_itself() {
 /// A host is given space, uses some, and goes for good; its space comes back to its heir,
 /// through `meshctl ipam reclaim` or (with `reclaim_after`) by itself.
 fn gone_scenario(label: &str, reclaim_after: Option<&str>) {
-    let mut lab = Lab::new(label).unwrap();
-    let hosts: Vec<_> = (1..=3)
-        .map(|i| lab.add_host(&format!("ig{i}")).unwrap())
-        .collect();
     let after = reclaim_after.map(|a| format!("--ipam-reclaim-after={a}"));
     let extra: Vec<&str> = after.iter().map(String::as_str).collect();
-    let nodes = start_mesh_in_with(&mut lab, &hosts, Mode::TapPlain, &extra).unwrap();
-    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
-    meshctl_on(
-        &nodes[0],
-        &["network", "create", "pool", "--subnet", "10.82.0.0/24"],
-    )
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(15), || {
-        meshctl_on(&nodes[2], &["network", "ls"])
-            .unwrap()
-            .contains("pool")
-    }));
+    let (mut lab, _, nodes) = pool_mesh(label, "ig", 3, "10.82.0.0/24", &extra);
     // The third host is given space by the first (its heir), and uses some.
     for i in 0..2 {
         let ns = format!(
@@ -294,22 +291,7 @@ fn gone_scenario(label: &str, reclaim_after: Option<&str>) {
 
 #[test]
 fn a_partitioned_half_keeps_allocating_and_the_healed_mesh_has_no_duplicate() {
-    let mut lab = Lab::new("ipampart").unwrap();
-    let hosts: Vec<_> = (1..=4)
-        .map(|i| lab.add_host(&format!("iq{i}")).unwrap())
-        .collect();
-    let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapPlain).unwrap();
-    assert!(wait_until(Duration::from_secs(15), || full_mesh(&nodes)));
-    meshctl_on(
-        &nodes[0],
-        &["network", "create", "pool", "--subnet", "10.83.0.0/24"],
-    )
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(15), || {
-        meshctl_on(&nodes[3], &["network", "ls"])
-            .unwrap()
-            .contains("pool")
-    }));
+    let (mut lab, hosts, nodes) = pool_mesh("ipampart", "iq", 4, "10.83.0.0/24", &[]);
     let mut n = 0;
     let mut attach = |lab: &mut Lab, node: &Meshd| {
         n += 1;
