@@ -548,7 +548,8 @@ fn set<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// CLOCK_MONOTONIC in ns: what `bpf_ktime_get_ns` reads.
+/// CLOCK_MONOTONIC in ns: the clock the programs age entries by (they read its coarse
+/// variant, a tick behind at most).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

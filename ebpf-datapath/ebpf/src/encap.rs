@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_head},
+    helpers::{bpf_redirect, bpf_skb_change_head},
     programs::TcContext,
 };
 use mesh_common::{
@@ -16,7 +16,7 @@ use mesh_common::{
 };
 
 use crate::{
-    maps::{FDB, LOCAL_PORTS, NEIGHBOURS, ROUTES, count, link_traffic},
+    maps::{FDB, LOCAL_PORTS, NEIGHBOURS, ROUTES, count, link_traffic, now_ns},
     outer::{self, OUTER_LEN},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPV4_MIN_HDR_LEN,
@@ -51,8 +51,7 @@ pub fn to_peer(
         .copied()
         .ok_or(KernelCounter::TxFlood)?;
     let (peer, seen) = (entry.peer, entry.seen_ns);
-    // SAFETY: helper without arguments.
-    if unsafe { bpf_ktime_get_ns() }.saturating_sub(seen) > FDB_MAX_AGE_NS {
+    if now_ns().saturating_sub(seen) > FDB_MAX_AGE_NS {
         return Err(KernelCounter::TxFlood);
     }
     // SAFETY: as above.
@@ -128,8 +127,7 @@ pub fn learn_local(eth: &[u8; ETH_LEN], ifindex: u32) {
         return;
     }
     let key = MacKey::new(src);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // SAFETY: read-only, copied at once.
     if let Some(e) = unsafe { LOCAL_PORTS.get(key) }
         && e.ifindex == ifindex

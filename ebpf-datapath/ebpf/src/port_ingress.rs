@@ -10,7 +10,6 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
@@ -22,7 +21,7 @@ use mesh_common::{
 
 use crate::{
     encap::{learn_local, to_peer},
-    maps::{LOCAL_PORTS, config, count},
+    maps::{LOCAL_PORTS, config, count, now_ns},
     packet::vlan_tagged,
 };
 
@@ -65,10 +64,10 @@ pub fn port_ingress(ctx: TcContext) -> i32 {
 fn is_local(eth: &[u8; ETH_LEN]) -> bool {
     let mut dst = [0u8; 6];
     dst.copy_from_slice(&eth[0..6]);
-    // SAFETY: read-only map value, copied at once; helper without arguments.
+    // SAFETY: read-only map value, copied at once.
     unsafe {
         LOCAL_PORTS
             .get(MacKey::new(dst))
-            .is_some_and(|p| bpf_ktime_get_ns().saturating_sub(p.seen_ns) < LOCAL_PORT_MAX_AGE_NS)
+            .is_some_and(|p| now_ns().saturating_sub(p.seen_ns) < LOCAL_PORT_MAX_AGE_NS)
     }
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
@@ -32,6 +32,7 @@ use crate::{
     flood,
     maps::{
         FDB, LOCAL_PORTS, NEIGHBOURS, PEER_PORTS, ROUTES, SENDERS, config, count, link_traffic,
+        now_ns,
     },
     outer::{self, OUTER_LEN},
     packet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, UdpHdr, vlan_tagged},
@@ -218,8 +219,7 @@ fn learn(inner_eth: &[u8; ETH_LEN], origin: u32, sender: u32) {
         return;
     }
     let key = MacKey::new(src);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // SAFETY: read-only, copied at once.
     if let Some(e) = unsafe { FDB.get(key) }
         && e.peer == origin
@@ -293,8 +293,7 @@ fn local_veth(inner_eth: &[u8; ETH_LEN]) -> Option<u32> {
     }
     // SAFETY: read-only map values, copied at once.
     let port = (unsafe { LOCAL_PORTS.get(MacKey::new(dst)) }).copied()?;
-    // SAFETY: helper without arguments.
-    if unsafe { bpf_ktime_get_ns() }.saturating_sub(port.seen_ns) > LOCAL_PORT_MAX_AGE_NS {
+    if now_ns().saturating_sub(port.seen_ns) > LOCAL_PORT_MAX_AGE_NS {
         return None;
     }
     unsafe { PEER_PORTS.get(port.ifindex) }?;
