@@ -12,6 +12,8 @@ const NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: datagrams of one size, cut by the kernel (UDP GSO).
+const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 const ETH: usize = 14;
@@ -202,11 +204,15 @@ fn segment_tcp(frame: &[u8], v6: bool, mss: usize, out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
-/// Receive-side coalescing (GRO done in meshd): consecutive segments of one TCP flow, as they
-/// arrive from a peer, are joined into one super-frame written to the TAP with a GSO header,
-/// so the bridge and the container's stack handle one packet instead of dozens. Only what is
-/// safe to join is joined: same headers but for sequence number, lengths and checksums;
-/// plain ACK (a PSH ends the run); in order; all but the last of the same size.
+/// Receive-side coalescing (GRO done in meshd): consecutive segments of one TCP flow, or
+/// consecutive datagrams of one UDP flow, as they arrive from a peer, are joined into one
+/// super-frame written to the TAP with a GSO header, so the bridge and the container's stack
+/// handle one packet instead of dozens (small datagrams gain most: each costs a TAP write and
+/// a trip through the bridge and the veth otherwise). Only what is safe to join is joined:
+/// same headers but for lengths, checksums and the TCP sequence number or IPv4 id; all but
+/// the last of the same size. TCP: plain ACK (a PSH ends the run), in order. UDP: IPv4 ids
+/// that follow each other, so that the kernel's segmentation gives back exactly the datagrams
+/// that were joined (ids, lengths and checksums included).
 #[derive(Default)]
 pub struct Coalescer {
     /// The virtio-net header and the super-frame being built.
@@ -216,10 +222,13 @@ pub struct Coalescer {
 
 struct Run {
     v6: bool,
-    /// Offsets in the frame (not counting the virtio-net header).
+    udp: bool,
+    /// Offsets in the frame (not counting the virtio-net header): the transport header, and
+    /// the end of the headers.
     tcp_at: usize,
     hdrs: usize,
     mss: usize,
+    /// TCP: the next sequence number; UDP over IPv4: the next IP id.
     next_seq: u32,
     count: usize,
     closed: bool,
@@ -287,7 +296,7 @@ impl Coalescer {
     /// and write `frame` as it is).
     pub fn push(&mut self, frame: &[u8]) -> bool {
         let Some((v6, tcp_at, hdrs)) = tcp_layout(frame) else {
-            return false;
+            return self.push_udp(frame);
         };
         let payload = frame.len() - hdrs;
         let flags = frame[tcp_at + 13];
@@ -309,6 +318,7 @@ impl Coalescer {
                 self.out.extend_from_slice(frame);
                 self.run = Some(Run {
                     v6,
+                    udp: false,
                     tcp_at,
                     hdrs,
                     mss: payload,
@@ -320,7 +330,8 @@ impl Coalescer {
             }
             Some(run) => {
                 let first = &self.out[VNET_HDR_LEN..VNET_HDR_LEN + run.hdrs];
-                let same_headers = run.v6 == v6
+                let same_headers = !run.udp
+                    && run.v6 == v6
                     && run.hdrs == hdrs
                     && run.tcp_at == tcp_at
                     // Ethernet, and the IP header but for length, id and checksum.
@@ -361,7 +372,9 @@ impl Coalescer {
     /// Ends the current run: the bytes to write to the TAP (virtio-net header first), if any.
     pub fn finish(&mut self) -> Option<&[u8]> {
         let run = self.run.take()?;
-        if run.count > 1 {
+        if run.count > 1 && run.udp {
+            self.finish_udp(&run);
+        } else if run.count > 1 {
             let frame_len = self.out.len() - VNET_HDR_LEN;
             let f = &mut self.out[VNET_HDR_LEN..];
             let tcp_total = frame_len - run.tcp_at;
@@ -389,6 +402,160 @@ impl Coalescer {
         }
         Some(&self.out)
     }
+
+    /// [`Coalescer::push`] for a frame that is not TCP.
+    fn push_udp(&mut self, frame: &[u8]) -> bool {
+        let Some((v6, udp_at)) = udp_layout(frame) else {
+            return false;
+        };
+        let hdrs = udp_at + UDP_HDR;
+        let payload = frame.len() - hdrs;
+        let id = if v6 {
+            0
+        } else {
+            u32::from(u16::from_be_bytes([frame[ETH + 4], frame[ETH + 5]]))
+        };
+        match &mut self.run {
+            None => {
+                if !udp_checksums_ok(frame, v6, udp_at) {
+                    return false;
+                }
+                self.out.clear();
+                self.out.extend_from_slice(&[0; VNET_HDR_LEN]);
+                self.out.extend_from_slice(frame);
+                self.run = Some(Run {
+                    v6,
+                    udp: true,
+                    tcp_at: udp_at,
+                    hdrs,
+                    mss: payload,
+                    next_seq: (id + 1) & 0xffff,
+                    count: 1,
+                    closed: false,
+                });
+                true
+            }
+            Some(run) => {
+                let first = &self.out[VNET_HDR_LEN..VNET_HDR_LEN + run.hdrs];
+                let same_headers = run.udp
+                    && run.v6 == v6
+                    && run.tcp_at == udp_at
+                    && first[..ETH] == frame[..ETH]
+                    && if v6 {
+                        // All but the payload length.
+                        first[ETH..ETH + 4] == frame[ETH..ETH + 4]
+                            && first[ETH + 6..udp_at] == frame[ETH + 6..udp_at]
+                    } else {
+                        // All but the total length, the id and the checksum.
+                        first[ETH..ETH + 2] == frame[ETH..ETH + 2]
+                            && first[ETH + 6..ETH + 10] == frame[ETH + 6..ETH + 10]
+                            && first[ETH + 12..udp_at] == frame[ETH + 12..udp_at]
+                    }
+                    // The ports.
+                    && first[udp_at..udp_at + 4] == frame[udp_at..udp_at + 4];
+                let fits = !run.closed
+                    && run.count < MAX_RUN
+                    && (v6 || id == run.next_seq)
+                    && payload <= run.mss
+                    && self.out.len() + payload - VNET_HDR_LEN - ETH <= usize::from(u16::MAX) - 40;
+                if !(same_headers && fits && udp_checksums_ok(frame, v6, udp_at)) {
+                    return false;
+                }
+                self.out.extend_from_slice(&frame[hdrs..]);
+                run.next_seq = (id + 1) & 0xffff;
+                run.count += 1;
+                run.closed = payload < run.mss;
+                true
+            }
+        }
+    }
+
+    /// Turns the joined datagrams in `out` into one UDP super-frame: lengths for the whole,
+    /// the pseudo-header sum in the UDP checksum (the kernel completes each datagram's), and
+    /// the virtio-net header that asks for the cut.
+    fn finish_udp(&mut self, run: &Run) {
+        let frame_len = self.out.len() - VNET_HDR_LEN;
+        let f = &mut self.out[VNET_HDR_LEN..];
+        let udp_total = frame_len - run.tcp_at;
+        let pseudo = if run.v6 {
+            f[ETH + 4..ETH + 6].copy_from_slice(&(udp_total as u16).to_be_bytes());
+            sum16(0, &f[ETH + 8..ETH + 40]) + udp_total as u64 + 17
+        } else {
+            f[ETH + 2..ETH + 4].copy_from_slice(&((frame_len - ETH) as u16).to_be_bytes());
+            f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(0, &f[ETH..run.tcp_at]));
+            f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+            sum16(0, &f[ETH + 12..ETH + 20]) + udp_total as u64 + 17
+        };
+        f[run.tcp_at + 4..run.tcp_at + 6].copy_from_slice(&(udp_total as u16).to_be_bytes());
+        f[run.tcp_at + 6..run.tcp_at + 8].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let hdr = VnetHdr {
+            flags: NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: run.hdrs as u16,
+            gso_size: run.mss as u16,
+            csum_start: run.tcp_at as u16,
+            csum_offset: 6,
+        };
+        hdr.write(&mut self.out[..VNET_HDR_LEN]);
+    }
+}
+
+const UDP_HDR: usize = 8;
+
+/// Where the UDP header starts in `frame`, if it is a whole UDP datagram with a payload that
+/// may be coalesced (IPv4 without options and not a fragment, or IPv6 without extension
+/// headers; lengths that agree with the frame's).
+fn udp_layout(frame: &[u8]) -> Option<(bool, usize)> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (v6, udp_at) = match ethertype {
+        0x0800 => {
+            let ip = frame.get(ETH..ETH + 20)?;
+            if ip[0] != 0x45 || ip[9] != 17 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if usize::from(u16::from_be_bytes([ip[2], ip[3]])) != frame.len() - ETH {
+                return None;
+            }
+            (false, ETH + 20)
+        }
+        0x86dd => {
+            let ip = frame.get(ETH..ETH + 40)?;
+            if ip[0] >> 4 != 6 || ip[6] != 17 {
+                return None;
+            }
+            if usize::from(u16::from_be_bytes([ip[4], ip[5]])) != frame.len() - ETH - 40 {
+                return None;
+            }
+            (true, ETH + 40)
+        }
+        _ => return None,
+    };
+    let udp = frame.get(udp_at..udp_at + UDP_HDR)?;
+    if usize::from(u16::from_be_bytes([udp[4], udp[5]])) != frame.len() - udp_at
+        || frame.len() == udp_at + UDP_HDR
+    {
+        return None;
+    }
+    Some((v6, udp_at))
+}
+
+/// Like [`checksums_ok`], for UDP: a datagram without a checksum (0, IPv4) is not joined, as
+/// nothing would tell a damaged one apart.
+fn udp_checksums_ok(frame: &[u8], v6: bool, udp_at: usize) -> bool {
+    let udp_len = (frame.len() - udp_at) as u64;
+    if frame[udp_at + 6..udp_at + 8] == [0, 0] {
+        return false;
+    }
+    let pseudo = if v6 {
+        sum16(0, &frame[ETH + 8..ETH + 40]) + udp_len + 17
+    } else {
+        if fold(sum16(0, &frame[ETH..udp_at])) != 0xffff {
+            return false;
+        }
+        sum16(0, &frame[ETH + 12..ETH + 20]) + udp_len + 17
+    };
+    fold(sum16(pseudo, &frame[udp_at..])) == 0xffff
 }
 
 #[cfg(test)]
@@ -607,5 +774,117 @@ mod tests {
         bad_ip[ETH + 8] -= 1; // TTL, without fixing the header checksum
         assert!(!c.push(&bad_ip), "a bad IPv4 header checksum");
         assert!(c.push(&segs[1]), "the intact segment still joins");
+    }
+
+    /// A UDP/IPv4 datagram from 10.0.0.1:5000 to 10.0.0.2:7000 with IPv4 id `id` and
+    /// `payload` bytes, its checksums right.
+    fn udp4(id: u16, payload: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = !fold(sum16(0, &ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        udp.extend((0..payload).map(|i| (i * 3 + usize::from(id)) as u8));
+        let pseudo = sum16(0, &ip[12..20]) + udp.len() as u64 + 17;
+        let c = !fold(sum16(pseudo, &udp));
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&udp);
+        f
+    }
+
+    #[test]
+    fn datagrams_of_one_flow_join_into_a_udp_super_frame() {
+        let mut c = Coalescer::default();
+        assert!(c.push(&udp4(7, 64)));
+        assert!(c.push(&udp4(8, 64)));
+        assert!(c.push(&udp4(9, 20)), "a shorter last one");
+        assert!(!c.push(&udp4(10, 64)), "nothing after the shorter one");
+        let out = c.finish().unwrap().to_vec();
+        let hdr = VnetHdr::parse(&out).unwrap();
+        assert_eq!(
+            hdr,
+            VnetHdr {
+                flags: NEEDS_CSUM,
+                gso_type: GSO_UDP_L4,
+                hdr_len: 42,
+                gso_size: 64,
+                csum_start: 34,
+                csum_offset: 6,
+            }
+        );
+        let f = &out[VNET_HDR_LEN..];
+        assert_eq!(f.len(), 42 + 64 + 64 + 20);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), (f.len() - ETH) as u16);
+        assert_eq!(
+            fold(sum16(0, &f[ETH..ETH + 20])),
+            0xffff,
+            "IPv4 header checksum"
+        );
+        assert_eq!(
+            u16::from_be_bytes([f[18], f[19]]),
+            7,
+            "the first datagram's id"
+        );
+        let udp_len = f.len() - 34;
+        assert_eq!(u16::from_be_bytes([f[38], f[39]]), udp_len as u16);
+        // The pseudo-header sum over the whole, which the kernel adjusts per datagram.
+        let pseudo = fold(sum16(0, &f[26..34]) + udp_len as u64 + 17);
+        assert_eq!(u16::from_be_bytes([f[40], f[41]]), pseudo);
+        let mut payloads = udp4(7, 64)[42..].to_vec();
+        payloads.extend_from_slice(&udp4(8, 64)[42..]);
+        payloads.extend_from_slice(&udp4(9, 20)[42..]);
+        assert_eq!(&f[42..], &payloads[..]);
+    }
+
+    #[test]
+    fn only_datagrams_the_kernel_cuts_back_identically_join() {
+        let mut c = Coalescer::default();
+        assert!(c.push(&udp4(100, 64)));
+        assert!(
+            !c.push(&udp4(102, 64)),
+            "an id gap: the cut would renumber it"
+        );
+        assert!(!c.push(&udp4(101, 80)), "larger than the first");
+        let mut other_port = udp4(101, 64);
+        other_port[ETH + 20 + 3] ^= 1;
+        assert!(!c.push(&other_port), "another flow");
+        let mut damaged = udp4(101, 64);
+        damaged[60] ^= 0x10;
+        assert!(!c.push(&damaged), "a bad UDP checksum");
+        let mut no_sum = udp4(101, 64);
+        no_sum[ETH + 26..ETH + 28].copy_from_slice(&[0, 0]);
+        assert!(
+            !c.push(&no_sum),
+            "no UDP checksum: nothing vouches for its bytes"
+        );
+        assert!(!c.push(&three_segments()[1]), "TCP does not join a UDP run");
+        assert!(c.push(&udp4(101, 64)));
+        assert_eq!(
+            VnetHdr::parse(c.finish().unwrap()).unwrap().gso_type,
+            GSO_UDP_L4
+        );
+        let mut fragment = udp4(5, 64);
+        fragment[ETH + 6] |= 0x20; // more fragments
+        assert!(!c.push(&fragment), "a fragment");
+        let mut empty = udp4(5, 0);
+        empty.truncate(42);
+        assert!(!c.push(&empty), "no payload");
+        // A lone datagram goes out as it came.
+        assert!(c.push(&udp4(5, 64)));
+        let lone = c.finish().unwrap();
+        assert_eq!(&lone[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&lone[VNET_HDR_LEN..], &udp4(5, 64)[..]);
     }
 }
