@@ -2,6 +2,12 @@
 //! and receive coalescing (GRO: many datagrams of one flow in one receive). Both cut the
 //! per-datagram system-call cost; kernels without them (before 4.18 / 5.0) fall back to one
 //! datagram per call.
+//!
+//! The socket is registered with the runtime for reading only. Registered for writing too (as
+//! tokio's own socket is), every datagram the kernel frees after sending makes the socket
+//! "writable" again and wakes the data path's thread for nothing: one wake-up (on a VM, an
+//! interrupt to a halted CPU) per send, seen with strace in request/response traffic. Sends go
+//! straight to the kernel; only one that finds the buffer full waits for room.
 
 use std::{
     io,
@@ -12,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::{io::Interest, net::UdpSocket};
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS on older kernels).
 pub const MAX_SEGMENTS: usize = 64;
@@ -20,13 +26,13 @@ pub const MAX_SEGMENTS: usize = 64;
 pub const MAX_GSO_BYTES: usize = 65_000;
 
 pub struct DataSocket {
-    sock: UdpSocket,
+    sock: AsyncFd<std::net::UdpSocket>,
     gso: AtomicBool,
     pub gro: bool,
 }
 
 fn setsockopt_int(
-    sock: &UdpSocket,
+    sock: &std::net::UdpSocket,
     level: libc::c_int,
     name: libc::c_int,
     v: libc::c_int,
@@ -67,9 +73,10 @@ impl DataSocket {
     /// refuses by its own path-MTU cache: meshd probes each path itself (a fragmented probe
     /// would lie).
     pub async fn bind(port: u16) -> Result<DataSocket> {
-        let sock = UdpSocket::bind(("0.0.0.0", port))
-            .await
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
             .with_context(|| format!("binding the data port {port}"))?;
+        sock.set_nonblocking(true)
+            .context("making the data socket non-blocking")?;
         setsockopt_int(
             &sock,
             libc::IPPROTO_IP,
@@ -78,6 +85,11 @@ impl DataSocket {
         )
         .context("setting IP_MTU_DISCOVER on the data socket")?;
         let gro = setsockopt_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        // SAFETY: the socket owns its descriptor, which stays open as long as the AsyncFd
+        // holding it lives.
+        let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
+            .map_err(io::Error::from)
+            .context("registering the data socket")?;
         Ok(DataSocket {
             sock,
             gso: AtomicBool::new(true),
@@ -86,7 +98,30 @@ impl DataSocket {
     }
 
     pub async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        self.sock.send_to(buf, addr).await
+        self.sending(|| self.sock.get_ref().send_to(buf, addr))
+            .await
+    }
+
+    /// Runs the non-blocking send `f`; when the socket buffer is full, waits for room and
+    /// tries again.
+    async fn sending<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        loop {
+            match f() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                r => return r,
+            }
+        }
+    }
+
+    /// Waits until the socket takes datagrams again, through a registration made for this
+    /// wait only (see the module's note); a socket already writable reports so at once.
+    async fn room(&self) -> io::Result<()> {
+        let dup = self.sock.get_ref().try_clone()?;
+        // SAFETY: as in `bind`, for the duplicate descriptor this AsyncFd owns.
+        let w = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
+            .map_err(io::Error::from)?;
+        w.writable().await?.retain_ready();
+        Ok(())
     }
 
     /// Sends `buf` to `addr` as datagrams of `seg` bytes each (the last may be shorter).
@@ -117,44 +152,43 @@ impl DataSocket {
 
     async fn send_gso(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
         let mut name = sockaddr_v4(addr)?;
-        self.sock
-            .async_io(Interest::WRITABLE, || {
-                let mut iov = libc::iovec {
-                    iov_base: buf.as_ptr() as *mut libc::c_void,
-                    iov_len: buf.len(),
-                };
-                // Room for one cmsg carrying a u16, aligned as the kernel wants.
-                let mut control = [0u64; 4];
-                // SAFETY: msghdr is plain data; all-zero is valid before it is filled in.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-                msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = control.as_mut_ptr().cast();
-                // SAFETY: CMSG_* compute sizes and pointers within `control`, which is large
-                // enough for one cmsg of a u16.
-                unsafe {
-                    msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-                    let c = libc::CMSG_FIRSTHDR(&msg);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
-                    if libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+        self.sending(|| {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            // Room for one cmsg carrying a u16, aligned as the kernel wants.
+            let mut control = [0u64; 4];
+            // SAFETY: msghdr is plain data; all-zero is valid before it is filled in.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_* compute sizes and pointers within `control`, which is large
+            // enough for one cmsg of a u16.
+            unsafe {
+                msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+                if libc::sendmsg(self.sock.get_ref().as_raw_fd(), &msg, 0) < 0 {
+                    return Err(io::Error::last_os_error());
                 }
-                Ok(())
-            })
-            .await
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Receives into `buf`: (length, sender, segment size). With GRO, `buf` may hold several
     /// datagrams of `segment size` bytes back to back (the last may be shorter).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
         self.sock
-            .async_io(Interest::READABLE, || {
+            .async_io(Interest::READABLE, |sock| {
                 let mut iov = libc::iovec {
                     iov_base: buf.as_mut_ptr().cast(),
                     iov_len: buf.len(),
@@ -171,7 +205,7 @@ impl DataSocket {
                 msg.msg_controllen = size_of_val(&control);
                 // SAFETY: recvmsg into buffers we own; cmsgs are read within msg_controllen.
                 unsafe {
-                    let n = libc::recvmsg(self.sock.as_raw_fd(), &mut msg, 0);
+                    let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
                     if n < 0 {
                         return Err(io::Error::last_os_error());
                     }
