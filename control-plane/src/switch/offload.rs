@@ -313,19 +313,19 @@ impl Coalescer {
                 if !checksums_ok(frame, v6, tcp_at) {
                     return false;
                 }
-                self.out.clear();
-                self.out.extend_from_slice(&[0; VNET_HDR_LEN]);
-                self.out.extend_from_slice(frame);
-                self.run = Some(Run {
-                    v6,
-                    udp: false,
-                    tcp_at,
-                    hdrs,
-                    mss: payload,
-                    next_seq: seq.wrapping_add(payload as u32),
-                    count: 1,
-                    closed: flags & TCP_PSH != 0,
-                });
+                self.begin(
+                    frame,
+                    Run {
+                        v6,
+                        udp: false,
+                        tcp_at,
+                        hdrs,
+                        mss: payload,
+                        next_seq: seq.wrapping_add(payload as u32),
+                        count: 1,
+                        closed: flags & TCP_PSH != 0,
+                    },
+                );
                 true
             }
             Some(run) => {
@@ -335,15 +335,7 @@ impl Coalescer {
                     && run.hdrs == hdrs
                     && run.tcp_at == tcp_at
                     // Ethernet, and the IP header but for length, id and checksum.
-                    && first[..ETH] == frame[..ETH]
-                    && if v6 {
-                        first[ETH..ETH + 4] == frame[ETH..ETH + 4]
-                            && first[ETH + 6..tcp_at] == frame[ETH + 6..tcp_at]
-                    } else {
-                        first[ETH..ETH + 2] == frame[ETH..ETH + 2]
-                            && first[ETH + 6..ETH + 10] == frame[ETH + 6..ETH + 10]
-                            && first[ETH + 12..tcp_at] == frame[ETH + 12..tcp_at]
-                    }
+                    && same_ip_headers(first, frame, v6, tcp_at)
                     // TCP: ports, ack, flags but PSH, window, options.
                     && first[tcp_at..tcp_at + 4] == frame[tcp_at..tcp_at + 4]
                     && first[tcp_at + 8..tcp_at + 13] == frame[tcp_at + 8..tcp_at + 13]
@@ -375,19 +367,8 @@ impl Coalescer {
         if run.count > 1 && run.udp {
             self.finish_udp(&run);
         } else if run.count > 1 {
-            let frame_len = self.out.len() - VNET_HDR_LEN;
             let f = &mut self.out[VNET_HDR_LEN..];
-            let tcp_total = frame_len - run.tcp_at;
-            let pseudo = if run.v6 {
-                f[ETH + 4..ETH + 6].copy_from_slice(&(tcp_total as u16).to_be_bytes());
-                sum16(0, &f[ETH + 8..ETH + 40]) + tcp_total as u64 + 6
-            } else {
-                f[ETH + 2..ETH + 4].copy_from_slice(&((frame_len - ETH) as u16).to_be_bytes());
-                f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-                let c = !fold(sum16(0, &f[ETH..ETH + 20]));
-                f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-                sum16(0, &f[ETH + 12..ETH + 20]) + tcp_total as u64 + 6
-            };
+            let pseudo = set_ip_lengths(f, run.v6, run.tcp_at, 6);
             // A partial checksum, as the kernel keeps for segments it will cut itself.
             f[run.tcp_at + 16..run.tcp_at + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
             let hdr = VnetHdr {
@@ -401,6 +382,15 @@ impl Coalescer {
             hdr.write(&mut self.out[..VNET_HDR_LEN]);
         }
         Some(&self.out)
+    }
+
+    /// Starts a run with `frame`, an empty virtio-net header in front of it (what a lone frame
+    /// goes out with).
+    fn begin(&mut self, frame: &[u8], run: Run) {
+        self.out.clear();
+        self.out.extend_from_slice(&[0; VNET_HDR_LEN]);
+        self.out.extend_from_slice(frame);
+        self.run = Some(run);
     }
 
     /// [`Coalescer::push`] for a frame that is not TCP.
@@ -420,19 +410,19 @@ impl Coalescer {
                 if !udp_checksums_ok(frame, v6, udp_at) {
                     return false;
                 }
-                self.out.clear();
-                self.out.extend_from_slice(&[0; VNET_HDR_LEN]);
-                self.out.extend_from_slice(frame);
-                self.run = Some(Run {
-                    v6,
-                    udp: true,
-                    tcp_at: udp_at,
-                    hdrs,
-                    mss: payload,
-                    next_seq: (id + 1) & 0xffff,
-                    count: 1,
-                    closed: false,
-                });
+                self.begin(
+                    frame,
+                    Run {
+                        v6,
+                        udp: true,
+                        tcp_at: udp_at,
+                        hdrs,
+                        mss: payload,
+                        next_seq: (id + 1) & 0xffff,
+                        count: 1,
+                        closed: false,
+                    },
+                );
                 true
             }
             Some(run) => {
@@ -440,17 +430,7 @@ impl Coalescer {
                 let same_headers = run.udp
                     && run.v6 == v6
                     && run.tcp_at == udp_at
-                    && first[..ETH] == frame[..ETH]
-                    && if v6 {
-                        // All but the payload length.
-                        first[ETH..ETH + 4] == frame[ETH..ETH + 4]
-                            && first[ETH + 6..udp_at] == frame[ETH + 6..udp_at]
-                    } else {
-                        // All but the total length, the id and the checksum.
-                        first[ETH..ETH + 2] == frame[ETH..ETH + 2]
-                            && first[ETH + 6..ETH + 10] == frame[ETH + 6..ETH + 10]
-                            && first[ETH + 12..udp_at] == frame[ETH + 12..udp_at]
-                    }
+                    && same_ip_headers(first, frame, v6, udp_at)
                     // The ports.
                     && first[udp_at..udp_at + 4] == frame[udp_at..udp_at + 4];
                 let fits = !run.closed
@@ -474,19 +454,9 @@ impl Coalescer {
     /// the pseudo-header sum in the UDP checksum (the kernel completes each datagram's), and
     /// the virtio-net header that asks for the cut.
     fn finish_udp(&mut self, run: &Run) {
-        let frame_len = self.out.len() - VNET_HDR_LEN;
         let f = &mut self.out[VNET_HDR_LEN..];
-        let udp_total = frame_len - run.tcp_at;
-        let pseudo = if run.v6 {
-            f[ETH + 4..ETH + 6].copy_from_slice(&(udp_total as u16).to_be_bytes());
-            sum16(0, &f[ETH + 8..ETH + 40]) + udp_total as u64 + 17
-        } else {
-            f[ETH + 2..ETH + 4].copy_from_slice(&((frame_len - ETH) as u16).to_be_bytes());
-            f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum16(0, &f[ETH..run.tcp_at]));
-            f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-            sum16(0, &f[ETH + 12..ETH + 20]) + udp_total as u64 + 17
-        };
+        let udp_total = f.len() - run.tcp_at;
+        let pseudo = set_ip_lengths(f, run.v6, run.tcp_at, 17);
         f[run.tcp_at + 4..run.tcp_at + 6].copy_from_slice(&(udp_total as u16).to_be_bytes());
         f[run.tcp_at + 6..run.tcp_at + 8].copy_from_slice(&fold(pseudo).to_be_bytes());
         let hdr = VnetHdr {
@@ -502,6 +472,38 @@ impl Coalescer {
 }
 
 const UDP_HDR: usize = 8;
+
+/// Whether two frames of a run have the same Ethernet and IP headers, but for the lengths, the
+/// IPv4 id and the IPv4 header checksum. `l4_at`: where the transport header starts.
+fn same_ip_headers(first: &[u8], frame: &[u8], v6: bool, l4_at: usize) -> bool {
+    first[..ETH] == frame[..ETH]
+        && if v6 {
+            first[ETH..ETH + 4] == frame[ETH..ETH + 4]
+                && first[ETH + 6..l4_at] == frame[ETH + 6..l4_at]
+        } else {
+            first[ETH..ETH + 2] == frame[ETH..ETH + 2]
+                && first[ETH + 6..ETH + 10] == frame[ETH + 6..ETH + 10]
+                && first[ETH + 12..l4_at] == frame[ETH + 12..l4_at]
+        }
+}
+
+/// Gives a joined super-frame `f` its IP lengths (and IPv4 header checksum); returns the
+/// pseudo-header sum of its transport (protocol `proto`, starting at `l4_at`) for the
+/// partial checksum.
+fn set_ip_lengths(f: &mut [u8], v6: bool, l4_at: usize, proto: u64) -> u64 {
+    let l4_total = f.len() - l4_at;
+    if v6 {
+        f[ETH + 4..ETH + 6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+        sum16(0, &f[ETH + 8..ETH + 40]) + l4_total as u64 + proto
+    } else {
+        let ip_total = f.len() - ETH;
+        f[ETH + 2..ETH + 4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+        f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+        let c = !fold(sum16(0, &f[ETH..l4_at]));
+        f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+        sum16(0, &f[ETH + 12..ETH + 20]) + l4_total as u64 + proto
+    }
+}
 
 /// Where the UDP header starts in `frame`, if it is a whole UDP datagram with a payload that
 /// may be coalesced (IPv4 without options and not a fragment, or IPv6 without extension
