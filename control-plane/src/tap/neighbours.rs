@@ -167,12 +167,18 @@ impl Neighbours {
     }
 
     /// Builds the inner part of a heartbeat on `link` into `inner`: our report of the largest
-    /// datagram it sent us lately, the address challenge and echo, the round-trip stamps;
-    /// padded into a path-MTU probe when one is due.
-    pub fn heartbeat_payload(&mut self, link: LinkId, inner: &mut Vec<u8>, now: Instant) -> bool {
-        let Some(n) = self.links.get_mut(&link) else {
-            return false;
-        };
+    /// datagram it sent us lately, the address challenge and echo, the round-trip stamps.
+    /// Returns whether there is such a link, and the length to pad a copy of `inner` to when a
+    /// path-MTU probe is due. The probe goes besides the heartbeat, never instead of it: probes
+    /// on a narrow path are lost by design, and heartbeats lost with them would make the
+    /// neighbour take a working data path for down and route around it while the search runs.
+    pub fn heartbeat_payload(
+        &mut self,
+        link: LinkId,
+        inner: &mut Vec<u8>,
+        now: Instant,
+    ) -> Option<Option<usize>> {
+        let n = self.links.get_mut(&link)?;
         let sealed_extra = if n.sealed() { SEAL_OVERHEAD } else { 0 };
         let report = n.received.report(now).min(usize::from(u16::MAX)) as u16;
         let mut payload = if n.sealed() {
@@ -186,11 +192,11 @@ impl Neighbours {
         payload.stamp = n.rtt.outgoing(heartbeat::stamp_of(now));
         inner.clear();
         payload.write(inner);
-        if let Some(size) = n.path.next_probe(now) {
-            let len = size.saturating_sub(HEADER_LEN + sealed_extra);
-            inner.resize(len.max(heartbeat::PAYLOAD_LEN), 0);
-        }
-        true
+        let probe = n.path.next_probe(now).map(|size| {
+            size.saturating_sub(HEADER_LEN + sealed_extra)
+                .max(heartbeat::PAYLOAD_LEN)
+        });
+        Some(probe)
     }
 
     /// A data address of `link`'s neighbour waiting to prove itself: heartbeats (with the
@@ -829,7 +835,11 @@ mod tests {
             heartbeat: true,
         };
         let (mut inner, mut out) = (Vec::new(), Vec::new());
-        assert!(sender.heartbeat_payload(LinkId(1), &mut inner, Instant::now()));
+        assert!(
+            sender
+                .heartbeat_payload(LinkId(1), &mut inner, Instant::now())
+                .is_some()
+        );
         sender
             .prepare_on(LinkId(1), &h, &inner, &mut out, 0)
             .unwrap();

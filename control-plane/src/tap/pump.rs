@@ -565,6 +565,7 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let mut out = Vec::with_capacity(65536);
     let mut inner = Vec::with_capacity(65536);
     let mut challenge = Vec::with_capacity(65536);
+    let mut probe_out = Vec::with_capacity(65536);
     loop {
         tick.tick().await;
         // Heartbeats say "my data path works": they stop when it does not, so that peers
@@ -598,10 +599,19 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     hops: 1,
                     heartbeat: true,
                 };
-                if !nb.heartbeat_payload(link, &mut inner, Instant::now()) {
+                let Some(probe) = nb.heartbeat_payload(link, &mut inner, Instant::now()) else {
                     continue;
-                }
+                };
                 let addr = nb.prepare_on(link, &h, &inner, &mut out, shared.now_ms());
+                // The path-MTU probe: the same heartbeat padded, sealed on its own (every
+                // datagram has its own counter). Taken in twice, it changes nothing.
+                probe_out.clear();
+                if let Some(len) = probe {
+                    let plain = inner.len();
+                    inner.resize(len, 0);
+                    nb.prepare_on(link, &h, &inner, &mut probe_out, shared.now_ms());
+                    inner.truncate(plain);
+                }
                 // A new address the neighbour's heartbeats came from gets the challenge too
                 // (sealed separately: every datagram has its own counter).
                 let candidate = nb.candidate(link).and_then(|c| {
@@ -611,10 +621,12 @@ async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 });
                 (addr, candidate)
             };
-            if let Some(addr) = addr
-                && sock.send_to(&out, addr).await.is_err()
-            {
-                bump(&shared.counters.send_errors);
+            if let Some(addr) = addr {
+                for datagram in [&out, &probe_out].into_iter().filter(|d| !d.is_empty()) {
+                    if sock.send_to(datagram, addr).await.is_err() {
+                        bump(&shared.counters.send_errors);
+                    }
+                }
             }
             if let Some(candidate) = candidate
                 && sock.send_to(&challenge, candidate).await.is_err()
