@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use mesh_tests::{
     Container, Host, Lab,
-    mesh::{Meshd, full_mesh, pings, status, tcp_exact},
+    mesh::{Meshd, full_mesh, peer, pings, status, tcp_exact},
     wait_until,
 };
 
@@ -148,6 +148,10 @@ fn the_armv6_meshd_under_qemu_seals_traffic_with_an_x86_tap_host() {
     carries_traffic(&mut lab, &cpi, &cx);
     let dp = &status(&npi).unwrap()["datapath"];
     assert_eq!(dp["encrypted"], true, "the ARM meshd seals: {dp}");
+    // An ARMv6 has no AES hardware: the link takes ChaCha20-Poly1305, although the x86 end
+    // would offer AES-256-GCM.
+    let link = peer(&nx, "aspi").unwrap();
+    assert_eq!(link["cipher"], "chacha20-poly1305", "{link}");
     assert!(
         dp["tap_counters"]["tap_rx_frames"].as_u64().unwrap_or(0) > 0,
         "frames went through the ARM meshd's TAP path: {dp}"

@@ -45,6 +45,8 @@ pub struct Local {
     pub trusted_subnets: Vec<ipnet::IpNet>,
     /// Our data path's UDP port, told to peers in the hello.
     pub data_port: u16,
+    /// We seal with AES-256-GCM where the peer does too (told in the hello; `--cipher`).
+    pub offers_aes: bool,
 }
 
 impl Local {
@@ -74,6 +76,8 @@ pub struct Established {
     /// The data path's secret for this link; none when the mesh runs without authentication.
     /// Moved into the data path when the link is added; wiped when dropped.
     pub data_secret: Option<crate::switch::seal::LinkSecret>,
+    /// What the link's data frames are sealed with, when they are.
+    pub cipher: crate::switch::seal::Cipher,
     pub i_dialed: bool,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
@@ -129,6 +133,7 @@ pub async fn handshake(
         kernel_datapath: local.kernel_datapath,
         trusts_you: local.trusts(conn.remote_address().ip()),
         data_port: local.data_port.into(),
+        aes_256_gcm: local.offers_aes,
     };
     wire::write(&mut send, &frame(peer_frame::Kind::Hello(hello))).await?;
     let mut theirs = match wire::read_capped(&mut recv, wire::MAX_HANDSHAKE_FRAME)
@@ -218,10 +223,12 @@ pub async fn handshake(
             )))
         }
     };
+    let cipher = crate::switch::seal::Cipher::for_link(local.offers_aes, theirs.aes_256_gcm);
     Ok(Established {
         peer,
         hello: theirs,
         data_secret,
+        cipher,
         i_dialed: dialer,
         send,
         recv,

@@ -66,6 +66,8 @@ pub struct Config {
     /// The datapath (TAP, or kernel with TAP for the rest), when this node forwards frames.
     pub datapath: Option<Box<dyn Datapath>>,
     pub data_port: u16,
+    /// Offer AES-256-GCM for sealed links (peers that offer it too get it; see `--cipher`).
+    pub offers_aes: bool,
     /// systemd's notification socket, when meshd runs as a `Type=notify` service.
     pub notifier: Option<crate::notify::Notifier>,
     /// Namespaces and host addresses on the mesh bridge (with a datapath only).
@@ -299,6 +301,7 @@ impl Session {
             kernel_datapath: false,
             trusted_subnets: Vec::new(),
             data_port: 0,
+            offers_aes: false,
         };
         let remote = conn::resolve(target, mesh_common::DEFAULT_CONTROL_PORT).await?;
         let c = endpoint
@@ -390,6 +393,7 @@ impl Agent {
                 kernel_datapath: cfg.mode.name == "ebpf",
                 trusted_subnets: cfg.trusted_subnets,
                 data_port: cfg.data_port,
+                offers_aes: cfg.offers_aes,
             }),
             listen,
             endpoint,
@@ -809,7 +813,14 @@ impl Agent {
                         .filter(|p| *p != 0)
                         .unwrap_or(self.data_port),
                 ),
-                secret: est.data_secret.take().map(|s| (s, est.i_dialed)),
+                secret: est
+                    .data_secret
+                    .take()
+                    .map(|secret| crate::switch::seal::LinkKeys {
+                        secret,
+                        i_dialed: est.i_dialed,
+                        cipher: est.cipher,
+                    }),
                 peer_kernel: est.hello.kernel_datapath,
             };
             dp.add_link(LinkId(conn_id), spec);

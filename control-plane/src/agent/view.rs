@@ -98,6 +98,7 @@ impl Agent {
                     None => String::new(),
                 },
                 link_mtu: r.mtu,
+                cipher: r.cipher.map_or_else(String::new, |c| c.name().into()),
                 tx_packets: traffic.tx_packets + k.tx_packets,
                 tx_bytes: traffic.tx_bytes + k.tx_bytes,
                 rx_packets: traffic.rx_packets + k.rx_packets,

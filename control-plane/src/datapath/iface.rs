@@ -23,6 +23,8 @@ pub struct LinkReport {
     pub forwarder: &'static str,
     /// Whether its frames are sealed.
     pub encrypted: bool,
+    /// What they are sealed with.
+    pub cipher: Option<crate::switch::seal::Cipher>,
     /// Heartbeats arrive (or it is too new to tell).
     pub up: bool,
     /// The overlay MTU on the link.

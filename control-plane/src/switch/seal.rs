@@ -10,15 +10,19 @@
 //! 8..11   sender: short id of the neighbour that sealed this hop    } (AEAD associated
 //! 11      key epoch (low 8 bits)                                    }  data)
 //! 12..20  counter, big-endian u64 (the nonce is 4 zero bytes ‖ counter)
-//! 20..    ChaCha20-Poly1305 ciphertext of the inner frame (empty in a heartbeat)
-//! last 16 the Poly1305 tag
+//! 20..    ciphertext of the inner frame (empty in a heartbeat)
+//! last 16 the AEAD's tag
 //! ```
+//!
+//! The AEAD is the link's [`Cipher`]: AES-256-GCM when both ends have AES in hardware (their
+//! hellos say so), ChaCha20-Poly1305 otherwise. Each cipher has its own key schedule, so a
+//! disagreement fails every frame's tag instead of using one key under two ciphers.
 //!
 //! Keys ratchet forward: epoch e+1's chain key is derived from epoch e's and the old one is
 //! forgotten, so a key taken from a running meshd does not open earlier traffic.
 
 use ring::{
-    aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey},
+    aead::{self, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey},
     hkdf,
 };
 
@@ -63,6 +67,73 @@ impl std::fmt::Debug for LinkSecret {
     }
 }
 
+/// The AEAD a sealed link uses, agreed in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// Fast everywhere in software, and constant-time: for machines without AES hardware
+    /// (the Raspberry Pis before the 5) and for links to them.
+    ChaCha20Poly1305,
+    /// About three times cheaper per byte than ChaCha20-Poly1305 where the CPU has AES and
+    /// carry-less multiplication instructions (x86-64 with AES-NI, ARMv8 with its crypto
+    /// extensions); slow in software, so only when both ends have them.
+    Aes256Gcm,
+}
+
+impl Cipher {
+    pub const ALL: [Cipher; 2] = [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm];
+
+    /// The name `meshctl peers` and the docs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+            Cipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// What a link uses, given whether each end offers AES-256-GCM.
+    pub fn for_link(we_offer_aes: bool, they_offer_aes: bool) -> Cipher {
+        if we_offer_aes && they_offer_aes {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::ChaCha20Poly1305
+        }
+    }
+
+    /// Whether this CPU runs AES-GCM in hardware (what a node offers by default).
+    pub fn aes_in_hardware() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("aes")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("aes")
+                && std::arch::is_aarch64_feature_detected!("pmull")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    }
+
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Cipher::Aes256Gcm => &AES_256_GCM,
+        }
+    }
+
+    /// The key schedule's salt. ChaCha20-Poly1305's is the one from before AES-256-GCM
+    /// existed here, so links to older peers key as they did.
+    fn salt(self) -> &'static [u8] {
+        match self {
+            Cipher::ChaCha20Poly1305 => b"mesh data v1",
+            Cipher::Aes256Gcm => b"mesh data v1 aes-256-gcm",
+        }
+    }
+}
+
 /// Which way a key protects: each direction of a link has its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -102,8 +173,8 @@ fn expand(chain: &[u8; 32], info: &[u8]) -> [u8; 32] {
     out
 }
 
-fn first_chain(secret: &LinkSecret, dir: Direction) -> [u8; 32] {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mesh data v1").extract(&secret.0);
+fn first_chain(secret: &LinkSecret, dir: Direction, cipher: Cipher) -> [u8; 32] {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, cipher.salt()).extract(&secret.0);
     let info: &[u8] = match dir {
         Direction::FromDialer => b"from dialer",
         Direction::FromAcceptor => b"from acceptor",
@@ -118,28 +189,34 @@ fn first_chain(secret: &LinkSecret, dir: Direction) -> [u8; 32] {
 /// One epoch's key, and the chain key the next epoch is derived from.
 struct Epoch {
     number: u32,
+    cipher: Cipher,
     key: LessSafeKey,
     chain: [u8; 32],
 }
 
 impl Epoch {
-    fn first(secret: &LinkSecret, dir: Direction) -> Epoch {
-        Epoch::from_chain(0, first_chain(secret, dir))
+    fn first(secret: &LinkSecret, dir: Direction, cipher: Cipher) -> Epoch {
+        Epoch::from_chain(0, cipher, first_chain(secret, dir, cipher))
     }
 
-    fn from_chain(number: u32, chain: [u8; 32]) -> Epoch {
+    fn from_chain(number: u32, cipher: Cipher, chain: [u8; 32]) -> Epoch {
         let key = expand(&chain, b"key");
         Epoch {
             number,
+            cipher,
             key: LessSafeKey::new(
-                UnboundKey::new(&CHACHA20_POLY1305, &key).expect("32-byte ChaCha20 key"),
+                UnboundKey::new(cipher.algorithm(), &key).expect("both ciphers take 32-byte keys"),
             ),
             chain,
         }
     }
 
     fn next(&self) -> Epoch {
-        Epoch::from_chain(self.number.wrapping_add(1), expand(&self.chain, b"next"))
+        Epoch::from_chain(
+            self.number.wrapping_add(1),
+            self.cipher,
+            expand(&self.chain, b"next"),
+        )
     }
 }
 
@@ -158,10 +235,16 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    pub fn new(secret: &LinkSecret, dir: Direction, sender: ShortId, now_ms: u64) -> Sealer {
+    pub fn new(
+        secret: &LinkSecret,
+        dir: Direction,
+        cipher: Cipher,
+        sender: ShortId,
+        now_ms: u64,
+    ) -> Sealer {
         Sealer {
             sender,
-            epoch: Epoch::first(secret, dir),
+            epoch: Epoch::first(secret, dir, cipher),
             counter: 0,
             epoch_started_ms: now_ms,
         }
@@ -208,7 +291,7 @@ impl Sealer {
                 Aad::from(head),
                 &mut out[start + SEALED_HEADER_LEN..],
             )
-            .expect("a frame is far below ChaCha20-Poly1305's length limit");
+            .expect("a frame is far below either AEAD's length limit");
         out.extend_from_slice(tag.as_ref());
     }
 }
@@ -252,8 +335,8 @@ pub struct Opener {
 }
 
 impl Opener {
-    pub fn new(secret: &LinkSecret, dir: Direction) -> Opener {
-        let first = Epoch::first(secret, dir);
+    pub fn new(secret: &LinkSecret, dir: Direction, cipher: Cipher) -> Opener {
+        let first = Epoch::first(secret, dir, cipher);
         let next = first.next();
         Opener {
             previous: None,
@@ -374,6 +457,15 @@ impl ReplayWindow {
     }
 }
 
+/// What a sealed link is keyed with: the secret from its control connection, which end
+/// dialled (each direction has its own keys), and the cipher both ends agreed on.
+#[derive(Debug)]
+pub struct LinkKeys {
+    pub secret: LinkSecret,
+    pub i_dialed: bool,
+    pub cipher: Cipher,
+}
+
 /// Both directions' state for one link.
 pub struct LinkCrypto {
     pub sealer: Sealer,
@@ -381,11 +473,20 @@ pub struct LinkCrypto {
 }
 
 impl LinkCrypto {
-    pub fn new(secret: &LinkSecret, i_dialed: bool, me: ShortId, now_ms: u64) -> LinkCrypto {
+    pub fn new(keys: &LinkKeys, me: ShortId, now_ms: u64) -> LinkCrypto {
+        let LinkKeys {
+            secret,
+            i_dialed,
+            cipher,
+        } = keys;
         LinkCrypto {
-            sealer: Sealer::new(secret, Direction::sending(i_dialed), me, now_ms),
-            opener: Opener::new(secret, Direction::receiving(i_dialed)),
+            sealer: Sealer::new(secret, Direction::sending(*i_dialed), *cipher, me, now_ms),
+            opener: Opener::new(secret, Direction::receiving(*i_dialed), *cipher),
         }
+    }
+
+    pub fn cipher(&self) -> Cipher {
+        self.sealer.epoch.cipher
     }
 }
 
@@ -396,12 +497,24 @@ const _: () = assert!(aead::MAX_TAG_LEN == TAG_LEN);
 mod tests {
     use super::*;
 
-    fn pair() -> (LinkCrypto, LinkCrypto) {
-        let s = LinkSecret([7; 32]);
+    fn keys(secret: u8, i_dialed: bool, cipher: Cipher) -> LinkKeys {
+        LinkKeys {
+            secret: LinkSecret([secret; 32]),
+            i_dialed,
+            cipher,
+        }
+    }
+
+    fn pair_with(cipher: Cipher) -> (LinkCrypto, LinkCrypto) {
         (
-            LinkCrypto::new(&s, true, ShortId::from_wire(1), 0),
-            LinkCrypto::new(&s, false, ShortId::from_wire(2), 0),
+            LinkCrypto::new(&keys(7, true, cipher), ShortId::from_wire(1), 0),
+            LinkCrypto::new(&keys(7, false, cipher), ShortId::from_wire(2), 0),
         )
+    }
+
+    /// Each test runs with both ciphers.
+    fn pairs() -> impl Iterator<Item = (LinkCrypto, LinkCrypto)> {
+        Cipher::ALL.into_iter().map(pair_with)
     }
 
     fn header(heartbeat: bool) -> Header {
@@ -415,27 +528,75 @@ mod tests {
 
     #[test]
     fn sealed_frames_open_on_the_other_end_only_in_their_direction() {
-        let (mut a, mut b) = pair();
-        let frame = b"\xff\xff\xff\xff\xff\xff\x02\0\0\0\0\x01\x08\x06secret marker";
-        let mut out = Vec::new();
-        a.sealer.seal(&header(false), frame, &mut out, 0);
-        assert_eq!(out.len(), HEADER_LEN + frame.len() + SEAL_OVERHEAD);
-        assert!(
-            !out.windows(6).any(|w| w == b"marker"),
-            "ciphertext hides the frame"
-        );
-        assert_eq!(sender_of(&out), Ok(ShortId::from_wire(1)));
-        let mut copy = out.clone();
-        // The sender's own opener holds the other direction's key.
-        assert_eq!(a.opener.open(&mut copy), Err(Refused::Auth));
-        let (h, r) = b.opener.open(&mut out).unwrap();
-        assert_eq!(h, header(false));
-        assert_eq!(&out[r], frame);
+        for (mut a, mut b) in pairs() {
+            let frame = b"\xff\xff\xff\xff\xff\xff\x02\0\0\0\0\x01\x08\x06secret marker";
+            let mut out = Vec::new();
+            a.sealer.seal(&header(false), frame, &mut out, 0);
+            assert_eq!(out.len(), HEADER_LEN + frame.len() + SEAL_OVERHEAD);
+            assert!(
+                !out.windows(6).any(|w| w == b"marker"),
+                "ciphertext hides the frame"
+            );
+            assert_eq!(sender_of(&out), Ok(ShortId::from_wire(1)));
+            let mut copy = out.clone();
+            // The sender's own opener holds the other direction's key.
+            assert_eq!(a.opener.open(&mut copy), Err(Refused::Auth));
+            let (h, r) = b.opener.open(&mut out).unwrap();
+            assert_eq!(h, header(false));
+            assert_eq!(&out[r], frame);
+        }
     }
 
     #[test]
+    fn ends_that_disagree_on_the_cipher_open_nothing() {
+        let a = LinkCrypto::new(&keys(7, true, Cipher::Aes256Gcm), ShortId::from_wire(1), 0);
+        let mut b = LinkCrypto::new(
+            &keys(7, false, Cipher::ChaCha20Poly1305),
+            ShortId::from_wire(2),
+            0,
+        );
+        let mut a = a;
+        let mut out = Vec::new();
+        a.sealer.seal(&header(true), &[], &mut out, 0);
+        assert_eq!(b.opener.open(&mut out), Err(Refused::Auth));
+        assert_eq!(a.cipher(), Cipher::Aes256Gcm);
+        assert_eq!(b.cipher(), Cipher::ChaCha20Poly1305);
+    }
+
+    #[test]
+    fn aes_only_when_both_ends_offer_it() {
+        assert_eq!(Cipher::for_link(true, true), Cipher::Aes256Gcm);
+        for (ours, theirs) in [(true, false), (false, true), (false, false)] {
+            assert_eq!(Cipher::for_link(ours, theirs), Cipher::ChaCha20Poly1305);
+        }
+    }
+
+    /// A ChaCha20-Poly1305 link keys and seals exactly as before AES-256-GCM was added, so
+    /// older peers (which know only it) still understand us: the bytes below were sealed by
+    /// that older code.
+    #[test]
+    fn chacha_frames_are_what_older_peers_seal() {
+        let (mut a, _) = pair_with(Cipher::ChaCha20Poly1305);
+        let mut out = Vec::new();
+        a.sealer
+            .seal(&header(false), b"older peers read this", &mut out, 0);
+        assert_eq!(hex(&out), OLDER_PEERS_SEAL);
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    const OLDER_PEERS_SEAL: &str = "0d000002000001200000010000000000000000005c58f620b96af9b9c3ce5fdbdda036703644ded495bc8d3afeb2c6299d5472c3ba8c6d39fd";
+
+    #[test]
     fn a_replayed_or_tampered_frame_is_refused() {
-        let (mut a, mut b) = pair();
+        for (a, b) in pairs() {
+            replayed_or_tampered(a, b);
+        }
+    }
+
+    fn replayed_or_tampered(mut a: LinkCrypto, mut b: LinkCrypto) {
         let mut out = Vec::new();
         a.sealer.seal(&header(false), &[0u8; 60], &mut out, 0);
         let captured = out.clone();
@@ -457,21 +618,30 @@ mod tests {
 
     #[test]
     fn a_peer_with_another_secret_cannot_forge() {
-        let (_, mut b) = pair();
-        let mut forger = Sealer::new(
-            &LinkSecret([8; 32]),
-            Direction::FromDialer,
-            ShortId::from_wire(1),
-            0,
-        );
-        let mut out = Vec::new();
-        forger.seal(&header(true), &[], &mut out, 0);
-        assert_eq!(b.opener.open(&mut out), Err(Refused::Auth));
+        for cipher in Cipher::ALL {
+            let (_, mut b) = pair_with(cipher);
+            let mut forger = Sealer::new(
+                &LinkSecret([8; 32]),
+                Direction::FromDialer,
+                cipher,
+                ShortId::from_wire(1),
+                0,
+            );
+            let mut out = Vec::new();
+            forger.seal(&header(true), &[], &mut out, 0);
+            assert_eq!(b.opener.open(&mut out), Err(Refused::Auth));
+        }
     }
 
     #[test]
     fn rekeying_follows_the_sender_and_reordered_frames_still_open() {
-        let (mut a, mut b) = pair();
+        for cipher in Cipher::ALL {
+            rekeying(cipher);
+        }
+    }
+
+    fn rekeying(cipher: Cipher) {
+        let (mut a, mut b) = pair_with(cipher);
         let mut old = Vec::new();
         a.sealer.seal(&header(false), &[1u8; 20], &mut old, 0);
         let mut late = Vec::new();
@@ -489,7 +659,7 @@ mod tests {
             }
         }
         // Two epochs back is forgotten: forward secrecy for old traffic.
-        let (mut a2, mut b2) = pair();
+        let (mut a2, mut b2) = pair_with(cipher);
         let mut stale = Vec::new();
         a2.sealer.seal(&header(false), &[1u8; 20], &mut stale, 0);
         for round in 1..=2u64 {

@@ -341,6 +341,7 @@ impl Datapath for TapDatapath {
         Some(LinkReport {
             forwarder: "tap",
             encrypted: n.sealed(),
+            cipher: n.crypto.as_ref().map(|c| c.cipher()),
             up: nb.data_path_up(link)?,
             mtu: nb.link_mtu_of(link)?.min(self.shared.mtu as usize) as u32,
             meshd: n.traffic,

@@ -22,7 +22,7 @@ use crate::switch::{
     LinkId, ShortId,
     heartbeat::{self, DataAddr, Payload, Seen},
     pmtu::{PathProbe, Received},
-    seal::{self, LinkCrypto, LinkSecret, Refused, SEAL_OVERHEAD},
+    seal::{self, LinkCrypto, LinkKeys, Refused, SEAL_OVERHEAD},
     wire::{HEADER_LEN, Header},
 };
 
@@ -45,7 +45,7 @@ pub struct LinkSpec {
     /// The link's data secret and whether we dialled; none for a plaintext link (`--insecure`,
     /// or both ends inside each other's `--trusted-subnets`). Consumed here: the secret becomes
     /// the link's keys and is wiped.
-    pub secret: Option<(LinkSecret, bool)>,
+    pub secret: Option<LinkKeys>,
     /// The peer runs the kernel datapath (its hello said so): plaintext frames to it may take
     /// the kernel path. The TAP datapath ignores it.
     pub peer_kernel: bool,
@@ -229,9 +229,7 @@ impl Neighbours {
             return false;
         }
         let me = self.me.unwrap_or(ShortId::FLOOD);
-        let crypto = spec
-            .secret
-            .map(|(s, dialed)| LinkCrypto::new(&s, dialed, me, now_ms));
+        let crypto = spec.secret.map(|keys| LinkCrypto::new(&keys, me, now_ms));
         let path = match self.recent_paths.remove(&spec.addr) {
             Some((path, at)) if at.elapsed() < PATH_MEMORY => path,
             _ => PathProbe::new(self.min_datagram, self.max_datagram),
@@ -527,12 +525,17 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::switch::seal::{Cipher, LinkSecret};
 
     fn spec(peer: u32, port: u16, secret: Option<u8>, dialed: bool) -> LinkSpec {
         LinkSpec {
             peer: ShortId::from_wire(peer),
             addr: SocketAddr::from(([198, 18, 0, 1], port)),
-            secret: secret.map(|b| (LinkSecret([b; 32]), dialed)),
+            secret: secret.map(|b| LinkKeys {
+                secret: LinkSecret([b; 32]),
+                i_dialed: dialed,
+                cipher: Cipher::ChaCha20Poly1305,
+            }),
             peer_kernel: false,
         }
     }

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these systems (comma-separated): underlay, underlay+mesh-xdp, kernel-vxlan,
-    /// boringtun, boringtun-t1, wireguard-go, tinc, mesh-ebpf, mesh-ebpf+xdp-rx, mesh-tap, mesh-tap-enc,
+    /// boringtun, boringtun-t1, wireguard-go, tinc, mesh-ebpf, mesh-ebpf+xdp-rx, mesh-tap, mesh-tap-enc, mesh-tap-chacha,
     /// mesh-mixed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -199,6 +199,11 @@ pub fn run(args: Args) -> Result<()> {
         (System::MeshEbpfXdpRx, Mode::Kernel, xdp_rx),
         (System::MeshTap, Mode::TapPlain, &[]),
         (System::MeshTapEncrypted, Mode::TapSealed, &[]),
+        (
+            System::MeshTapChacha,
+            Mode::TapSealed,
+            &["--cipher", "chacha20-poly1305"],
+        ),
         (System::MeshMixed, Mode::Mixed, &[]),
     ] {
         if !wanted(system) {

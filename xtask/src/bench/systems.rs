@@ -27,11 +27,12 @@ pub enum System {
     MeshEbpfXdpRx,
     MeshTap,
     MeshTapEncrypted,
+    MeshTapChacha,
     MeshMixed,
 }
 
 impl System {
-    pub const ALL: [System; 13] = [
+    pub const ALL: [System; 14] = [
         System::Underlay,
         System::UnderlayMeshd,
         System::UnderlayMeshXdp,
@@ -44,6 +45,7 @@ impl System {
         System::MeshEbpfXdpRx,
         System::MeshTap,
         System::MeshTapEncrypted,
+        System::MeshTapChacha,
         System::MeshMixed,
     ];
 
@@ -62,6 +64,7 @@ impl System {
             System::MeshEbpfXdpRx => "mesh-ebpf+xdp-rx",
             System::MeshTap => "mesh-tap",
             System::MeshTapEncrypted => "mesh-tap-enc",
+            System::MeshTapChacha => "mesh-tap-chacha",
             System::MeshMixed => "mesh-mixed",
         }
     }
@@ -87,7 +90,12 @@ impl System {
             }
             System::MeshTap => "mesh TAP datapath, plaintext (--insecure)",
             System::MeshTapEncrypted => {
-                "mesh TAP datapath, encrypted (password, ChaCha20-Poly1305)"
+                "mesh TAP datapath, encrypted (password, --cipher auto: AES-256-GCM where both \
+                 hosts have AES hardware, else ChaCha20-Poly1305)"
+            }
+            System::MeshTapChacha => {
+                "mesh TAP datapath, encrypted with ChaCha20-Poly1305 (--cipher chacha20-poly1305: \
+                 what links to hosts without AES hardware, such as Raspberry Pis, use)"
             }
             System::MeshMixed => "mesh kernel-datapath host to TAP host, plaintext",
         }

@@ -102,7 +102,8 @@ pub fn print_status(s: &Status) {
             dp.overlay_mtu,
             dp.bridge,
             if dp.encrypted {
-                "sealed (ChaCha20-Poly1305, per-link keys)"
+                "sealed (per-link keys; AES-256-GCM where both ends have AES hardware, \
+                 else ChaCha20-Poly1305)"
             } else {
                 "NOT encrypted (--insecure)"
             }
@@ -159,6 +160,7 @@ pub fn peers_json(p: &Peers) -> Value {
                     "hops": r.hops,
                     "datapath": r.datapath,
                     "encrypted": r.encrypted,
+                    "cipher": if r.cipher.is_empty() { Value::Null } else { Value::from(r.cipher.clone()) },
                     "datapath_health": if r.datapath_health.is_empty() { Value::Null } else { Value::from(r.datapath_health.clone()) },
                     "tx_packets": r.tx_packets,
                     "tx_bytes": r.tx_bytes,
@@ -186,7 +188,7 @@ pub fn print_peers(p: &Peers) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     println!(
-        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>5} {:>16} {:>16}  ADDRESSES",
+        "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<6} {:>5} {:>16} {:>16}  ADDRESSES",
         "NAME",
         "ID",
         "STATE",
@@ -207,7 +209,7 @@ pub fn print_peers(p: &Peers) {
         };
         let traffic = |packets: u64, bytes: u64| format!("{packets}/{}", human_bytes(bytes));
         println!(
-            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<4} {:>5} {:>16} {:>16}  {}{}",
+            "{:<16} {:<16} {:<12} {:<12} {:>8} {:>8}  {:<9} {:<6} {:>5} {:>16} {:>16}  {}{}",
             shown(&r.name),
             r.id,
             r.state,
@@ -221,7 +223,12 @@ pub fn print_peers(p: &Peers) {
             },
             format!("{}s", now.saturating_sub(r.since)),
             datapath,
-            if r.encrypted { "yes" } else { "no" },
+            match (r.encrypted, r.cipher.as_str()) {
+                (false, _) => "no",
+                (true, "aes-256-gcm") => "aes",
+                (true, "chacha20-poly1305") => "chacha",
+                (true, _) => "yes",
+            },
             if r.link_mtu == 0 {
                 "-".to_owned()
             } else {
