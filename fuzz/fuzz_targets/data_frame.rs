@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = echo::on_echo(&table, h, e);
         }
     }
-    let mut nb = neighbour_table::one_link(None);
+    let mut nb = neighbour_table::one_link(None, mesh::switch::seal::Cipher::ChaCha20Poly1305);
     let mut d = data.to_vec();
     let _ = nb.accept(&mut d, neighbour_table::FROM);
 });

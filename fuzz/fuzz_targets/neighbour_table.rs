@@ -1,10 +1,13 @@
 //! The neighbour table the data-port targets feed: node 2 with one link to node 1 at
-//! 198.18.0.1:6784, sealed when `secret` is given.
+//! 198.18.0.1:6784, sealed with `cipher` when `secret` is given.
 
 use std::net::SocketAddr;
 
 use mesh::{
-    switch::{LinkId, ShortId, seal::LinkSecret},
+    switch::{
+        LinkId, ShortId,
+        seal::{Cipher, LinkKeys, LinkSecret},
+    },
     tap::{LinkSpec, neighbours::Neighbours},
 };
 
@@ -13,7 +16,7 @@ pub const FROM: SocketAddr = SocketAddr::new(
     6784,
 );
 
-pub fn one_link(secret: Option<LinkSecret>) -> Neighbours {
+pub fn one_link(secret: Option<LinkSecret>, cipher: Cipher) -> Neighbours {
     let mut nb = Neighbours::new(secret.is_some(), 1422, 1280);
     nb.set_me(ShortId::from_wire(2));
     nb.add_link(
@@ -21,7 +24,11 @@ pub fn one_link(secret: Option<LinkSecret>) -> Neighbours {
         LinkSpec {
             peer: ShortId::from_wire(1),
             addr: FROM,
-            secret: secret.map(|s| (s, false)),
+            secret: secret.map(|secret| LinkKeys {
+                secret,
+                i_dialed: false,
+                cipher,
+            }),
             peer_kernel: false,
         },
         0,

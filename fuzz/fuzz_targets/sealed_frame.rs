@@ -6,10 +6,12 @@
 mod neighbour_table;
 
 use libfuzzer_sys::fuzz_target;
-use mesh::switch::seal::LinkSecret;
+use mesh::switch::seal::{Cipher, LinkSecret};
 
 fuzz_target!(|data: &[u8]| {
-    let mut nb = neighbour_table::one_link(Some(LinkSecret([7; 32])));
-    let mut d = data.to_vec();
-    let _ = nb.accept(&mut d, neighbour_table::FROM);
+    for cipher in Cipher::ALL {
+        let mut nb = neighbour_table::one_link(Some(LinkSecret([7; 32])), cipher);
+        let mut d = data.to_vec();
+        let _ = nb.accept(&mut d, neighbour_table::FROM);
+    }
 });
