@@ -159,3 +159,20 @@ fn the_shipped_default_configuration_starts_meshd() {
     assert_eq!(st["datapath"]["encrypted"], true, "{st}");
     assert!(lab.log(n.proc).contains("meshd ready"));
 }
+
+#[test]
+fn a_bad_busy_poll_window_is_refused_with_what_to_give() {
+    let meshd = mesh_tests::bins::path("meshd").unwrap();
+    for bad in ["soon", "100001", "1.5"] {
+        let out = std::process::Command::new(&meshd)
+            .args(["--busy-poll", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("give microseconds from 0 (never poll) to 100000, or auto"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //! NAT that is the translated one, and it is the one replies must go to.
 
 mod batch;
+mod busy_poll;
+pub use busy_poll::default_window as default_busy_poll;
 mod device;
 pub mod keeper;
 pub mod neighbours;
@@ -170,6 +172,9 @@ pub struct Shared {
     networks: RwLock<std::collections::HashMap<u16, Arc<vnet::Tap>>>,
     network_requests: tokio::sync::mpsc::UnboundedSender<NetworkRequest>,
     network_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NetworkRequest>>>,
+    pub busy_poll: busy_poll::BusyPoll,
+    /// How long the data path polls after traffic before sleeping (zero: never polls).
+    busy_window: std::time::Duration,
 }
 
 impl Shared {
@@ -395,6 +400,8 @@ pub struct Config {
     pub underlay_mtu: u32,
     /// Seal every data frame (the mesh has a password or certificates).
     pub encrypted: bool,
+    /// Busy-polling window after traffic (see [`busy_poll`]); zero turns it off.
+    pub busy_poll: std::time::Duration,
 }
 
 /// The TAP device's own MTU: large, so the bridge hands meshd oversize frames to answer rather
@@ -443,6 +450,8 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         networks: RwLock::new(Default::default()),
         network_requests,
         network_queue: Mutex::new(Some(network_queue)),
+        busy_poll: Default::default(),
+        busy_window: cfg.busy_poll,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();

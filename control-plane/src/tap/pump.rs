@@ -48,9 +48,18 @@ pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             "sending echo requests",
             tokio::spawn(echo_requests(shared.clone(), sock)),
         ),
+        ("busy-polling", tokio::spawn(busy_poll(shared.clone()))),
     ])
     .await;
     shared.fail(why);
+}
+
+/// Polls after traffic for the configured window, or (none configured) never ends.
+async fn busy_poll(shared: Arc<Shared>) {
+    if shared.busy_window.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    shared.busy_poll.run(shared.busy_window).await;
 }
 
 /// Waits for the first of `tasks` to end (none ends while the data path works: an error it
@@ -166,6 +175,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
             }
         };
         bump(&shared.counters.tap_reads);
+        shared.busy_poll.traffic();
         drained += 1;
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
             shared.counters.dropped(DropReason::Malformed);
@@ -385,6 +395,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 continue;
             }
             bump(&shared.counters.rx_frames);
+            shared.busy_poll.traffic();
             let inner = chunk + inner.start..chunk + inner.end;
             let frame = &buf[inner.clone()];
             let decision = {
