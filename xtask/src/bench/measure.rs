@@ -343,19 +343,33 @@ pub fn tcp_rr(path: &Path, secs: u32) -> Result<f64> {
 }
 
 /// Small-packet rate: 64-byte UDP payloads sent as fast as iperf3 can for `secs`; returns the
-/// packets per second that arrived.
-pub fn udp_small_packets(path: &Path, secs: u32) -> Result<f64> {
+/// packets per second that arrived, and the CPU the overlay's own processes used per 100k of
+/// them (cores busy, averaged over the run) when it has processes: the budget of a small board.
+pub fn udp_small_packets(
+    path: &Path,
+    secs: u32,
+    overlay: &OverlayProcs,
+) -> Result<(f64, Option<f64>)> {
+    let hz = clock_ticks_per_second();
+    let ticks0 = overlay.cpu_ticks();
+    let t0 = Instant::now();
     let report = iperf3(
         path,
         &["-u", "-l", "64", "-b", "0", "-t", &secs.to_string()],
     )?;
+    let elapsed = t0.elapsed().as_secs_f64();
     let sum = &report["end"]["sum"];
     let packets = sum["packets"]
         .as_f64()
         .context("iperf3 UDP report without packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let seconds = sum["seconds"].as_f64().unwrap_or(secs as f64);
-    Ok((packets - lost) / seconds)
+    let pps = (packets - lost) / seconds;
+    let cpu = (!overlay.0.is_empty() && pps > 0.0).then(|| {
+        let cores = (overlay.cpu_ticks() - ticks0) as f64 / hz / elapsed;
+        cores / (pps / 1e5)
+    });
+    Ok((pps, cpu))
 }
 
 #[cfg(test)]

@@ -383,7 +383,9 @@ fn measure(
         )?);
         r.rtt = Some(measure::ping_rtt(path, plan.pings)?);
         r.tcp_rr_per_s = Some(measure::tcp_rr(path, plan.secs)?);
-        r.udp_64b_pps = Some(measure::udp_small_packets(path, plan.secs)?);
+        let (pps, cpu) = measure::udp_small_packets(path, plan.secs, overlay)?;
+        r.udp_64b_pps = Some(pps);
+        r.udp_64b_cpu_cores_per_100kpps = cpu;
         Ok(())
     };
     if let Err(e) = all() {

@@ -68,6 +68,8 @@ pub struct SystemResult {
     pub rtt: Option<Rtt>,
     pub tcp_rr_per_s: Option<f64>,
     pub udp_64b_pps: Option<f64>,
+    /// Overlay process CPU (cores) per 100k 64-byte UDP packets/s delivered.
+    pub udp_64b_cpu_cores_per_100kpps: Option<f64>,
 }
 
 impl SystemResult {
@@ -81,6 +83,7 @@ impl SystemResult {
             rtt: None,
             tcp_rr_per_s: None,
             udp_64b_pps: None,
+            udp_64b_cpu_cores_per_100kpps: None,
         }
     }
 }
@@ -122,7 +125,7 @@ impl Report {
             self.machine.cpus
         );
         println!(
-            "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+            "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9} {:>11}",
             "system",
             "TCPx1 Gbit/s",
             "/vxlan",
@@ -133,7 +136,8 @@ impl Report {
             "RTT p50/p99 ms",
             "RR/s",
             "UDP64kpps",
-            "cpu/Gbps"
+            "cpu/Gbps",
+            "cpu/100kpps"
         );
         for s in &self.systems {
             match &s.status {
@@ -164,7 +168,7 @@ impl Report {
                 .and_then(|t| t.cpu_cores_per_gbps.as_ref())
                 .map_or("-".into(), |c| format!("{:.2}", c.median));
             println!(
-                "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9}",
+                "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9} {:>11}",
                 s.name,
                 spread(&s.tcp_1_stream),
                 ratio(tput(s), vx.and_then(tput)),
@@ -177,6 +181,8 @@ impl Report {
                 s.udp_64b_pps
                     .map_or("-".into(), |p| format!("{:.0}", p / 1e3)),
                 cpu,
+                s.udp_64b_cpu_cores_per_100kpps
+                    .map_or("-".into(), |c| format!("{c:.2}")),
             );
         }
         if let Some(f) = &self.footprint {
@@ -232,7 +238,7 @@ impl Report {
             }
         }
         println!(
-            "cpu/Gbps: CPU cores used by the overlay's own processes per Gbit/s (1 stream); '-' where it has none"
+            "cpu/Gbps: CPU cores used by the overlay's own processes per Gbit/s (1 stream); cpu/100kpps: the same per 100k 64-byte UDP packets/s delivered; '-' where it has none"
         );
     }
 }
