@@ -489,13 +489,14 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         None => None,
     };
     let underlay_mtu = tap::underlay_mtu(&underlay).await?;
+    let busy_poll = args.busy_poll.window();
     let tap = tap::start(tap::Config {
         bridge: args.bridge.clone(),
         tap: args.tap.clone(),
         data_port: args.data_port,
         underlay_mtu,
         encrypted: !matches!(auth, AuthMode::Insecure),
-        busy_poll: args.busy_poll.window(),
+        busy_poll,
     })
     .context("starting the TAP datapath")?;
     let overlay_mtu = tap.mtu;
@@ -538,7 +539,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
         bridge = args.bridge,
         overlay_mtu,
         aes_256_gcm = args.cipher.offers_aes(),
-        busy_poll_us = args.busy_poll.window().as_micros() as u64,
+        busy_poll_us = busy_poll.as_micros() as u64,
         socket = %socket.display(),
         "meshd ready"
     );

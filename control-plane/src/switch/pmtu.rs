@@ -1,9 +1,10 @@
 //! Path-MTU probing per neighbour, as pure logic. The underlay path to a neighbour can be
 //! narrower than our own NIC (a tunnel, a cloud network at 1450), and such a path drops big
 //! datagrams without a word. So every heartbeat reports the largest datagram its sender
-//! received from us lately, and we send padded copies of some heartbeats as probes: a binary search between the
-//! smallest payload the overlay needs and our NIC's largest finds what the path carries. Data
-//! frames bigger than that are answered with ICMP at the source (see `mtu.rs`).
+//! received from us lately, and we send padded copies of some heartbeats as probes: a binary
+//! search between the smallest payload the overlay needs and our NIC's largest finds what the
+//! path carries. Data frames bigger than that are answered with ICMP at the source (see
+//! `mtu.rs`).
 //!
 //! Sizes here are UDP payload bytes (the whole mesh datagram).
 

@@ -90,6 +90,19 @@ impl Cipher {
         }
     }
 
+    /// The cipher called `name` (as [`Cipher::name`] spells it), if any.
+    pub fn from_name(name: &str) -> Option<Cipher> {
+        Cipher::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The short name of `meshctl peers`' ENC column.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Cipher::ChaCha20Poly1305 => "chacha",
+            Cipher::Aes256Gcm => "aes",
+        }
+    }
+
     /// What a link uses, given whether each end offers AES-256-GCM.
     pub fn for_link(we_offer_aes: bool, they_offer_aes: bool) -> Cipher {
         if we_offer_aes && they_offer_aes {
@@ -549,18 +562,25 @@ mod tests {
 
     #[test]
     fn ends_that_disagree_on_the_cipher_open_nothing() {
-        let a = LinkCrypto::new(&keys(7, true, Cipher::Aes256Gcm), ShortId::from_wire(1), 0);
+        let mut a = LinkCrypto::new(&keys(7, true, Cipher::Aes256Gcm), ShortId::from_wire(1), 0);
         let mut b = LinkCrypto::new(
             &keys(7, false, Cipher::ChaCha20Poly1305),
             ShortId::from_wire(2),
             0,
         );
-        let mut a = a;
         let mut out = Vec::new();
         a.sealer.seal(&header(true), &[], &mut out, 0);
         assert_eq!(b.opener.open(&mut out), Err(Refused::Auth));
         assert_eq!(a.cipher(), Cipher::Aes256Gcm);
         assert_eq!(b.cipher(), Cipher::ChaCha20Poly1305);
+    }
+
+    #[test]
+    fn names_read_back() {
+        for c in Cipher::ALL {
+            assert_eq!(Cipher::from_name(c.name()), Some(c));
+        }
+        assert_eq!(Cipher::from_name("rot13"), None);
     }
 
     #[test]

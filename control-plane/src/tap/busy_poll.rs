@@ -25,8 +25,9 @@ use std::{
 use tokio::sync::Notify;
 
 /// Traffic seen by the pumps, and the poller's state.
-#[derive(Default)]
 pub struct BusyPoll {
+    /// How long to poll after the last traffic; zero: never.
+    window: Duration,
     /// Frames or datagrams read so far (any change restarts the window).
     seen: AtomicU64,
     polling: AtomicBool,
@@ -34,6 +35,15 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
+    pub fn new(window: Duration) -> BusyPoll {
+        BusyPoll {
+            window,
+            seen: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
+            start: Notify::new(),
+        }
+    }
+
     /// Called by a pump for each read it made: starts the window, or keeps it open.
     pub fn traffic(&self) {
         self.seen.fetch_add(1, Ordering::Relaxed);
@@ -43,12 +53,17 @@ impl BusyPoll {
     }
 
     /// Whether a window is open.
-    pub fn polling(&self) -> bool {
+    #[cfg(test)]
+    fn polling(&self) -> bool {
         self.polling.load(Ordering::Relaxed)
     }
 
-    /// The poller's task: idle until traffic, then polls until `window` has passed without any.
-    pub async fn run(&self, window: Duration) {
+    /// The poller's task: idle until traffic, then polls until the window has passed without
+    /// any. With no window it never polls (and never ends, like the pumps).
+    pub async fn run(&self) {
+        if self.window.is_zero() {
+            std::future::pending::<()>().await;
+        }
         loop {
             self.start.notified().await;
             self.polling.store(true, Ordering::Relaxed);
@@ -63,7 +78,7 @@ impl BusyPoll {
                 if now != seen {
                     seen = now;
                     quiet_since = Instant::now();
-                } else if quiet_since.elapsed() >= window {
+                } else if quiet_since.elapsed() >= self.window {
                     break;
                 }
             }
@@ -104,10 +119,10 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn polls_from_traffic_until_a_quiet_window_and_again_on_the_next() {
-        let bp = Arc::new(BusyPoll::default());
+        let bp = Arc::new(BusyPoll::new(Duration::from_millis(200)));
         let poller = tokio::spawn({
             let bp = bp.clone();
-            async move { bp.run(Duration::from_millis(200)).await }
+            async move { bp.run().await }
         });
         tokio::task::yield_now().await;
         assert!(!bp.polling(), "polling before any traffic");

@@ -172,9 +172,7 @@ pub struct Shared {
     networks: RwLock<std::collections::HashMap<u16, Arc<vnet::Tap>>>,
     network_requests: tokio::sync::mpsc::UnboundedSender<NetworkRequest>,
     network_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NetworkRequest>>>,
-    pub busy_poll: busy_poll::BusyPoll,
-    /// How long the data path polls after traffic before sleeping (zero: never polls).
-    busy_window: std::time::Duration,
+    busy_poll: busy_poll::BusyPoll,
 }
 
 impl Shared {
@@ -450,8 +448,7 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         networks: RwLock::new(Default::default()),
         network_requests,
         network_queue: Mutex::new(Some(network_queue)),
-        busy_poll: Default::default(),
-        busy_window: cfg.busy_poll,
+        busy_poll: busy_poll::BusyPoll::new(cfg.busy_poll),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();

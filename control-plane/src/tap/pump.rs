@@ -48,18 +48,13 @@ pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             "sending echo requests",
             tokio::spawn(echo_requests(shared.clone(), sock)),
         ),
-        ("busy-polling", tokio::spawn(busy_poll(shared.clone()))),
+        ("busy-polling", {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.busy_poll.run().await })
+        }),
     ])
     .await;
     shared.fail(why);
-}
-
-/// Polls after traffic for the configured window, or (none configured) never ends.
-async fn busy_poll(shared: Arc<Shared>) {
-    if shared.busy_window.is_zero() {
-        std::future::pending::<()>().await;
-    }
-    shared.busy_poll.run(shared.busy_window).await;
 }
 
 /// Waits for the first of `tasks` to end (none ends while the data path works: an error it

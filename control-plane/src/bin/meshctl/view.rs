@@ -1,5 +1,6 @@
 //! How meshctl prints what meshd answers: tables for people, JSON for scripts.
 
+use mesh::switch::seal::Cipher;
 use mesh::text::{shown, shown_max};
 use mesh_proto::v1::{Fdb, Peers, Routes, Status};
 use serde_json::{Value, json};
@@ -223,11 +224,11 @@ pub fn print_peers(p: &Peers) {
             },
             format!("{}s", now.saturating_sub(r.since)),
             datapath,
-            match (r.encrypted, r.cipher.as_str()) {
-                (false, _) => "no",
-                (true, "aes-256-gcm") => "aes",
-                (true, "chacha20-poly1305") => "chacha",
-                (true, _) => "yes",
+            if r.encrypted {
+                // An older meshd names no cipher.
+                Cipher::from_name(&r.cipher).map_or("yes", Cipher::short_name)
+            } else {
+                "no"
             },
             if r.link_mtu == 0 {
                 "-".to_owned()
