@@ -1,5 +1,5 @@
-//! mesh's own modes, on the bench's shape: two hosts on the lab underlay, one container each
-//! (10.40.0.1-2/24), meshd on both hosts in one of the test harness's modes (TAP sealed or
+//! mesh's own modes, on the bench's shape: two hosts joined by one veth (as in the reference
+//! labs), one container each (10.40.0.1-2/24), meshd on both hosts in one of the test harness's modes (TAP sealed or
 //! plaintext, kernel, mixed). The containers' MTU is set to the overlay MTU meshd reports, as
 //! the reference labs do for theirs.
 
@@ -22,8 +22,8 @@ impl MeshLab {
     /// arguments too: traffic goes from h1's container to h2's.
     pub fn up(mode: Mode, extra: &[&str]) -> Result<MeshLab> {
         let mut lab = Lab::new("bench-mesh")?;
-        let h1 = lab.add_host("h1")?;
-        let h2 = lab.add_host("h2")?;
+        // One veth between the hosts, as in the reference labs: the same wire for everyone.
+        let (h1, h2) = lab.add_cabled_pair("h1", "h2")?;
         let c1 = lab.add_container(&h1, "c1", Some("10.40.0.1/24"))?;
         let c2 = lab.add_container(&h2, "c2", Some("10.40.0.2/24"))?;
         let nodes = start_mesh_in_with(&mut lab, &[h1, h2], mode, extra)?;
