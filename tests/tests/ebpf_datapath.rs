@@ -383,8 +383,19 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
     assert!(pinned(&pins), "meshd pins its links in {}", pins.display());
     assert!(has_link(&lab, &h.ns, "meshtap0"));
     assert_eq!(processes_in(&h.ns, "--keep-tap"), 1);
+    // The headroom port: a VXLAN device on the bridge that stays down (it carries nothing).
+    let headroom = lab
+        .exec(&h.ns, "ip", &["-d", "-o", "link", "show", HEADROOM_PORT])
+        .unwrap();
+    let headroom = String::from_utf8_lossy(&headroom.stdout).into_owned();
+    assert!(
+        headroom.contains("master mesh")
+            && headroom.contains("state DOWN")
+            && headroom.contains("vxlan"),
+        "the kernel datapath puts a down VXLAN port on the bridge: {headroom}"
+    );
 
-    // A clean stop: no pin, no keeper, no TAP device, no program left.
+    // A clean stop: no pin, no keeper, no TAP device, no headroom port, no program left.
     lab.terminate(node.proc, Duration::from_secs(5)).unwrap();
     assert!(!pins.exists(), "pins left after a clean stop");
     assert_eq!(processes_in(&h.ns, "--keep-tap"), 0, "keeper left");
@@ -394,12 +405,20 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
         )),
         "TAP device left after a clean stop"
     );
+    assert!(
+        !has_link(&lab, &h.ns, HEADROOM_PORT),
+        "headroom port left after a clean stop"
+    );
 
     // A crash leaves them; `meshd --cleanup` with the same directories removes them.
     lab.restart(node.proc).unwrap();
     assert!(wait_until(Duration::from_secs(10), || status(&node).is_ok()));
     lab.kill(node.proc).unwrap();
     assert!(pinned(&pins) && has_link(&lab, &h.ns, "meshtap0"));
+    assert!(
+        has_link(&lab, &h.ns, HEADROOM_PORT),
+        "a crash leaves the headroom port"
+    );
     let run_dir = node.socket.parent().unwrap().display().to_string();
     let state_dir = node.state_dir.display().to_string();
     let pins_arg = pins.display().to_string();
@@ -420,6 +439,10 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!pins.exists(), "pins left after --cleanup");
+    assert!(
+        !has_link(&lab, &h.ns, HEADROOM_PORT),
+        "headroom port left after --cleanup"
+    );
     assert_eq!(processes_in(&h.ns, "--keep-tap"), 0);
     assert!(wait_until(Duration::from_secs(15), || !has_link(
         &lab, &h.ns, "meshtap0"
@@ -439,7 +462,14 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
         "a TAP-mode meshd removes its earlier run's pins"
     );
     assert_eq!(processes_in(&h.ns, "--keep-tap"), 0, "and its keeper");
+    assert!(
+        !has_link(&lab, &h.ns, HEADROOM_PORT),
+        "and the headroom port"
+    );
 }
+
+/// The kernel datapath's headroom port next to the default TAP device `meshtap0`.
+const HEADROOM_PORT: &str = "meshtap0-hr";
 
 #[test]
 fn tcpdump_decodes_the_inner_frames_the_kernel_sends() {

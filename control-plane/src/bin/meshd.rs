@@ -500,7 +500,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     })
     .context("starting the TAP datapath")?;
     let overlay_mtu = tap.mtu;
-    let (kernel, mode) = choose_datapath(&args, &underlay, &tap)?;
+    let (kernel, mode) = choose_datapath(&args, &underlay, &tap).await?;
     let attachments =
         mesh::attach::Attachments::open(&args.state_dir, &args.bridge, overlay_mtu, &underlay)
             .await
@@ -641,6 +641,7 @@ async fn run(args: Args, mut reload: Reload) -> Result<()> {
     }
     if mode.name == "ebpf" {
         tap::keeper::stop(&args.run_dir);
+        remove_headroom_port(&args).await;
     }
     tracing::info!("meshd stopped");
     Ok(())
@@ -719,7 +720,7 @@ fn parse_args_checked() -> Result<Args> {
 
 /// Starts the kernel datapath as `--datapath` asks. `auto` falls back to the TAP datapath (which
 /// is already running) with one log line saying why; `ebpf` refuses to start without it.
-fn choose_datapath(
+async fn choose_datapath(
     args: &Args,
     underlay: &str,
     tap: &tap::Shared,
@@ -730,7 +731,7 @@ fn choose_datapath(
         underlay: underlay.to_owned(),
     };
     if args.datapath == DatapathChoice::Tap {
-        forget_kernel_state(args);
+        forget_kernel_state(args).await;
         return Ok((None, mode("tap", String::new())));
     }
     let pin_dir = pin_dir(args);
@@ -758,6 +759,11 @@ fn choose_datapath(
             {
                 tracing::warn!(error = %e, "no TAP keeper: forwarding stops while meshd is down");
             }
+            let port = tap::device::headroom_port_name(&tap.tap_name);
+            if let Err(e) = tap::device::add_headroom_port(&tap.bridge, &port).await {
+                // Only an optimisation: without it small packets are copied once more.
+                tracing::info!(error = %format!("{e:#}"), "no headroom port on the bridge");
+            }
             Ok((Some(k), mode("ebpf", String::new())))
         }
         (Err(e), DatapathChoice::Ebpf) => Err(anyhow::Error::new(e).context(
@@ -770,7 +776,7 @@ fn choose_datapath(
                 reason,
                 "kernel datapath unavailable; using the TAP datapath"
             );
-            forget_kernel_state(args);
+            forget_kernel_state(args).await;
             Ok((None, mode("tap", reason)))
         }
     }
@@ -797,8 +803,8 @@ fn pin_dir(args: &Args) -> Option<PathBuf> {
 
 /// In TAP mode, removes what an earlier kernel-datapath run of this instance left (its pinned
 /// programs would go on forwarding beside meshd, from stale maps) and stops its keeper. Only
-/// files are removed: no BPF system call is needed.
-fn forget_kernel_state(args: &Args) {
+/// files are removed (and the headroom port): no BPF system call is needed.
+async fn forget_kernel_state(args: &Args) {
     let dir = args
         .bpf_dir
         .clone()
@@ -814,6 +820,16 @@ fn forget_kernel_state(args: &Args) {
         }
     }
     tap::keeper::stop(&args.run_dir);
+    remove_headroom_port(args).await;
+}
+
+/// Removes the bridge's headroom port the kernel datapath added (see
+/// `tap::device::add_headroom_port`), if any.
+async fn remove_headroom_port(args: &Args) {
+    let port = tap::device::headroom_port_name(&args.tap);
+    if let Err(e) = tap::device::remove_headroom_port(&port).await {
+        tracing::warn!(error = %format!("{e:#}"), "removing the bridge's headroom port");
+    }
 }
 
 /// /sys/fs/bpf/mesh/<the first 8 bytes of SHA-256 of the canonical state dir, in hex>.
@@ -841,6 +857,12 @@ fn cleanup(args: &Args) -> Result<()> {
     }
     tap::keeper::stop(&args.run_dir);
     println!("stopped the TAP keeper (the TAP device goes with it)");
+    let port = tap::device::headroom_port_name(&args.tap);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for rtnetlink")?
+        .block_on(tap::device::remove_headroom_port(&port))?;
     Ok(())
 }
 

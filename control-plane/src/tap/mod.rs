@@ -10,7 +10,7 @@
 mod batch;
 mod busy_poll;
 pub use busy_poll::default_window as default_busy_poll;
-mod device;
+pub mod device;
 pub mod keeper;
 pub mod neighbours;
 pub mod ping;

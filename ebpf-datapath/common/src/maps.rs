@@ -116,10 +116,17 @@ pub const MAX_PEERS: u32 = 4096;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LocalPort {
     pub ifindex: u32,
-    pub reserved: u32,
+    /// `LOCAL_PORT_*` bits, as of when the entry was last (re)learnt.
+    pub flags: u32,
     /// `bpf_ktime_get_ns` when last confirmed (refreshed at most once a second).
     pub seen_ns: u64,
 }
+
+/// The port is a veth whose peer sits in a container's namespace (it was in `PEER_PORTS`
+/// when the MAC was last learnt behind it): a frame for the MAC can be handed straight to the
+/// container. Looked up once a second at learning instead of once per delivered frame; a port
+/// meshd confirms later gets the bit at the next refresh, up to a second on.
+pub const LOCAL_PORT_PEER: u32 = 1;
 
 /// Capacity of `LOCAL_PORTS` (containers on this host).
 pub const LOCAL_PORTS_CAPACITY: u32 = 4096;

@@ -10,13 +10,17 @@ use aya_ebpf::{
 use mesh_common::{
     DatapathConfig, KernelCounter,
     maps::{
-        FDB_MAX_AGE_NS, FDB_REFRESH_NS, LocalPort, MacKey, NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
+        FDB_MAX_AGE_NS, FDB_REFRESH_NS, LOCAL_PORT_PEER, LocalPort, MacKey, NEIGHBOUR_KERNEL,
+        NEIGHBOUR_RESOLVED,
     },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, HEADER_LEN, INITIAL_HOPS, WireHeader},
 };
 
 use crate::{
-    maps::{FDB, LOCAL_PORTS, NEIGHBOURS, ROUTES, count, link_traffic, now_ns},
+    maps::{
+        FDB, LEARNT_LOCAL, LOCAL_PORTS, NEIGHBOURS, PEER_PORTS, ROUTES, count, learnt_lately,
+        link_traffic, note_learnt, now_ns,
+    },
     outer::{self, OUTER_LEN},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPV4_MIN_HDR_LEN,
@@ -126,21 +130,33 @@ pub fn learn_local(eth: &[u8; ETH_LEN], ifindex: u32) {
     if src[0] & 1 != 0 || ifindex == 0 {
         return;
     }
-    let key = MacKey::new(src);
     let now = now_ns();
+    if learnt_lately(LEARNT_LOCAL, &src, ifindex, now, FDB_REFRESH_NS) {
+        return;
+    }
+    let key = MacKey::new(src);
     // SAFETY: read-only, copied at once.
     if let Some(e) = unsafe { LOCAL_PORTS.get(key) }
         && e.ifindex == ifindex
         && now.saturating_sub(e.seen_ns) < FDB_REFRESH_NS
     {
+        note_learnt(LEARNT_LOCAL, &src, ifindex, e.seen_ns);
         return;
     }
+    // SAFETY: read-only map value, only its presence matters.
+    let flags = if unsafe { PEER_PORTS.get(ifindex) }.is_some() {
+        LOCAL_PORT_PEER
+    } else {
+        0
+    };
     let entry = LocalPort {
         ifindex,
-        reserved: 0,
+        flags,
         seen_ns: now,
     };
-    let _ = LOCAL_PORTS.insert(key, entry, 0);
+    if LOCAL_PORTS.insert(key, entry, 0).is_ok() {
+        note_learnt(LEARNT_LOCAL, &src, ifindex, now);
+    }
 }
 
 /// The size of the largest IP packet this frame becomes on the overlay: for a GSO super-frame

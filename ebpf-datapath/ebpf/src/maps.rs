@@ -50,6 +50,53 @@ pub static LOCAL_PORTS: LruHashMap<MacKey, LocalPort> =
 #[map]
 pub static PEER_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_PORTS_CAPACITY, 0);
 
+/// What this CPU learnt last, one slot per kind of learning ([`LEARNT_LOCAL`],
+/// [`LEARNT_REMOTE`]): a flow's frames come from one MAC, so the next frame finds its fresh
+/// entry here (an array slot) instead of looking it up in the LRU map again. Not pinned: it is
+/// only a shortcut, and a new program starts with it empty.
+#[map]
+pub static LEARNT: PerCpuArray<Learnt> = PerCpuArray::with_max_entries(2, 0);
+
+/// [`LEARNT`] slot of `LOCAL_PORTS` learning (MAC behind a bridge port).
+pub const LEARNT_LOCAL: u32 = 0;
+/// [`LEARNT`] slot of `FDB` learning (MAC behind an origin peer).
+pub const LEARNT_REMOTE: u32 = 1;
+
+/// One [`LEARNT`] slot: `mac` was written to its map behind `behind` (a port's ifindex or an
+/// origin's short id) at `at_ns`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Learnt {
+    pub mac: [u8; 6],
+    pub reserved: [u8; 2],
+    pub behind: u32,
+    pub reserved2: u32,
+    pub at_ns: u64,
+}
+
+/// Whether this CPU confirmed `mac` behind `behind` in the map of `slot` less than
+/// `refresh_ns` ago, so the map needs neither a lookup nor a write now.
+#[inline(always)]
+pub fn learnt_lately(slot: u32, mac: &[u8; 6], behind: u32, now: u64, refresh_ns: u64) -> bool {
+    LEARNT.get(slot).is_some_and(|l| {
+        l.behind == behind && l.mac == *mac && now.saturating_sub(l.at_ns) < refresh_ns
+    })
+}
+
+/// Notes that `mac` behind `behind` is now fresh in the map of `slot` (found fresh, or
+/// written).
+#[inline(always)]
+pub fn note_learnt(slot: u32, mac: &[u8; 6], behind: u32, now: u64) {
+    if let Some(l) = LEARNT.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        unsafe {
+            (*l).mac = *mac;
+            (*l).behind = behind;
+            (*l).at_ns = now;
+        }
+    }
+}
+
 /// Per-link traffic through the kernel, by link id (entries created by meshd).
 #[map]
 pub static LINK_STATS: PerCpuHashMap<u32, LinkStats> =

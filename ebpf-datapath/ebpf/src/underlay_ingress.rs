@@ -22,8 +22,8 @@ use aya_ebpf::{
 use mesh_common::{
     KernelCounter,
     maps::{
-        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, LOCAL_PORT_MAX_AGE_NS, MacKey, NEIGHBOUR_KERNEL,
-        NEIGHBOUR_RESOLVED,
+        CONFIG_FORWARD, FDB_REFRESH_NS, FdbEntry, LOCAL_PORT_MAX_AGE_NS, LOCAL_PORT_PEER, MacKey,
+        NEIGHBOUR_KERNEL, NEIGHBOUR_RESOLVED,
     },
     wire::{ENCAP_IPV4_LEN, ETH_LEN, FLOOD_ID, HEADER_LEN, OUTER_IPV4_LEN, WireHeader},
 };
@@ -31,8 +31,8 @@ use mesh_common::{
 use crate::{
     flood,
     maps::{
-        FDB, LOCAL_PORTS, NEIGHBOURS, PEER_PORTS, ROUTES, SENDERS, config, count, link_traffic,
-        now_ns,
+        FDB, LEARNT_REMOTE, LOCAL_PORTS, NEIGHBOURS, ROUTES, SENDERS, config, count, learnt_lately,
+        link_traffic, note_learnt, now_ns,
     },
     outer::{self, OUTER_LEN},
     packet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, UdpHdr, vlan_tagged},
@@ -218,27 +218,30 @@ fn learn(inner_eth: &[u8; ETH_LEN], origin: u32, sender: u32) {
     if src[0] & 1 != 0 {
         return;
     }
-    let key = MacKey::new(src);
     let now = now_ns();
+    if learnt_lately(LEARNT_REMOTE, &src, origin, now, FDB_REFRESH_NS) {
+        return;
+    }
+    let key = MacKey::new(src);
     // SAFETY: read-only, copied at once.
     if let Some(e) = unsafe { FDB.get(key) }
         && e.peer == origin
         && now.saturating_sub(e.seen_ns) < FDB_REFRESH_NS
     {
+        note_learnt(LEARNT_REMOTE, &src, origin, e.seen_ns);
         return;
     }
     if !flood::may_teach(origin, sender) {
         return;
     }
-    let _ = FDB.insert(
-        key,
-        FdbEntry {
-            peer: origin,
-            reserved: 0,
-            seen_ns: now,
-        },
-        0,
-    );
+    let entry = FdbEntry {
+        peer: origin,
+        reserved: 0,
+        seen_ns: now,
+    };
+    if FDB.insert(key, entry, 0).is_ok() {
+        note_learnt(LEARNT_REMOTE, &src, origin, now);
+    }
 }
 
 /// Strips the outer headers and hands the inner frame to the bridge, as if it arrived on
@@ -280,7 +283,8 @@ fn deliver(
 }
 
 /// The veth bridge port the frame's destination MAC sits behind, when the egress program saw
-/// it lately and meshd has confirmed the port is a veth (only a veth has a peer to hand to).
+/// it lately and meshd had confirmed the port is a veth then (only a veth has a peer to hand
+/// to; see `LOCAL_PORT_PEER`).
 /// IPv4 only: a frame handed to a peer keeps the packet's protocol as the outer header set it
 /// (IPv4), where the bridge would read it anew from the inner header; ARP or IPv6 taken for
 /// IPv4 would be dropped by the container's stack.
@@ -293,10 +297,11 @@ fn local_veth(inner_eth: &[u8; ETH_LEN]) -> Option<u32> {
     }
     // SAFETY: read-only map values, copied at once.
     let port = (unsafe { LOCAL_PORTS.get(MacKey::new(dst)) }).copied()?;
-    if now_ns().saturating_sub(port.seen_ns) > LOCAL_PORT_MAX_AGE_NS {
+    if port.flags & LOCAL_PORT_PEER == 0
+        || now_ns().saturating_sub(port.seen_ns) > LOCAL_PORT_MAX_AGE_NS
+    {
         return None;
     }
-    unsafe { PEER_PORTS.get(port.ifindex) }?;
     Some(port.ifindex)
 }
 
