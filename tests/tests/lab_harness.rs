@@ -268,10 +268,19 @@ fn a_cabled_pair_reaches_each_other_and_nothing_on_the_switch() {
     let (a, b) = lab.add_cabled_pair("ca", "cb").unwrap();
     let other = lab.add_host("third").unwrap();
     assert_ne!(a.addr, b.addr);
-    assert!(lab.ping(&a.ns, b.addr, 1).unwrap(), "a -> b over their cable");
-    assert!(lab.ping(&b.ns, a.addr, 1).unwrap(), "b -> a over their cable");
+    assert!(
+        lab.ping(&a.ns, b.addr, 1).unwrap(),
+        "a -> b over their cable"
+    );
+    assert!(
+        lab.ping(&b.ns, a.addr, 1).unwrap(),
+        "b -> a over their cable"
+    );
     // The switch is another wire: a host on it does not reach the pair.
-    assert!(!lab.ping(&other.ns, a.addr, 1).unwrap(), "the switch is not the cable");
+    assert!(
+        !lab.ping(&other.ns, a.addr, 1).unwrap(),
+        "the switch is not the cable"
+    );
     assert!(
         lab.add_cabled_pair("cc", "cc").is_err(),
         "one name twice is refused"
