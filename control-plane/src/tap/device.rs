@@ -8,6 +8,18 @@ use rtnetlink::{
     packet_route::link::{InfoKind, LinkAttribute, LinkInfo},
 };
 
+/// Runs `f` with a fresh rtnetlink connection, closed when it is done.
+async fn with_rtnetlink<T, Fut>(f: impl FnOnce(rtnetlink::Handle) -> Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let task = tokio::spawn(conn);
+    let result = f(handle).await;
+    task.abort();
+    result
+}
+
 /// Index and MTU of interface `name`, if it exists.
 async fn link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<(u32, u32)>> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
@@ -32,11 +44,9 @@ async fn link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<(u32, u32
 
 /// The MTU of the underlay interface.
 pub async fn underlay_mtu(underlay: &str) -> Result<u32> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let r = link(&handle, underlay).await?;
-    task.abort();
-    r.map(|(_, mtu)| mtu)
+    with_rtnetlink(|handle| async move { link(&handle, underlay).await })
+        .await?
+        .map(|(_, mtu)| mtu)
         .with_context(|| format!("underlay interface {underlay:?} does not exist"))
 }
 
@@ -68,9 +78,7 @@ pub async fn is_veth(name: &str) -> Result<bool> {
 /// Makes sure bridge `bridge` exists and is up, and puts `tap` (already created) on it with
 /// `mtu`.
 pub async fn attach(bridge: &str, tap: &str, mtu: u32) -> Result<()> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let result = async {
+    with_rtnetlink(|handle| async move {
         let br = match link(&handle, bridge).await? {
             Some((idx, _)) => idx,
             None => {
@@ -108,10 +116,8 @@ pub async fn attach(bridge: &str, tap: &str, mtu: u32) -> Result<()> {
             .await
             .with_context(|| format!("bringing bridge {bridge} up"))?;
         Ok(())
-    }
-    .await;
-    task.abort();
-    result
+    })
+    .await
 }
 
 /// The name of the headroom port that goes with TAP device `tap` (see [`add_headroom_port`]).
@@ -135,9 +141,7 @@ const ENCAP_ROOM: u32 = (mesh_common::wire::ENCAP_IPV4_LEN + mesh_common::wire::
 /// frame and opens no socket; its MTU is the largest a VXLAN device takes, so it does not lower
 /// the bridge's. Already there: left as it is.
 pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let result = async {
+    with_rtnetlink(|handle| async move {
         if link(&handle, name).await?.is_some() {
             return Ok(());
         }
@@ -156,17 +160,13 @@ pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
             .execute()
             .await
             .with_context(|| format!("creating the headroom port {name} (a VXLAN device)"))
-    }
-    .await;
-    task.abort();
-    result
+    })
+    .await
 }
 
 /// Removes the headroom port `name`, if there is one.
 pub async fn remove_headroom_port(name: &str) -> Result<()> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let result = async {
+    with_rtnetlink(|handle| async move {
         let Some((index, _)) = link(&handle, name).await? else {
             return Ok(());
         };
@@ -176,8 +176,6 @@ pub async fn remove_headroom_port(name: &str) -> Result<()> {
             .execute()
             .await
             .with_context(|| format!("removing the headroom port {name}"))
-    }
-    .await;
-    task.abort();
-    result
+    })
+    .await
 }
