@@ -391,9 +391,27 @@ fn a_clean_stop_leaves_nothing_and_cleanup_removes_what_a_crash_left() {
     assert!(
         headroom.contains("master mesh")
             && headroom.contains("state DOWN")
-            && headroom.contains("vxlan"),
+            && headroom.contains("vxlan id 16777215"),
         "the kernel datapath puts a down VXLAN port on the bridge: {headroom}"
     );
+    // Something brings it up: meshd takes it down again (up, it would take VXLAN frames from
+    // the network into the bridge).
+    let up = lab
+        .exec(&h.ns, "ip", &["link", "set", HEADROOM_PORT, "up"])
+        .unwrap();
+    assert!(up.status.success(), "ip link set up: {up:?}");
+    let headroom_down = || {
+        let out = lab
+            .exec(&h.ns, "ip", &["-o", "link", "show", HEADROOM_PORT])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("state DOWN")
+            && !String::from_utf8_lossy(&out.stdout).contains(",UP")
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), headroom_down),
+        "meshd takes the headroom port down again"
+    );
+    assert!(lab.log(node.proc).contains("headroom port up"));
 
     // A clean stop: no pin, no keeper, no TAP device, no headroom port, no program left.
     lab.terminate(node.proc, Duration::from_secs(5)).unwrap();

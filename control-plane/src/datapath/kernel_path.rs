@@ -119,6 +119,16 @@ impl Datapath for KernelPath {
             .collect();
         self.kernel.sync(me.get(), compile(&table, &links))?;
         self.kernel.sync_peer_ports(&shared.bridge)?;
+        // The headroom port must stay down: up, a VXLAN device takes frames from the network
+        // into the bridge. meshd never brings it up; whatever did is overruled.
+        let headroom = crate::tap::device::headroom_port_name(&shared.tap_name);
+        if super::ports::take_down(&headroom) {
+            tracing::warn!(
+                port = %headroom,
+                "something brought the bridge's headroom port up: took it down again (up, it \
+                 would take VXLAN frames from the network into the bridge)"
+            );
+        }
         Ok(())
     }
 

@@ -131,6 +131,11 @@ pub fn headroom_port_name(tap: &str) -> String {
 /// IPv4, UDP and the mesh header (the same 50 bytes as VXLAN's).
 const ENCAP_ROOM: u32 = (mesh_common::wire::ENCAP_IPV4_LEN + mesh_common::wire::ETH_LEN) as u32;
 
+/// The headroom port's VXLAN id: the largest there is, far from Flannel's 1 and Docker's
+/// overlay ids (from 4096), because the kernel refuses a second device with an id and port
+/// already in use, and ours must never stand in another program's way.
+const HEADROOM_PORT_VNI: u32 = 0xff_ffff;
+
 /// Puts a VXLAN device that stays down on `bridge`, as port `name`, for the headroom it asks
 /// for. A bridge gives each of its ports the headroom its neediest port needs, and a veth passes
 /// it on to its peer: so the stacks in the containers leave room in front of each packet for
@@ -139,7 +144,8 @@ const ENCAP_ROOM: u32 = (mesh_common::wire::ENCAP_IPV4_LEN + mesh_common::wire::
 /// (about 40% of the encapsulating program's time on a 64-byte datagram, measured). This is what
 /// the VXLAN port of Docker's or Flannel's bridge does for them. Down, the port carries no
 /// frame and opens no socket; its MTU is the largest a VXLAN device takes, so it does not lower
-/// the bridge's. Already there: left as it is.
+/// the bridge's. Already there: left as it is. The kernel datapath's sync takes it down again
+/// should anything bring it up.
 pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
     with_rtnetlink(|handle| async move {
         if link(&handle, name).await?.is_some() {
@@ -151,7 +157,7 @@ pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
         handle
             .link()
             .add(
-                rtnetlink::LinkVxlan::new(name, 1)
+                rtnetlink::LinkVxlan::new(name, HEADROOM_PORT_VNI)
                     .mtu(u32::from(u16::MAX) - ENCAP_ROOM)
                     .controller(br)
                     .down()
