@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ipam;
 pub mod local_api;
 pub mod metrics;
+pub mod netlink;
 pub mod networks;
 pub mod notify;
 pub mod paths;

@@ -18,6 +18,7 @@ use rtnetlink::{
 };
 
 use super::record::NetnsId;
+use crate::netlink::{find_link, with_handle};
 
 /// Opens a network namespace file (a path under /var/run/netns, /proc/PID/ns/net, ...) and
 /// says which namespace it is.
@@ -91,31 +92,8 @@ where
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
 }
 
-/// Runs `work` with a netlink handle in meshd's own namespace.
-async fn here<T, Fut>(work: impl FnOnce(Handle) -> Fut) -> Result<T>
-where
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let r = work(handle).await;
-    task.abort();
-    r
-}
-
-/// The index of interface `name`, and its attributes, if it exists.
-async fn find(handle: &Handle, name: &str) -> Result<Option<(u32, Vec<LinkAttribute>)>> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(msg)) => Ok(Some((msg.header.index, msg.attributes))),
-        Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
-    }
-}
-
 async fn need(handle: &Handle, name: &str) -> Result<u32> {
-    find(handle, name)
+    find_link(handle, name)
         .await?
         .map(|(i, _)| i)
         .with_context(|| format!("interface {name} does not exist"))
@@ -153,8 +131,8 @@ pub struct Plug<'a> {
 /// the other end is.
 pub async fn plug(ns: &File, p: &Plug<'_>) -> Result<String> {
     let peer_tmp = format!("{}p", p.host_ifname);
-    here(|h| async move {
-        if find(&h, p.host_ifname).await?.is_some() {
+    with_handle(|h| async move {
+        if find_link(&h, p.host_ifname).await?.is_some() {
             bail!(
                 "{} exists already: that namespace and interface are attached",
                 p.host_ifname
@@ -192,7 +170,7 @@ pub async fn plug(ns: &File, p: &Plug<'_>) -> Result<String> {
                 p.cidrs.to_vec(),
             );
             let mac = in_netns(ns, move |h| async move {
-                if find(&h, &ifname).await?.is_some() {
+                if find_link(&h, &ifname).await?.is_some() {
                     bail!("the namespace has an interface called {ifname} already");
                 }
                 let idx = need(&h, &tmp).await?;
@@ -214,14 +192,14 @@ pub async fn plug(ns: &File, p: &Plug<'_>) -> Result<String> {
                         .await
                         .with_context(|| format!("adding {c} to {ifname}"))?;
                 }
-                if let Some((lo, _)) = find(&h, "lo").await? {
+                if let Some((lo, _)) = find_link(&h, "lo").await? {
                     let _ = h
                         .link()
                         .set(LinkUnspec::new_with_index(lo).up().build())
                         .execute()
                         .await;
                 }
-                Ok(find(&h, &ifname)
+                Ok(find_link(&h, &ifname)
                     .await?
                     .map(|(_, a)| mac_of(&a))
                     .unwrap_or_default())
@@ -242,7 +220,7 @@ pub async fn plug(ns: &File, p: &Plug<'_>) -> Result<String> {
         }
         .await;
         if made.is_err()
-            && let Ok(Some((idx, _))) = find(&h, p.host_ifname).await
+            && let Ok(Some((idx, _))) = find_link(&h, p.host_ifname).await
         {
             let _ = h.link().del(idx).execute().await;
         }
@@ -262,8 +240,8 @@ pub async fn veth_for_docker(
     peer: &str,
     mac: [u8; 6],
 ) -> Result<()> {
-    here(|h| async move {
-        if find(&h, host_ifname).await?.is_some() {
+    with_handle(|h| async move {
+        if find_link(&h, host_ifname).await?.is_some() {
             bail!("{host_ifname} exists already: the endpoint is joined");
         }
         let bridge_idx = need(&h, bridge)
@@ -303,7 +281,7 @@ pub async fn veth_for_docker(
         }
         .await;
         if made.is_err()
-            && let Ok(Some((idx, _))) = find(&h, host_ifname).await
+            && let Ok(Some((idx, _))) = find_link(&h, host_ifname).await
         {
             let _ = h.link().del(idx).execute().await;
         }
@@ -315,8 +293,8 @@ pub async fn veth_for_docker(
 /// Deletes the bridge-side veth `host_ifname` (and with it the namespace's end). Gone already
 /// is fine: the namespace died, and its veth with it.
 pub async fn unplug(host_ifname: &str) -> Result<()> {
-    here(|h| async move {
-        if let Some((idx, _)) = find(&h, host_ifname).await? {
+    with_handle(|h| async move {
+        if let Some((idx, _)) = find_link(&h, host_ifname).await? {
             h.link()
                 .del(idx)
                 .execute()
@@ -330,12 +308,12 @@ pub async fn unplug(host_ifname: &str) -> Result<()> {
 
 /// Whether interface `name` exists in meshd's namespace.
 pub async fn exists(name: &str) -> Result<bool> {
-    here(|h| async move { Ok(find(&h, name).await?.is_some()) }).await
+    with_handle(|h| async move { Ok(find_link(&h, name).await?.is_some()) }).await
 }
 
 /// Interfaces in meshd's namespace whose alias is `tag`.
 pub async fn tagged(tag: &str) -> Result<Vec<String>> {
-    here(|h| async move {
+    with_handle(|h| async move {
         let mut out = Vec::new();
         let mut links = h.link().get().execute();
         while let Some(msg) = links.try_next().await.context("listing interfaces")? {
@@ -379,7 +357,7 @@ async fn addresses_on(
 /// the MAC `mac`: a bridge otherwise takes its ports' lowest, which changes when meshd's TAP
 /// comes and goes, and peers' ARP caches would point at the old one.
 pub async fn expose(bridge: &str, cidr: IpNet, mac: [u8; 6]) -> Result<()> {
-    here(|h| async move {
+    with_handle(|h| async move {
         let idx = need(&h, bridge).await?;
         h.link()
             .set(
@@ -408,8 +386,8 @@ pub async fn expose(bridge: &str, cidr: IpNet, mac: [u8; 6]) -> Result<()> {
 
 /// Takes `cidr`'s address off the bridge (absent is fine).
 pub async fn hide(bridge: &str, cidr: IpNet) -> Result<()> {
-    here(|h| async move {
-        let Some((idx, _)) = find(&h, bridge).await? else {
+    with_handle(|h| async move {
+        let Some((idx, _)) = find_link(&h, bridge).await? else {
             return Ok(());
         };
         for (ip, _, msg) in addresses_on(&h, idx).await? {
@@ -428,7 +406,7 @@ pub async fn hide(bridge: &str, cidr: IpNet) -> Result<()> {
 
 /// The addresses of interface `name` in meshd's namespace (the underlay's).
 pub async fn addresses_of(name: &str) -> Result<Vec<IpAddr>> {
-    here(|h| async move {
+    with_handle(|h| async move {
         let idx = need(&h, name).await?;
         Ok(addresses_on(&h, idx)
             .await?
@@ -443,8 +421,8 @@ pub async fn addresses_of(name: &str) -> Result<Vec<IpAddr>> {
 /// container runtime to use before meshd starts (`meshctl create-bridge`); meshd adopts it.
 /// False when it existed already (its MTU is then set to `mtu`).
 pub async fn create_bridge(name: &str, mtu: u32, address: Option<IpNet>) -> Result<bool> {
-    here(|h| async move {
-        let created = match find(&h, name).await? {
+    with_handle(|h| async move {
+        let created = match find_link(&h, name).await? {
             Some(_) => false,
             None => {
                 h.link()

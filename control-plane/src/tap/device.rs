@@ -2,49 +2,30 @@
 //! device attached to it (rtnetlink for links; the TAP itself is opened in `vnet.rs`).
 
 use anyhow::{Context, Result, bail};
-use futures_util::TryStreamExt;
+
+use crate::netlink::{find_link, with_handle};
 use rtnetlink::{
     LinkBridge, LinkUnspec,
     packet_route::link::{InfoKind, LinkAttribute, LinkInfo},
 };
 
-/// Runs `f` with a fresh rtnetlink connection, closed when it is done.
-async fn with_rtnetlink<T, Fut>(f: impl FnOnce(rtnetlink::Handle) -> Fut) -> Result<T>
-where
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let result = f(handle).await;
-    task.abort();
-    result
-}
-
 /// Index and MTU of interface `name`, if it exists.
 async fn link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<(u32, u32)>> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(msg)) => {
-            let mtu = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
-                })
-                .unwrap_or(1500);
-            Ok(Some((msg.header.index, mtu)))
-        }
-        Ok(None) => Ok(None),
-        // The kernel answers "no such device" as an error.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
-    }
+    Ok(find_link(handle, name).await?.map(|(index, attrs)| {
+        let mtu = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .unwrap_or(1500);
+        (index, mtu)
+    }))
 }
 
 /// The MTU of the underlay interface.
 pub async fn underlay_mtu(underlay: &str) -> Result<u32> {
-    with_rtnetlink(|handle| async move { link(&handle, underlay).await })
+    with_handle(|handle| async move { link(&handle, underlay).await })
         .await?
         .map(|(_, mtu)| mtu)
         .with_context(|| format!("underlay interface {underlay:?} does not exist"))
@@ -53,21 +34,11 @@ pub async fn underlay_mtu(underlay: &str) -> Result<u32> {
 /// Whether interface `name` is a veth (whose native XDP hook costs GRO and GSO: see
 /// docs/architecture.md).
 pub async fn is_veth(name: &str) -> Result<bool> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let task = tokio::spawn(conn);
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    let msg = links.try_next().await;
-    task.abort();
-    let msg = match msg {
-        Ok(Some(msg)) => msg,
-        // Missing: whoever uses the interface next explains that.
-        Ok(None) => return Ok(false),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-            return Ok(false);
-        }
-        Err(e) => return Err(e).with_context(|| format!("looking up interface {name}")),
+    // Missing: whoever uses the interface next explains that.
+    let Some((_, attrs)) = with_handle(|h| async move { find_link(&h, name).await }).await? else {
+        return Ok(false);
     };
-    Ok(msg.attributes.iter().any(|a| match a {
+    Ok(attrs.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos
             .iter()
             .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
@@ -78,7 +49,7 @@ pub async fn is_veth(name: &str) -> Result<bool> {
 /// Makes sure bridge `bridge` exists and is up, and puts `tap` (already created) on it with
 /// `mtu`.
 pub async fn attach(bridge: &str, tap: &str, mtu: u32) -> Result<()> {
-    with_rtnetlink(|handle| async move {
+    with_handle(|handle| async move {
         let br = match link(&handle, bridge).await? {
             Some((idx, _)) => idx,
             None => {
@@ -147,7 +118,7 @@ const HEADROOM_PORT_VNI: u32 = 0xff_ffff;
 /// the bridge's. Already there: left as it is. The kernel datapath's sync takes it down again
 /// should anything bring it up.
 pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
-    with_rtnetlink(|handle| async move {
+    with_handle(|handle| async move {
         if link(&handle, name).await?.is_some() {
             return Ok(());
         }
@@ -172,7 +143,7 @@ pub async fn add_headroom_port(bridge: &str, name: &str) -> Result<()> {
 
 /// Removes the headroom port `name`, if there is one.
 pub async fn remove_headroom_port(name: &str) -> Result<()> {
-    with_rtnetlink(|handle| async move {
+    with_handle(|handle| async move {
         let Some((index, _)) = link(&handle, name).await? else {
             return Ok(());
         };
