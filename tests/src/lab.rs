@@ -206,22 +206,9 @@ impl Lab {
 
     /// Adds a host on the shared underlay switch, with the next free 198.18.0.x/24 address.
     pub fn add_host(&mut self, name: &str) -> Result<Host> {
-        self.check_name(name)?;
-        let addr = self.next_underlay_addr()?;
-        let ns = format!("{}-{name}", self.id);
-        self.add_netns(&ns)?;
-        self.plug_into_switch(&ns, UNDERLAY_IF, &format!("p-{name}"))?;
-        ip_in(
-            &ns,
-            &["addr", "add", &format!("{addr}/24"), "dev", UNDERLAY_IF],
-        )?;
-        let host = Host {
-            name: name.to_owned(),
-            ns,
-            underlay_if: UNDERLAY_IF.to_owned(),
-            addr,
-            public_addr: addr,
-        };
+        let host = self.underlay_host(name)?;
+        self.plug_into_switch(&host.ns, UNDERLAY_IF, &format!("p-{name}"))?;
+        self.address_underlay(&host)?;
         self.hosts.push(host.clone());
         Ok(host)
     }
@@ -231,25 +218,11 @@ impl Lab {
     /// over the same wire. They get the next free 198.18.0.x/24 addresses; only each other
     /// is reachable on their underlay.
     pub fn add_cabled_pair(&mut self, a: &str, b: &str) -> Result<(Host, Host)> {
-        self.check_name(a)?;
-        self.check_name(b)?;
         if a == b {
             bail!("lab node name {a:?} given twice");
         }
-        let mut hosts = Vec::new();
-        for name in [a, b] {
-            let addr = self.next_underlay_addr()?;
-            let ns = format!("{}-{name}", self.id);
-            self.add_netns(&ns)?;
-            hosts.push(Host {
-                name: name.to_owned(),
-                ns,
-                underlay_if: UNDERLAY_IF.to_owned(),
-                addr,
-                public_addr: addr,
-            });
-        }
-        let (ha, hb) = (hosts[0].clone(), hosts[1].clone());
+        let ha = self.underlay_host(a)?;
+        let hb = self.underlay_host(b)?;
         ip(&[
             "link",
             "add",
@@ -265,14 +238,41 @@ impl Lab {
             &hb.ns,
         ])?;
         for h in [&ha, &hb] {
-            ip_in(
-                &h.ns,
-                &["addr", "add", &format!("{}/24", h.addr), "dev", UNDERLAY_IF],
-            )?;
-            ip_in(&h.ns, &["link", "set", UNDERLAY_IF, "up"])?;
+            self.address_underlay(h)?;
+            self.hosts.push(h.clone());
         }
-        self.hosts.extend(hosts);
         Ok((ha, hb))
+    }
+
+    /// A new host namespace named after `name`, with the next free underlay address (not yet
+    /// on any interface).
+    fn underlay_host(&mut self, name: &str) -> Result<Host> {
+        self.check_name(name)?;
+        let addr = self.next_underlay_addr()?;
+        let ns = format!("{}-{name}", self.id);
+        self.add_netns(&ns)?;
+        Ok(Host {
+            name: name.to_owned(),
+            ns,
+            underlay_if: UNDERLAY_IF.to_owned(),
+            addr,
+            public_addr: addr,
+        })
+    }
+
+    /// Gives `host`'s underlay interface (already created) its address, up.
+    fn address_underlay(&self, host: &Host) -> Result<()> {
+        ip_in(
+            &host.ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", host.addr),
+                "dev",
+                UNDERLAY_IF,
+            ],
+        )?;
+        ip_in(&host.ns, &["link", "set", UNDERLAY_IF, "up"]).map(|_| ())
     }
 
     fn next_underlay_addr(&mut self) -> Result<Ipv4Addr> {
