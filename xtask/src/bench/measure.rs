@@ -77,6 +77,18 @@ impl OverlayProcs {
     fn rss_kib(&self) -> u64 {
         self.0.iter().filter_map(|p| proc_rss_kib(*p)).sum()
     }
+
+    /// Runs `work` and returns its result with the CPU cores the overlay's processes kept busy
+    /// meanwhile, on average (`None` when the overlay has no processes).
+    fn cores_during<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
+        let ticks0 = self.cpu_ticks();
+        let t0 = Instant::now();
+        let out = work()?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cores = (!self.0.is_empty())
+            .then(|| (self.cpu_ticks() - ticks0) as f64 / clock_ticks_per_second() / elapsed);
+        Ok((out, cores))
+    }
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -192,24 +204,23 @@ pub fn tcp_throughput(
     repeats: u32,
     overlay: &OverlayProcs,
 ) -> Result<Throughput> {
-    let hz = clock_ticks_per_second();
     let mut gbps = Vec::new();
     let mut cpu = Vec::new();
     let mut peak_rss = 0;
     for _ in 0..repeats {
-        let ticks0 = overlay.cpu_ticks();
-        let t0 = Instant::now();
         let sampling = RssSampler::start(overlay.clone());
-        let report = iperf3(path, &["-t", &secs.to_string(), "-P", &streams.to_string()])?;
+        let (report, cores) = overlay.cores_during(|| {
+            iperf3(path, &["-t", &secs.to_string(), "-P", &streams.to_string()])
+        })?;
         peak_rss = peak_rss.max(sampling.stop());
-        let elapsed = t0.elapsed().as_secs_f64();
         let g = report["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .context("iperf3 report without end.sum_received")?
             / 1e9;
         gbps.push(g);
-        if !overlay.0.is_empty() && g > 0.0 {
-            let cores = (overlay.cpu_ticks() - ticks0) as f64 / hz / elapsed;
+        if let Some(cores) = cores
+            && g > 0.0
+        {
             cpu.push(cores / g);
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -350,14 +361,12 @@ pub fn udp_small_packets(
     secs: u32,
     overlay: &OverlayProcs,
 ) -> Result<(f64, Option<f64>)> {
-    let hz = clock_ticks_per_second();
-    let ticks0 = overlay.cpu_ticks();
-    let t0 = Instant::now();
-    let report = iperf3(
-        path,
-        &["-u", "-l", "64", "-b", "0", "-t", &secs.to_string()],
-    )?;
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (report, cores) = overlay.cores_during(|| {
+        iperf3(
+            path,
+            &["-u", "-l", "64", "-b", "0", "-t", &secs.to_string()],
+        )
+    })?;
     let sum = &report["end"]["sum"];
     let packets = sum["packets"]
         .as_f64()
@@ -365,10 +374,7 @@ pub fn udp_small_packets(
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let seconds = sum["seconds"].as_f64().unwrap_or(secs as f64);
     let pps = (packets - lost) / seconds;
-    let cpu = (!overlay.0.is_empty() && pps > 0.0).then(|| {
-        let cores = (overlay.cpu_ticks() - ticks0) as f64 / hz / elapsed;
-        cores / (pps / 1e5)
-    });
+    let cpu = cores.filter(|_| pps > 0.0).map(|c| c / (pps / 1e5));
     Ok((pps, cpu))
 }
 
