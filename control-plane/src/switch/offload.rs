@@ -88,12 +88,20 @@ fn fold(mut sum: u64) -> u16 {
 
 /// Finishes a checksum the kernel left partial: the field at `start + offset` holds the
 /// pseudo-header sum; the checksum of everything from `start` goes there.
+///
+/// A sum that comes out 0 is written as 0xffff, its other one's-complement form, as the
+/// kernel does (`CSUM_MANGLED_0`): in UDP a 0 means "no checksum" over IPv4 and is refused
+/// over IPv6 (RFC 768, RFC 8200 8.1), so one datagram in 65536 would otherwise be dropped at
+/// its destination. TCP accepts either form.
 pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Unusable> {
     let at = start + offset;
     if at + 2 > frame.len() {
         return Err(Unusable::Malformed);
     }
-    let c = !fold(sum16(0, &frame[start..]));
+    let c = match !fold(sum16(0, &frame[start..])) {
+        0 => 0xffff,
+        c => c,
+    };
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -653,6 +661,29 @@ mod tests {
         let mut out = Vec::new();
         wire_frames(&hdr, &mut frame, &mut Vec::new(), |f| out = f.to_vec()).unwrap();
         assert!(tcp_checksum_ok(&out));
+    }
+
+    #[test]
+    fn a_checksum_that_sums_to_zero_is_sent_as_all_ones() {
+        let mut frame = udp4(1, 64);
+        // Two payload bytes chosen so that the whole datagram sums to 0xffff: its checksum
+        // comes out 0, which UDP reserves for "none".
+        frame[50..52].copy_from_slice(&[0, 0]);
+        let pseudo = sum16(0, &frame[26..34]) + 72 + 17;
+        frame[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let rest = fold(sum16(0, &frame[34..]));
+        frame[50..52].copy_from_slice(&(0xffff - rest).to_be_bytes());
+        assert_eq!(fold(sum16(0, &frame[34..])), 0xffff);
+        let hdr = VnetHdr {
+            flags: NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        wire_frames(&hdr, &mut frame, &mut Vec::new(), |f| out = f.to_vec()).unwrap();
+        assert_eq!(out[40..42], [0xff, 0xff]);
+        assert!(udp_checksums_ok(&out, false, 34));
     }
 
     #[test]
