@@ -82,7 +82,14 @@ impl Record {
             path: PathBuf::from(REGISTRY_DIR).join(format!("{lab_id}.rec")),
         };
         let start = start_time(me).context("reading own start time")?;
-        rec.append(&format!("owner {me} {start}"))?;
+        // Written whole under another name and renamed: another test process reaping stale
+        // labs must never see this record without its owner (it would take the lab for one
+        // whose owner died and tear it down under us).
+        let fresh = rec.path.with_extension("new");
+        fs::write(&fresh, format!("owner {me} {start}\n"))
+            .with_context(|| format!("writing {}", fresh.display()))?;
+        fs::rename(&fresh, &rec.path)
+            .with_context(|| format!("renaming {} into place", fresh.display()))?;
         Ok(rec)
     }
 
