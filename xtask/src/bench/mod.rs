@@ -8,6 +8,7 @@
 
 mod chart;
 mod control_lab;
+mod host_ab;
 mod measure;
 mod mesh_lab;
 mod ref_labs;
@@ -86,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut results = Vec::new();
     let mut footprint = None;
+    let mut host_tcp = None;
     let wanted = |s: System| selected.contains(&s);
 
     // Underlay, kernel VXLAN and meshd's XDP on the underlay share the VXLAN reference lab.
@@ -149,6 +151,12 @@ pub fn run(args: Args) -> Result<()> {
                     );
                     results.push(r);
                     footprint = f;
+                    println!("bench: host TCP with and without meshd, alternated");
+                    let pairs = if args.quick { 1 } else { 2 * plan.repeats };
+                    host_tcp = Some(
+                        host_ab::measure(&lab, &underlay, &release, &work, &plan, pairs)
+                            .map_err(|e| format!("{e:#}")),
+                    );
                 }
                 if wanted(System::UnderlayMeshXdp) {
                     let (r, f) = measure_underlay_with_meshd(
@@ -254,6 +262,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         systems: results,
         footprint,
+        host_tcp_with_meshd: host_tcp.as_ref().and_then(|r| r.as_ref().ok()),
         control_plane: {
             let simulation = simulations(args.quick)?;
             println!("bench: control plane in the lab (11 meshd: 10 peers each)");
@@ -313,6 +322,9 @@ pub fn run(args: Args) -> Result<()> {
             _ => None,
         })
         .collect();
+    if let Some(Err(why)) = &host_tcp {
+        failures.push(format!("host TCP with and without meshd: {why}"));
+    }
     if let Status::Failed(why) = &report.control_plane.lab_status {
         failures.push(format!("control plane lab: {why}"));
     }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::measure::{Rtt, Throughput};
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Report<'a> {
     pub date: String,
     pub mode: &'static str,
     pub seconds_per_run: u32,
@@ -13,6 +13,8 @@ pub struct Report {
     pub machine: Machine,
     pub systems: Vec<SystemResult>,
     pub footprint: Option<Footprint>,
+    /// Host-to-host TCP with meshd and without, alternated (issue 8's "≥ 0.97×").
+    pub host_tcp_with_meshd: Option<&'a super::host_ab::HostTcpAb>,
     pub control_plane: ControlPlane,
 }
 
@@ -98,7 +100,7 @@ pub struct Footprint {
     pub meshctl_stripped_bytes: u64,
 }
 
-impl Report {
+impl Report<'_> {
     fn find(&self, name: &str) -> Option<&SystemResult> {
         self.systems
             .iter()
@@ -193,6 +195,20 @@ impl Report {
                 f.meshd_rss_under_load_kib as f64 / 1024.0,
                 f.meshd_stripped_bytes as f64 / 1048576.0,
                 f.meshctl_stripped_bytes as f64 / 1048576.0,
+            );
+        }
+        if let Some(ab) = self.host_tcp_with_meshd {
+            println!(
+                "host TCP x1 with meshd ({} datapath) vs without, {} alternated pairs of {} s: {:.2} vs {:.2} Gbit/s (medians) = {:.2}x; per pair {:.2}x ({:.2}-{:.2})",
+                ab.datapath,
+                ab.pairs,
+                ab.seconds_per_run,
+                ab.with_gbps.median,
+                ab.without_gbps.median,
+                ab.ratio_of_medians,
+                ab.pair_ratios.median,
+                ab.pair_ratios.min,
+                ab.pair_ratios.max,
             );
         }
         for s in &self.control_plane.simulation {
