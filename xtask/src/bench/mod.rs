@@ -11,6 +11,7 @@ mod control_lab;
 mod host_ab;
 mod measure;
 mod mesh_lab;
+mod paired;
 mod ref_labs;
 mod report;
 mod systems;
@@ -21,7 +22,9 @@ use anyhow::{Context, Result, bail};
 use measure::{OverlayProcs, Path as TrafficPath};
 use mesh_tests::mesh::Mode;
 use ref_labs::RefLab;
-use report::{ControlPlane, Footprint, Machine, Report, Simulation, Status, SystemResult};
+use report::{
+    ControlPlane, Footprint, Machine, PlainVsSealed, Report, Simulation, Status, SystemResult,
+};
 use systems::{Meshd, System};
 
 use crate::cmd::{cargo, exec, workspace_root};
@@ -232,6 +235,15 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
+    // The bench rows of plaintext and sealed TAP are taken a minute apart; issue 13 asks
+    // plaintext to be at least as good on each figure, a difference smaller than the drift.
+    let mut plain_vs_sealed = None;
+    if wanted(System::MeshTap) && wanted(System::MeshTapEncrypted) {
+        println!("bench: plaintext and sealed TAP, small-packet figures alternated");
+        let pairs = if args.quick { 1 } else { 2 * plan.repeats };
+        plain_vs_sealed = Some(measure_plain_vs_sealed(&plan, pairs).map_err(|e| format!("{e:#}")));
+    }
+
     for system in selected.iter().copied() {
         if let Some(why) = system.not_built() {
             results.push(SystemResult::new(
@@ -263,6 +275,7 @@ pub fn run(args: Args) -> Result<()> {
         systems: results,
         footprint,
         host_tcp_with_meshd: host_tcp.as_ref().and_then(|r| r.as_ref().ok()),
+        plain_vs_sealed: plain_vs_sealed.as_ref().and_then(|r| r.as_ref().ok()),
         control_plane: {
             let simulation = simulations(args.quick)?;
             println!("bench: control plane in the lab (11 meshd: 10 peers each)");
@@ -325,6 +338,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(Err(why)) = &host_tcp {
         failures.push(format!("host TCP with and without meshd: {why}"));
     }
+    if let Some(Err(why)) = &plain_vs_sealed {
+        failures.push(format!("plaintext against sealed TAP: {why}"));
+    }
     if let Status::Failed(why) = &report.control_plane.lab_status {
         failures.push(format!("control plane lab: {why}"));
     }
@@ -367,6 +383,44 @@ fn failed(system: System, e: &anyhow::Error) -> SystemResult {
         system.description(),
         Status::Failed(format!("{e:#}")),
     )
+}
+
+/// Two labs up at once, plaintext TAP and sealed TAP, and their small-packet figures
+/// (TCP_RR, RTT p50, 64-byte UDP) measured alternately, `pairs` times each.
+fn measure_plain_vs_sealed(plan: &Plan, pairs: u32) -> Result<PlainVsSealed> {
+    let plain = mesh_lab::MeshLab::up(Mode::TapPlain, &[])?;
+    let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
+    let path = |m: &mesh_lab::MeshLab| TrafficPath {
+        client_ns: m.client_ns.clone(),
+        server_ns: m.server_ns.clone(),
+        server_addr: Ipv4Addr::new(10, 40, 0, 2),
+    };
+    let (p, s) = (path(&plain), path(&sealed));
+    let (po, so) = (OverlayProcs(plain.pids()), OverlayProcs(sealed.pids()));
+    let rr = |t: &TrafficPath| measure::tcp_rr(t, plan.secs);
+    let rtt = |t: &TrafficPath| Ok(measure::ping_rtt(t, plan.pings)?.p50_ms);
+    let udp =
+        |t: &TrafficPath, o: &OverlayProcs| Ok(measure::udp_small_packets(t, plan.secs, o)?.0);
+    Ok(PlainVsSealed {
+        tcp_rr_per_s: paired::alternate(
+            "TCP_RR/s plaintext / sealed",
+            pairs,
+            || rr(&p),
+            || rr(&s),
+        )?,
+        rtt_p50_ms: paired::alternate(
+            "RTT p50 ms plaintext / sealed",
+            pairs,
+            || rtt(&p),
+            || rtt(&s),
+        )?,
+        udp_64b_pps: paired::alternate(
+            "64-byte UDP pps plaintext / sealed",
+            pairs,
+            || udp(&p, &po),
+            || udp(&s, &so),
+        )?,
+    })
 }
 
 /// Takes every measurement of one system; a failure marks the system failed, with the reason.

@@ -14,7 +14,9 @@ pub struct Report<'a> {
     pub systems: Vec<SystemResult>,
     pub footprint: Option<Footprint>,
     /// Host-to-host TCP with meshd and without, alternated (issue 8's "≥ 0.97×").
-    pub host_tcp_with_meshd: Option<&'a super::host_ab::HostTcpAb>,
+    pub host_tcp_with_meshd: Option<&'a super::paired::Paired>,
+    /// Plaintext TAP (A) against sealed TAP (B), alternated (issue 13's "at least as good").
+    pub plain_vs_sealed: Option<&'a PlainVsSealed>,
     pub control_plane: ControlPlane,
 }
 
@@ -88,6 +90,14 @@ impl SystemResult {
             udp_64b_cpu_cores_per_100kpps: None,
         }
     }
+}
+
+/// The small-packet figures of plaintext TAP (A) and sealed TAP (B), alternated.
+#[derive(Debug, Serialize)]
+pub struct PlainVsSealed {
+    pub tcp_rr_per_s: super::paired::Paired,
+    pub rtt_p50_ms: super::paired::Paired,
+    pub udp_64b_pps: super::paired::Paired,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,17 +209,19 @@ impl Report<'_> {
         }
         if let Some(ab) = self.host_tcp_with_meshd {
             println!(
-                "host TCP x1 with meshd ({} datapath) vs without, {} alternated pairs of {} s: {:.2} vs {:.2} Gbit/s (medians) = {:.2}x; per pair {:.2}x ({:.2}-{:.2})",
-                ab.datapath,
-                ab.pairs,
-                ab.seconds_per_run,
-                ab.with_gbps.median,
-                ab.without_gbps.median,
-                ab.ratio_of_medians,
-                ab.pair_ratios.median,
-                ab.pair_ratios.min,
-                ab.pair_ratios.max,
+                "host TCP x1, {} alternated pairs: with meshd (kernel datapath) vs without: {}",
+                ab.pair_ratios.samples.len(),
+                ab.describe(2, " Gbit/s")
             );
+        }
+        if let Some(p) = self.plain_vs_sealed {
+            println!(
+                "TAP sealed vs plaintext, {} alternated pairs (plaintext at least as good: ratio <= 1, RTT >= 1):",
+                p.tcp_rr_per_s.pair_ratios.samples.len()
+            );
+            println!("  TCP_RR: {}", p.tcp_rr_per_s.describe(0, "/s"));
+            println!("  RTT p50: {}", p.rtt_p50_ms.describe(3, " ms"));
+            println!("  64-byte UDP: {}", p.udp_64b_pps.describe(0, " pps"));
         }
         for s in &self.control_plane.simulation {
             println!(
