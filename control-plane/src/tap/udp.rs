@@ -54,6 +54,23 @@ fn setsockopt_int(
     }
 }
 
+/// Bytes the data socket may hold for meshd to read. The default (rmem_default, 208 KiB here)
+/// fills in a fraction of a millisecond when a peer's sends outrun this meshd for a moment,
+/// and every datagram dropped then was sealed, sent and carried for nothing (seen as
+/// RcvbufErrors under 64-byte floods). WireGuard's userspace implementations ask for 7 MiB.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// Asks for [`RECEIVE_BUFFER`] past the system's rmem_max (SO_RCVBUFFORCE, which meshd's
+/// CAP_NET_ADMIN allows), else as much as rmem_max grants. Best effort: a smaller buffer
+/// costs drops under bursts, not correctness.
+fn receive_buffer(sock: &std::net::UdpSocket) {
+    let forced = setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER);
+    if let Err(e) = forced {
+        tracing::debug!(error = %e, "SO_RCVBUFFORCE refused; asking within rmem_max");
+        let _ = setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER);
+    }
+}
+
 fn sockaddr_v4(addr: SocketAddr) -> io::Result<libc::sockaddr_in> {
     let SocketAddr::V4(a) = addr else {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6 underlay"));
@@ -85,6 +102,7 @@ impl DataSocket {
         )
         .context("setting IP_MTU_DISCOVER on the data socket")?;
         let gro = setsockopt_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        receive_buffer(&sock);
         // SAFETY: the socket owns its descriptor, which stays open as long as the AsyncFd
         // holding it lives.
         let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
