@@ -6,6 +6,8 @@
 #[path = "neighbour_table.rs"]
 mod neighbour_table;
 
+use std::time::Instant;
+
 use libfuzzer_sys::fuzz_target;
 use mesh::switch::{
     ShortId,
@@ -33,5 +35,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut nb = neighbour_table::one_link(None, mesh::switch::seal::Cipher::ChaCha20Poly1305);
     let mut d = data.to_vec();
-    let _ = nb.accept(&mut d, neighbour_table::FROM);
+    let _ = nb.accept(&mut d, neighbour_table::FROM, Instant::now());
 });

@@ -5,6 +5,8 @@
 #[path = "neighbour_table.rs"]
 mod neighbour_table;
 
+use std::time::Instant;
+
 use libfuzzer_sys::fuzz_target;
 use mesh::switch::seal::{Cipher, LinkSecret};
 
@@ -12,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
     for cipher in Cipher::ALL {
         let mut nb = neighbour_table::one_link(Some(LinkSecret([7; 32])), cipher);
         let mut d = data.to_vec();
-        let _ = nb.accept(&mut d, neighbour_table::FROM);
+        let _ = nb.accept(&mut d, neighbour_table::FROM, Instant::now());
     }
 });

@@ -79,7 +79,8 @@ impl BusyPoll {
                 let now = self.seen.load(Ordering::Relaxed);
                 if now != seen {
                     seen = now;
-                    quiet_since = Instant::now();
+                    // Close enough to the traffic, and one clock read less per round.
+                    quiet_since = yielding;
                 }
                 if !keep_polling(quiet_since.elapsed(), yielded, self.window) {
                     break;

@@ -214,8 +214,14 @@ impl Shared {
             .clone()
     }
 
+    /// The data path's clock: milliseconds since it started.
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// [`Self::now_ms`] at `t`, for a caller that read the time already.
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64
     }
 
     fn neighbours(&self) -> std::sync::MutexGuard<'_, Neighbours> {

@@ -448,6 +448,7 @@ impl Neighbours {
         &mut self,
         datagram: &mut [u8],
         from: SocketAddr,
+        now: Instant,
     ) -> Result<(Header, Range<usize>, ShortId), DropReason> {
         let len = datagram.len() as u64;
         let sealed = datagram.first().is_some_and(|f| f & seal::FLAG_SEALED != 0);
@@ -480,7 +481,6 @@ impl Neighbours {
         let id = n.peer;
         n.traffic.rx_packets += 1;
         n.traffic.rx_bytes += len;
-        let now = Instant::now();
         n.received.saw(len as usize, now);
         if header.is_link_heartbeat() && header.origin == id {
             let p = Payload::parse(&datagram[inner.clone()]);
@@ -604,10 +604,13 @@ mod tests {
         let inner = [0xabu8; 64];
         na.prepare(b, &frame_header(1), &inner, &mut out, 0)
             .unwrap();
-        let (h, r, _) = nb.accept(&mut out.clone(), FROM).unwrap();
+        let (h, r, _) = nb.accept(&mut out.clone(), FROM, Instant::now()).unwrap();
         assert_eq!(h, frame_header(1));
         assert_eq!(r.len(), 64);
-        assert_eq!(nb.accept(&mut out, FROM), Err(DropReason::Replay));
+        assert_eq!(
+            nb.accept(&mut out, FROM, Instant::now()),
+            Err(DropReason::Replay)
+        );
         assert_eq!(na.get(LinkId(10)).unwrap().traffic.tx_packets, 1);
         assert_eq!(nb.get(LinkId(10)).unwrap().traffic.rx_packets, 1);
         assert_eq!(nb.link_to(a), Some(LinkId(10)));
@@ -622,7 +625,7 @@ mod tests {
         na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
             .unwrap();
         let first = nonce_of(&out);
-        nb.accept(&mut out, FROM).unwrap();
+        nb.accept(&mut out, FROM, Instant::now()).unwrap();
         // a's id moves to 7; b learns it from gossip (same link, same keys).
         na.set_me(a2);
         nb.set_peer(LinkId(20), a2);
@@ -631,7 +634,7 @@ mod tests {
             .unwrap();
         assert_eq!(seal::sender_of(&out), Ok(a2));
         assert_eq!(nonce_of(&out).2, first.2 + 1, "the counter goes on");
-        assert!(nb.accept(&mut out, FROM).is_ok());
+        assert!(nb.accept(&mut out, FROM, Instant::now()).is_ok());
         assert_eq!(nb.get(LinkId(20)).unwrap().traffic.rx_packets, 2);
         assert_eq!(nb.link_to(a2), Some(LinkId(20)));
         assert_eq!(nb.link_to(ShortId::from_wire(1)), None);
@@ -650,7 +653,10 @@ mod tests {
         let mut out = Vec::new();
         na.prepare(b, &frame_header(1), &[0u8; 20], &mut out, 0)
             .unwrap();
-        assert_eq!(nb.accept(&mut out, FROM), Err(DropReason::Auth));
+        assert_eq!(
+            nb.accept(&mut out, FROM, Instant::now()),
+            Err(DropReason::Auth)
+        );
     }
 
     #[test]
@@ -676,7 +682,7 @@ mod tests {
                 seen.insert(nonce_of(&out)),
                 "a (sender, epoch, counter) repeated"
             );
-            na.accept(&mut out, FROM)
+            na.accept(&mut out, FROM, Instant::now())
         };
         for _ in 0..3 {
             assert!(send_to_a(&mut nb, &mut na).is_ok());
@@ -696,7 +702,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert!(nb.accept(&mut out, FROM).is_ok());
+        assert!(nb.accept(&mut out, FROM, Instant::now()).is_ok());
         assert_eq!(nb.get(LinkId(2)).unwrap().traffic.rx_packets, 1);
         // c moves to 6: both links carry on with their counters.
         nb.set_peer(LinkId(2), ShortId::from_wire(c_id));
@@ -713,7 +719,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert!(nc.accept(&mut out, FROM).is_ok());
+        assert!(nc.accept(&mut out, FROM, Instant::now()).is_ok());
         let mut peers: Vec<_> = nb.links().iter().map(|l| (l.link, l.peer.get())).collect();
         peers.sort();
         assert_eq!(peers, [(LinkId(1), a_id), (LinkId(2), c_id)]);
@@ -725,16 +731,19 @@ mod tests {
         let mut plain = vec![0u8; HEADER_LEN + 60];
         frame_header(1).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
         let from = SocketAddr::from(([198, 18, 0, 1], 6784));
-        assert_eq!(nb.accept(&mut plain, from), Err(DropReason::Unsealed));
+        assert_eq!(
+            nb.accept(&mut plain, from, Instant::now()),
+            Err(DropReason::Unsealed)
+        );
         let mut plain_nb = Neighbours::new(false, 1450, 1280);
         plain_nb.set_me(ShortId::from_wire(2));
         plain_nb.add_link(LinkId(1), spec(1, 2, None, false), 0);
         let stranger = SocketAddr::from(([198, 18, 0, 77], 6784));
         assert_eq!(
-            plain_nb.accept(&mut plain, stranger),
+            plain_nb.accept(&mut plain, stranger, Instant::now()),
             Err(DropReason::UnknownSender)
         );
-        assert!(plain_nb.accept(&mut plain, from).is_ok());
+        assert!(plain_nb.accept(&mut plain, from, Instant::now()).is_ok());
     }
 
     #[test]
@@ -758,22 +767,47 @@ mod tests {
         };
         // Each port is its own neighbour, whichever was added first (before: the first link
         // found at that IP took both).
-        assert_eq!(nb.accept(&mut datagram(1, false), at(6784)).unwrap().2, p1);
-        assert_eq!(nb.accept(&mut datagram(3, false), at(6790)).unwrap().2, p3);
+        assert_eq!(
+            nb.accept(&mut datagram(1, false), at(6784), Instant::now())
+                .unwrap()
+                .2,
+            p1
+        );
+        assert_eq!(
+            nb.accept(&mut datagram(3, false), at(6790), Instant::now())
+                .unwrap()
+                .2,
+            p3
+        );
         assert_eq!(nb.get(LinkId(1)).unwrap().traffic.rx_packets, 1);
         assert_eq!(nb.get(LinkId(3)).unwrap().traffic.rx_packets, 1);
         // The NAT rebinds 3 to another port: its heartbeat names it, and its address follows.
-        assert_eq!(nb.accept(&mut datagram(3, true), at(6791)).unwrap().2, p3);
+        assert_eq!(
+            nb.accept(&mut datagram(3, true), at(6791), Instant::now())
+                .unwrap()
+                .2,
+            p3
+        );
         assert_eq!(nb.get(LinkId(3)).unwrap().addr, at(6791));
         assert_eq!(nb.get(LinkId(1)).unwrap().addr, at(6784), "1 stays");
         // A frame 3 relays for 1 (origin 1) from 3's new address is 3's.
-        assert_eq!(nb.accept(&mut datagram(1, false), at(6791)).unwrap().2, p3);
+        assert_eq!(
+            nb.accept(&mut datagram(1, false), at(6791), Instant::now())
+                .unwrap()
+                .2,
+            p3
+        );
         // Gone links are gone from the index.
         nb.remove_link(LinkId(1));
-        assert_eq!(nb.accept(&mut datagram(3, false), at(6791)).unwrap().2, p3);
+        assert_eq!(
+            nb.accept(&mut datagram(3, false), at(6791), Instant::now())
+                .unwrap()
+                .2,
+            p3
+        );
         nb.remove_link(LinkId(3));
         assert_eq!(
-            nb.accept(&mut datagram(3, false), at(6791)),
+            nb.accept(&mut datagram(3, false), at(6791), Instant::now()),
             Err(DropReason::UnknownSender)
         );
     }
@@ -796,11 +830,14 @@ mod tests {
         let mut plain = vec![0u8; HEADER_LEN + 60];
         frame_header(3).write((&mut plain[..HEADER_LEN]).try_into().unwrap());
         let trusted = SocketAddr::from(([198, 18, 0, 3], 6784));
-        assert!(nb.accept(&mut plain.clone(), trusted).is_ok());
+        assert!(
+            nb.accept(&mut plain.clone(), trusted, Instant::now())
+                .is_ok()
+        );
         // The sealed link's address does not get to send plain frames.
         let sealed_peer = SocketAddr::from(([198, 18, 0, 1], 6784));
         assert_eq!(
-            nb.accept(&mut plain.clone(), sealed_peer),
+            nb.accept(&mut plain.clone(), sealed_peer, Instant::now()),
             Err(DropReason::Unsealed)
         );
         // Frames to each are framed as its link says, and the MTU follows.
@@ -846,7 +883,7 @@ mod tests {
         sender
             .prepare_on(LinkId(1), &h, &inner, &mut out, 0)
             .unwrap();
-        receiver.accept(&mut out, from).unwrap();
+        receiver.accept(&mut out, from, Instant::now()).unwrap();
     }
 
     #[test]

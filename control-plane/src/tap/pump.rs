@@ -90,6 +90,9 @@ struct Local {
     replies: Vec<Vec<u8>>,
     /// A named network's frame with its tag on.
     tagged: Vec<u8>,
+    /// The data path's clock (`Shared::now_ms`) when the frame being forwarded was read: read
+    /// once per TAP read, not per use (clock reads were 6% of the sending thread's time).
+    now_ms: u64,
 }
 
 /// Opens named networks' TAP devices as the agent asks (`Shared::open_network`), each on its
@@ -171,6 +174,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
         };
         bump(&shared.counters.tap_reads);
         shared.busy_poll.traffic();
+        local.now_ms = shared.now_ms();
         drained += 1;
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
             shared.counters.dropped(DropReason::Malformed);
@@ -260,7 +264,7 @@ fn forward_tagged(
 fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
     {
         let mut fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = shared.now_ms();
+        let now = local.now_ms;
         shared.learn_elsewhere(&mut fdb, frame, now);
         forward::from_local(table, &fdb, frame, now, |to, h| local.sends.push((to, h)));
     }
@@ -270,10 +274,10 @@ fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local
         let (to, h) = local.sends[i];
         let link_mtu = shared.neighbours().link_mtu(to).unwrap_or(usize::MAX);
         if mtu::packet_len(frame) <= link_mtu {
-            queue(shared, &mut local.batcher, frame, to, h);
+            queue(shared, &mut local.batcher, frame, to, h, local.now_ms);
         } else {
             answered |= oversize(shared, frame, link_mtu, !answered, local, |f, local| {
-                queue(shared, &mut local.batcher, f, to, h)
+                queue(shared, &mut local.batcher, f, to, h, local.now_ms)
             });
         }
     }
@@ -313,9 +317,9 @@ fn oversize(
     }
 }
 
-/// Seals (or frames) `inner` for neighbour `to` into the batch for its address.
-fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: Header) {
-    let now = shared.now_ms();
+/// Seals (or frames) `inner` for neighbour `to` into the batch for its address; `now`: the
+/// data path's clock (`Shared::now_ms`).
+fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: Header, now: u64) {
     let mut nb = shared.neighbours();
     let Some(addr) = nb.addr(to) else {
         shared.counters.dropped(DropReason::NoRoute);
@@ -364,6 +368,9 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             }
         };
         bump(&shared.counters.udp_receives);
+        // One clock read for everything one receive brought (they arrived together).
+        let now = Instant::now();
+        let now_ms = shared.ms_at(now);
         let table = shared
             .table
             .read()
@@ -372,7 +379,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         let mut at = 0;
         while at < n {
             let end = (at + seg.max(1)).min(n);
-            let accepted = shared.neighbours().accept(&mut buf[at..end], from);
+            let accepted = shared.neighbours().accept(&mut buf[at..end], from, now);
             let chunk = at;
             at = end;
             let (header, inner, neighbour) = match accepted {
@@ -401,7 +408,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     neighbour,
                     header,
                     frame,
-                    shared.now_ms(),
+                    now_ms,
                     |to, h| sends.push((to, h)),
                 )
             };
@@ -431,7 +438,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     shared.counters.dropped(DropReason::TooBig);
                     continue;
                 }
-                queue(&shared, &mut batcher, frame, to, h);
+                queue(&shared, &mut batcher, frame, to, h, now_ms);
             }
         }
         // Consecutive segments of one TCP flow go to the bridge as one super-frame.
