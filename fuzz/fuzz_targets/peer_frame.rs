@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use mesh::{entry_sign::EntrySigner, identity::Identity};
-use mesh_gossip::{Config, EntryAuth, Gossip, PeerEntry, PeerId};
+use mesh_gossip::{EntryAuth, Gossip, PeerEntry, PeerId};
 use mesh_proto::{
     Message,
     v1::{PeerFrame, gossip_message, peer_frame},
