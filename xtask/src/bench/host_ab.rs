@@ -10,9 +10,9 @@ use mesh_tests::wait_until;
 use super::{
     Plan, datapath_mode,
     measure::{self, OverlayProcs, Path as TrafficPath},
+    meshd_on_both_hosts,
     paired::{self, Paired},
     ref_labs::RefLab,
-    systems::Meshd,
 };
 
 /// Single-stream TCP between the lab's two hosts (`underlay`), `pairs` times without meshd
@@ -34,17 +34,7 @@ pub fn measure(
             .median)
     };
     let with_meshd = || -> Result<f64> {
-        let meshd = release.join("meshd");
-        let start = |h: &str, u: &str| {
-            Meshd::start(
-                &meshd,
-                &lab.ns(h),
-                u,
-                &work.join(format!("run-ab-{h}")),
-                &[],
-            )
-        };
-        let (h1, h2) = (start("h1", "u1")?, start("h2", "u2")?);
+        let (h1, h2) = meshd_on_both_hosts(lab, release, work, "ab", &[])?;
         for m in [&h1, &h2] {
             let ebpf = || datapath_mode(release, &m.socket).is_ok_and(|d| d == "ebpf");
             if !wait_until(Duration::from_secs(10), ebpf) {

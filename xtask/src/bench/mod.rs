@@ -479,14 +479,7 @@ fn measure_underlay_with_meshd(
     } else {
         &[]
     };
-    let started = (|| -> Result<(Meshd, Meshd)> {
-        let meshd = release.join("meshd");
-        let run = |h: &str| work.join(format!("run-{}-{h}", system.name()));
-        let h1 = Meshd::start(&meshd, &lab.ns("h1"), "u1", &run("h1"), extra)?;
-        let h2 = Meshd::start(&meshd, &lab.ns("h2"), "u2", &run("h2"), extra)?;
-        Ok((h1, h2))
-    })();
-    let (h1, h2) = match started {
+    let (h1, h2) = match meshd_on_both_hosts(lab, release, work, system.name(), extra) {
         Ok(m) => m,
         Err(e) => return (failed(system, &e), None),
     };
@@ -533,6 +526,23 @@ fn measure_underlay_with_meshd(
         meshctl_stripped_bytes: 0,
     };
     (r, Some(footprint))
+}
+
+/// meshd alone on each host of the VXLAN reference lab (`h1` on `u1`, `h2` on `u2`), given
+/// `extra` arguments; run directories `run-<label>-<host>` under `work`.
+fn meshd_on_both_hosts(
+    lab: &RefLab,
+    release: &Path,
+    work: &Path,
+    label: &str,
+    extra: &[&str],
+) -> Result<(Meshd, Meshd)> {
+    let meshd = release.join("meshd");
+    let start = |h: &str, u: &str| {
+        let run = work.join(format!("run-{label}-{h}"));
+        Meshd::start(&meshd, &lab.ns(h), u, &run, extra)
+    };
+    Ok((start("h1", "u1")?, start("h2", "u2")?))
 }
 
 /// `meshctl status --json` of the meshd behind `socket`.
