@@ -5,7 +5,7 @@
 //! switch has no address of its own on the overlay; stacks accept that, as they only check the
 //! quoted header.
 
-use super::Mac;
+use super::{Mac, offload::checksum};
 
 const ETH: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -43,21 +43,6 @@ pub fn handle(frame: &[u8], mtu: usize, out: &mut Vec<u8>) -> Oversize {
         Some(ETHERTYPE_IPV6) => ipv6(frame, mtu, out),
         _ => Oversize::Drop,
     }
-}
-
-/// The Internet checksum (RFC 1071) of `data`, starting from `sum`.
-fn checksum(mut sum: u32, data: &[u8]) -> u16 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Ethernet header answering `frame`: back to its source, from its destination.
@@ -169,13 +154,9 @@ fn ipv6(frame: &[u8], mtu: usize, out: &mut Vec<u8>) -> Oversize {
     out.extend_from_slice(&[2, 0, 0, 0]);
     out.extend_from_slice(&(mtu as u32).to_be_bytes());
     out.extend_from_slice(quoted);
-    // Pseudo-header: source, destination, length, next header.
-    let mut sum = 0u32;
-    for c in dst.chunks(2).chain(src.chunks(2)) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    sum += icmp_len as u32 + 58;
-    let c = checksum(sum, &out[icmp_at..]);
+    // Pseudo-header: source and destination (just written), length, next header.
+    let pseudo = checksum(0, &out[icmp_at - 32..icmp_at]);
+    let c = checksum(u64::from(!pseudo) + icmp_len as u64 + 58, &out[icmp_at..]);
     out[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
     Oversize::Reply
 }
@@ -275,12 +256,8 @@ mod tests {
         let icmp = &ip[40..];
         assert_eq!((icmp[0], icmp[1]), (2, 0));
         assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1422);
-        let mut sum = 0u32;
-        for c in ip[8..40].chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        sum += icmp.len() as u32 + 58;
-        assert_eq!(checksum(sum, icmp), 0);
+        let pseudo = !checksum(0, &ip[8..40]);
+        assert_eq!(checksum(u64::from(pseudo) + icmp.len() as u64 + 58, icmp), 0);
     }
 
     #[test]

