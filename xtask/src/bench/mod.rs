@@ -15,6 +15,7 @@ mod paired;
 mod ref_labs;
 mod report;
 mod systems;
+mod versus;
 
 use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
@@ -22,9 +23,7 @@ use anyhow::{Context, Result, bail};
 use measure::{OverlayProcs, Path as TrafficPath};
 use mesh_tests::mesh::Mode;
 use ref_labs::RefLab;
-use report::{
-    ControlPlane, Footprint, Machine, PlainVsSealed, Report, Simulation, Status, SystemResult,
-};
+use report::{ControlPlane, Footprint, Machine, Report, Simulation, Status, SystemResult};
 use systems::{Meshd, System};
 
 use crate::cmd::{cargo, exec, workspace_root};
@@ -118,16 +117,7 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
             Ok(lab) => {
-                let underlay = TrafficPath {
-                    client_ns: lab.ns("h1"),
-                    server_ns: lab.ns("h2"),
-                    server_addr: Ipv4Addr::new(198, 18, 0, 2),
-                };
-                let overlay = TrafficPath {
-                    client_ns: lab.ns("c1"),
-                    server_ns: lab.ns("c2"),
-                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
-                };
+                let (underlay, overlay) = ref_paths(&lab);
                 if wanted(System::Underlay) {
                     results.push(measure(
                         System::Underlay,
@@ -191,11 +181,7 @@ pub fn run(args: Args) -> Result<()> {
         match build() {
             Err(e) => results.push(failed(system, &e)),
             Ok(lab) => {
-                let path = TrafficPath {
-                    client_ns: lab.ns("c1"),
-                    server_ns: lab.ns("c2"),
-                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
-                };
+                let (_, path) = ref_paths(&lab);
                 results.push(measure(system, &path, &OverlayProcs(lab.pids()), &plan));
             }
         }
@@ -224,24 +210,47 @@ pub fn run(args: Args) -> Result<()> {
         match mesh_lab::MeshLab::up(mode, extra) {
             Err(e) => results.push(failed(system, &e)),
             Ok(m) => {
-                let path = TrafficPath {
-                    client_ns: m.client_ns.clone(),
-                    server_ns: m.server_ns.clone(),
-                    server_addr: Ipv4Addr::new(10, 40, 0, 2),
-                };
-                results.push(measure(system, &path, &OverlayProcs(m.pids()), &plan));
+                results.push(measure(
+                    system,
+                    &mesh_path(&m),
+                    &OverlayProcs(m.pids()),
+                    &plan,
+                ));
                 m.print_batching();
             }
         }
     }
 
-    // The bench rows of plaintext and sealed TAP are taken a minute apart; issue 13 asks
-    // plaintext to be at least as good on each figure, a difference smaller than the drift.
-    let mut plain_vs_sealed = None;
-    if wanted(System::MeshTap) && wanted(System::MeshTapEncrypted) {
-        println!("bench: plaintext and sealed TAP, small-packet figures alternated");
-        let pairs = if args.quick { 1 } else { 2 * plan.repeats };
-        plain_vs_sealed = Some(measure_plain_vs_sealed(&plan, pairs).map_err(|e| format!("{e:#}")));
+    // Ratios the issues ask for that are close to 1, or whose reference drifts between runs,
+    // measured again alternately with both labs up (see `versus`).
+    let pairs = if args.quick { 1 } else { 2 * plan.repeats };
+    let mut comparisons = Vec::new();
+    let mut comparison_failures = Vec::new();
+    for (label, wants, run) in [
+        (
+            "mesh-ebpf against kernel VXLAN and the underlay",
+            [System::MeshEbpf, System::KernelVxlan],
+            ebpf_vs_vxlan as fn(&Plan, u32) -> Result<Vec<versus::Versus>>,
+        ),
+        (
+            "sealed TAP against boringtun --threads 1",
+            [System::MeshTapEncrypted, System::BoringtunT1],
+            sealed_vs_boringtun,
+        ),
+        (
+            "plaintext against sealed TAP",
+            [System::MeshTap, System::MeshTapEncrypted],
+            plain_vs_sealed,
+        ),
+    ] {
+        if !wants.into_iter().all(wanted) {
+            continue;
+        }
+        println!("bench: {label}, alternated");
+        match run(&plan, pairs) {
+            Ok(v) => comparisons.extend(v),
+            Err(e) => comparison_failures.push(format!("{label}, alternated: {e:#}")),
+        }
     }
 
     for system in selected.iter().copied() {
@@ -275,7 +284,7 @@ pub fn run(args: Args) -> Result<()> {
         systems: results,
         footprint,
         host_tcp_with_meshd: host_tcp.as_ref().and_then(|r| r.as_ref().ok()),
-        plain_vs_sealed: plain_vs_sealed.as_ref().and_then(|r| r.as_ref().ok()),
+        comparisons: &comparisons,
         control_plane: {
             let simulation = simulations(args.quick)?;
             println!("bench: control plane in the lab (11 meshd: 10 peers each)");
@@ -338,9 +347,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(Err(why)) = &host_tcp {
         failures.push(format!("host TCP with and without meshd: {why}"));
     }
-    if let Some(Err(why)) = &plain_vs_sealed {
-        failures.push(format!("plaintext against sealed TAP: {why}"));
-    }
+    failures.extend(comparison_failures);
     if let Status::Failed(why) = &report.control_plane.lab_status {
         failures.push(format!("control plane lab: {why}"));
     }
@@ -385,42 +392,113 @@ fn failed(system: System, e: &anyhow::Error) -> SystemResult {
     )
 }
 
-/// Two labs up at once, plaintext TAP and sealed TAP, and their small-packet figures
-/// (TCP_RR, RTT p50, 64-byte UDP) measured alternately, `pairs` times each.
-fn measure_plain_vs_sealed(plan: &Plan, pairs: u32) -> Result<PlainVsSealed> {
-    let plain = mesh_lab::MeshLab::up(Mode::TapPlain, &[])?;
-    let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
-    let path = |m: &mesh_lab::MeshLab| TrafficPath {
+/// The traffic path between a mesh lab's two containers.
+fn mesh_path(m: &mesh_lab::MeshLab) -> TrafficPath {
+    TrafficPath {
         client_ns: m.client_ns.clone(),
         server_ns: m.server_ns.clone(),
         server_addr: Ipv4Addr::new(10, 40, 0, 2),
+    }
+}
+
+/// The paths of a reference lab: host to host (the underlay) and container to container.
+fn ref_paths(lab: &RefLab) -> (TrafficPath, TrafficPath) {
+    (
+        TrafficPath {
+            client_ns: lab.ns("h1"),
+            server_ns: lab.ns("h2"),
+            server_addr: Ipv4Addr::new(198, 18, 0, 2),
+        },
+        TrafficPath {
+            client_ns: lab.ns("c1"),
+            server_ns: lab.ns("c2"),
+            server_addr: Ipv4Addr::new(10, 40, 0, 2),
+        },
+    )
+}
+
+/// Issue 8: the kernel datapath against kernel VXLAN on every figure, and its bulk TCP
+/// against the bare underlay (the goal of 0.9x).
+fn ebpf_vs_vxlan(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
+    let vxlan = RefLab::vxlan("mbp")?;
+    let ebpf = mesh_lab::MeshLab::up(Mode::Kernel, &[])?;
+    let (underlay, overlay) = ref_paths(&vxlan);
+    let (none, procs) = (OverlayProcs::default(), OverlayProcs(ebpf.pids()));
+    let path = mesh_path(&ebpf);
+    let mesh = versus::Side {
+        name: "mesh-ebpf",
+        path: &path,
+        procs: &procs,
     };
-    let (p, s) = (path(&plain), path(&sealed));
+    let side = |name, path| versus::Side {
+        name,
+        path,
+        procs: &none,
+    };
+    Ok(vec![
+        versus::versus(
+            &side("kernel-vxlan", &overlay),
+            &mesh,
+            versus::Figure::ALL,
+            plan,
+            pairs,
+        )?,
+        versus::versus(
+            &side("underlay", &underlay),
+            &mesh,
+            &[versus::Figure::Tcp1],
+            plan,
+            pairs,
+        )?,
+    ])
+}
+
+/// Issue 13: sealed TAP against boringtun with one thread, on every figure.
+fn sealed_vs_boringtun(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
+    let boringtun = RefLab::boringtun("mbq", Some("1"))?;
+    let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
+    let (_, bpath) = ref_paths(&boringtun);
+    let spath = mesh_path(&sealed);
+    let (bprocs, sprocs) = (OverlayProcs(boringtun.pids()), OverlayProcs(sealed.pids()));
+    Ok(vec![versus::versus(
+        &versus::Side {
+            name: "boringtun-t1",
+            path: &bpath,
+            procs: &bprocs,
+        },
+        &versus::Side {
+            name: "mesh-tap-enc",
+            path: &spath,
+            procs: &sprocs,
+        },
+        versus::Figure::ALL,
+        plan,
+        pairs,
+    )?])
+}
+
+/// Issue 13: plaintext TAP (A) at least as good as sealed TAP (B) on small packets (bulk TCP
+/// differs by far more than the drift).
+fn plain_vs_sealed(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
+    let plain = mesh_lab::MeshLab::up(Mode::TapPlain, &[])?;
+    let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
+    let (p, s) = (mesh_path(&plain), mesh_path(&sealed));
     let (po, so) = (OverlayProcs(plain.pids()), OverlayProcs(sealed.pids()));
-    let rr = |t: &TrafficPath| measure::tcp_rr(t, plan.secs);
-    let rtt = |t: &TrafficPath| Ok(measure::ping_rtt(t, plan.pings)?.p50_ms);
-    let udp =
-        |t: &TrafficPath, o: &OverlayProcs| Ok(measure::udp_small_packets(t, plan.secs, o)?.0);
-    Ok(PlainVsSealed {
-        tcp_rr_per_s: paired::alternate(
-            "TCP_RR/s plaintext / sealed",
-            pairs,
-            || rr(&p),
-            || rr(&s),
-        )?,
-        rtt_p50_ms: paired::alternate(
-            "RTT p50 ms plaintext / sealed",
-            pairs,
-            || rtt(&p),
-            || rtt(&s),
-        )?,
-        udp_64b_pps: paired::alternate(
-            "64-byte UDP pps plaintext / sealed",
-            pairs,
-            || udp(&p, &po),
-            || udp(&s, &so),
-        )?,
-    })
+    Ok(vec![versus::versus(
+        &versus::Side {
+            name: "mesh-tap",
+            path: &p,
+            procs: &po,
+        },
+        &versus::Side {
+            name: "mesh-tap-enc",
+            path: &s,
+            procs: &so,
+        },
+        versus::Figure::SMALL_PACKETS,
+        plan,
+        pairs,
+    )?])
 }
 
 /// Takes every measurement of one system; a failure marks the system failed, with the reason.

@@ -15,8 +15,8 @@ pub struct Report<'a> {
     pub footprint: Option<Footprint>,
     /// Host-to-host TCP with meshd and without, alternated (issue 8's "≥ 0.97×").
     pub host_tcp_with_meshd: Option<&'a super::paired::Paired>,
-    /// Plaintext TAP (A) against sealed TAP (B), alternated (issue 13's "at least as good").
-    pub plain_vs_sealed: Option<&'a PlainVsSealed>,
+    /// Systems against their references, alternated (`super::versus`).
+    pub comparisons: &'a [super::versus::Versus],
     pub control_plane: ControlPlane,
 }
 
@@ -90,14 +90,6 @@ impl SystemResult {
             udp_64b_cpu_cores_per_100kpps: None,
         }
     }
-}
-
-/// The small-packet figures of plaintext TAP (A) and sealed TAP (B), alternated.
-#[derive(Debug, Serialize)]
-pub struct PlainVsSealed {
-    pub tcp_rr_per_s: super::paired::Paired,
-    pub rtt_p50_ms: super::paired::Paired,
-    pub udp_64b_pps: super::paired::Paired,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,14 +206,8 @@ impl Report<'_> {
                 ab.describe(2, " Gbit/s")
             );
         }
-        if let Some(p) = self.plain_vs_sealed {
-            println!(
-                "TAP sealed vs plaintext, {} alternated pairs (plaintext at least as good: ratio <= 1, RTT >= 1):",
-                p.tcp_rr_per_s.pair_ratios.samples.len()
-            );
-            println!("  TCP_RR: {}", p.tcp_rr_per_s.describe(0, "/s"));
-            println!("  RTT p50: {}", p.rtt_p50_ms.describe(3, " ms"));
-            println!("  64-byte UDP: {}", p.udp_64b_pps.describe(0, " pps"));
+        for v in self.comparisons {
+            v.print();
         }
         for s in &self.control_plane.simulation {
             println!(
