@@ -257,7 +257,10 @@ mod tests {
         assert_eq!((icmp[0], icmp[1]), (2, 0));
         assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1422);
         let pseudo = !checksum(0, &ip[8..40]);
-        assert_eq!(checksum(u64::from(pseudo) + icmp.len() as u64 + 58, icmp), 0);
+        assert_eq!(
+            checksum(u64::from(pseudo) + icmp.len() as u64 + 58, icmp),
+            0
+        );
     }
 
     #[test]

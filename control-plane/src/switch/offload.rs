@@ -386,6 +386,14 @@ impl Coalescer {
         }
     }
 
+    /// Whether a run is open that a next frame might still join (not ended by a short frame
+    /// or a PSH, not full).
+    pub fn can_grow(&self) -> bool {
+        self.run
+            .as_ref()
+            .is_some_and(|r| !r.closed && r.count < MAX_RUN)
+    }
+
     /// Ends the current run: the bytes to write to the TAP (virtio-net header first), if any.
     pub fn finish(&mut self) -> Option<&[u8]> {
         let run = self.run.take()?;

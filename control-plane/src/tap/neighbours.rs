@@ -18,6 +18,7 @@ use std::{
 
 use mesh_common::DropReason;
 
+use super::batch::Batcher;
 use crate::switch::{
     LinkId, ShortId,
     heartbeat::{self, DataAddr, Payload, Seen},
@@ -87,6 +88,22 @@ impl Neighbour {
     /// Its frames are sealed (it has keys).
     pub fn sealed(&self) -> bool {
         self.crypto.is_some()
+    }
+
+    /// Appends the datagram carrying `inner` under `header` to `out`: sealed with the link's
+    /// keys, or framed as it is on a plaintext link; counted.
+    fn frame(&mut self, header: &Header, inner: &[u8], out: &mut Vec<u8>, now_ms: u64) {
+        let start = out.len();
+        if let Some(crypto) = self.crypto.as_mut() {
+            crypto.sealer.seal(header, inner, out, now_ms);
+        } else {
+            let mut h = [0u8; HEADER_LEN];
+            header.write(&mut h);
+            out.extend_from_slice(&h);
+            out.extend_from_slice(inner);
+        }
+        self.traffic.tx_packets += 1;
+        self.traffic.tx_bytes += (out.len() - start) as u64;
     }
 }
 
@@ -359,13 +376,23 @@ impl Neighbours {
         Some(self.links.get(&self.link_to(to)?)?.addr)
     }
 
-    /// The size of the datagram carrying an inner frame of `inner_len` bytes to `to`.
-    pub fn datagram_len(&self, to: ShortId, inner_len: usize) -> usize {
-        let sealed = self
-            .link_to(to)
-            .and_then(|l| self.links.get(&l))
-            .is_some_and(Neighbour::sealed);
-        HEADER_LEN + inner_len + if sealed { SEAL_OVERHEAD } else { 0 }
+    /// Appends the datagram carrying `inner` under `header` to `to` to `batcher`, in the batch
+    /// for its address. One look-up of the link gives where, how long and with which keys (a
+    /// frame each, on the bulk path). False when `to` is no neighbour.
+    pub fn queue(
+        &mut self,
+        to: ShortId,
+        header: &Header,
+        inner: &[u8],
+        batcher: &mut Batcher,
+        now_ms: u64,
+    ) -> bool {
+        let Some(n) = self.link_to(to).and_then(|l| self.links.get_mut(&l)) else {
+            return false;
+        };
+        let len = HEADER_LEN + inner.len() + if n.sealed() { SEAL_OVERHEAD } else { 0 };
+        n.frame(header, inner, batcher.slot(n.addr, len), now_ms);
+        true
     }
 
     /// Appends the datagram carrying `inner` under `header` to `to` to `out`; returns where to
@@ -392,17 +419,7 @@ impl Neighbours {
         now_ms: u64,
     ) -> Option<SocketAddr> {
         let n = self.links.get_mut(&link)?;
-        let start = out.len();
-        if let Some(crypto) = n.crypto.as_mut() {
-            crypto.sealer.seal(header, inner, out, now_ms);
-        } else {
-            let mut h = [0u8; HEADER_LEN];
-            header.write(&mut h);
-            out.extend_from_slice(&h);
-            out.extend_from_slice(inner);
-        }
-        n.traffic.tx_packets += 1;
-        n.traffic.tx_bytes += (out.len() - start) as u64;
+        n.frame(header, inner, out, now_ms);
         Some(n.addr)
     }
 
@@ -851,10 +868,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.len(), HEADER_LEN + 20);
-        assert_eq!(
-            nb.datagram_len(ShortId::from_wire(1), 20),
-            HEADER_LEN + 20 + SEAL_OVERHEAD
-        );
+        // Queued for a batched send: sealed on the sealed link, sized for it.
+        let mut batcher = Batcher::default();
+        assert!(nb.queue(
+            ShortId::from_wire(1),
+            &frame_header(2),
+            &[0; 20],
+            &mut batcher,
+            0
+        ));
+        assert!(!nb.queue(
+            ShortId::from_wire(9),
+            &frame_header(2),
+            &[0; 20],
+            &mut batcher,
+            0
+        ));
+        let (_, seg, buf, count) = batcher.pending().next().unwrap();
+        assert_eq!(seg, HEADER_LEN + 20 + SEAL_OVERHEAD);
+        assert_eq!((buf.len(), count), (seg, 1));
         let infos = nb.links();
         let sealed_of = |id: u64| infos.iter().find(|l| l.link == LinkId(id)).unwrap().sealed;
         assert!(sealed_of(1) && !sealed_of(2));

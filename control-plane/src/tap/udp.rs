@@ -13,7 +13,7 @@ use std::{
     io,
     mem::{MaybeUninit, size_of},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -206,48 +206,55 @@ impl DataSocket {
     /// datagrams of `segment size` bytes back to back (the last may be shorter).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
         self.sock
-            .async_io(Interest::READABLE, |sock| {
-                let mut iov = libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                };
-                let mut name = MaybeUninit::<libc::sockaddr_in>::zeroed();
-                let mut control = [0u64; 8];
-                // SAFETY: msghdr is plain data; all-zero is valid before it is filled in.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_name = name.as_mut_ptr().cast();
-                msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen = size_of_val(&control);
-                // SAFETY: recvmsg into buffers we own; cmsgs are read within msg_controllen.
-                unsafe {
-                    let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
-                    if n < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let n = n as usize;
-                    let mut seg = n;
-                    let mut c = libc::CMSG_FIRSTHDR(&msg);
-                    while !c.is_null() {
-                        if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                            let v =
-                                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                            if v > 0 {
-                                seg = v as usize;
-                            }
-                        }
-                        c = libc::CMSG_NXTHDR(&msg, c);
-                    }
-                    let a = name.assume_init();
-                    let from = SocketAddrV4::new(
-                        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                        u16::from_be(a.sin_port),
-                    );
-                    Ok((n, SocketAddr::V4(from), seg))
-                }
-            })
+            .async_io(Interest::READABLE, |sock| receive(sock.as_raw_fd(), buf))
             .await
+    }
+
+    /// [`DataSocket::recv`] if a datagram is waiting; `WouldBlock` if none is.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+        receive(self.sock.get_ref().as_raw_fd(), buf)
+    }
+}
+
+/// One `recvmsg` on the (non-blocking) socket `fd`, with its GRO segment size.
+fn receive(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut name = MaybeUninit::<libc::sockaddr_in>::zeroed();
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is valid before it is filled in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: recvmsg into buffers we own; cmsgs are read within msg_controllen.
+    unsafe {
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut seg = n;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                if v > 0 {
+                    seg = v as usize;
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        let a = name.assume_init();
+        let from = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        );
+        Ok((n, SocketAddr::V4(from), seg))
     }
 }
