@@ -180,7 +180,6 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
             }
         };
         bump(&shared.counters.tap_reads);
-        shared.busy_poll.traffic();
         local.now_ms = shared.now_ms();
         local.decided_len = 0;
         drained += 1;
@@ -192,6 +191,9 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
         if super_frame {
             bump(&shared.counters.gso_reads);
         }
+        shared
+            .busy_poll
+            .traffic(if super_frame { 2 } else { 1 }, local.now_ms);
         let table = shared
             .table
             .read()
@@ -420,6 +422,8 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut at = 0;
+        // Data frames (not heartbeats) this receive brought: what busy-polling goes by.
+        let mut frames = 0;
         while at < n {
             let end = (at + seg.max(1)).min(n);
             let accepted = shared.neighbours().accept(&mut buf[at..end], from, now);
@@ -440,7 +444,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 continue;
             }
             bump(&shared.counters.rx_frames);
-            shared.busy_poll.traffic();
+            frames += 1;
             let inner = chunk + inner.start..chunk + inner.end;
             let frame = &buf[inner.clone()];
             let decision = {
@@ -483,6 +487,9 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 }
                 queue(&shared, &mut batcher, frame, to, h, now_ms);
             }
+        }
+        if frames > 0 {
+            shared.busy_poll.traffic(frames, now_ms);
         }
         // Consecutive segments of one TCP flow go to the bridge as one super-frame.
         for r in deliveries.drain(..) {
