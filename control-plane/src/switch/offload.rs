@@ -848,6 +848,28 @@ mod tests {
     }
 
     #[test]
+    fn a_run_may_grow_until_a_short_segment_ends_it() {
+        let hdr = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut segs = Vec::new();
+        wire_frames(&hdr, &mut tcp4(2500, false), &mut Vec::new(), |s| {
+            segs.push(s.to_vec())
+        })
+        .unwrap();
+        let mut c = Coalescer::default();
+        assert!(!c.can_grow(), "no run yet");
+        assert!(c.push(&segs[0]) && c.can_grow());
+        assert!(c.push(&segs[1]) && c.can_grow());
+        assert!(c.push(&segs[2]), "the short last segment joins");
+        assert!(!c.can_grow(), "and ends the run");
+        assert!(c.finish().is_some());
+        assert!(!c.can_grow(), "finished");
+    }
+
+    #[test]
     fn a_damaged_segment_is_not_joined_and_vouched_for() {
         let segs = three_segments();
         let mut damaged = segs[1].clone();

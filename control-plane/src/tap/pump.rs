@@ -94,12 +94,12 @@ struct Local {
     /// once per TAP read, not per use (clock reads were 6% of the sending thread's time).
     now_ms: u64,
     /// The length of the frame the next hops in `sends` were found for in this TAP read, if
-    /// they fit every next hop's link (0: none yet). Every frame one read yields (a
-    /// super-frame's segments, a packet's fragments) has the same Ethernet header, which is
-    /// all the forwarding decision reads, and a frame no longer than one that fit fits too: the
-    /// other 40-odd segments of a 64 KiB super-frame skip the FDB, the routes and the link
-    /// MTUs (those look-ups were about 4% of the sending thread's time).
-    decided_len: usize,
+    /// they fit every next hop's link (none: not decided in this read). Every frame one read
+    /// yields (a super-frame's segments, a packet's fragments) has the same Ethernet header,
+    /// which is all the forwarding decision reads, and a frame no longer than one that fit
+    /// fits too: the other 40-odd segments of a 64 KiB super-frame skip the FDB, the routes
+    /// and the link MTUs (those look-ups were about 4% of the sending thread's time).
+    decided: Option<usize>,
 }
 
 /// Opens named networks' TAP devices as the agent asks (`Shared::open_network`), each on its
@@ -181,7 +181,7 @@ async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, v
         };
         bump(&shared.counters.tap_reads);
         local.now_ms = shared.now_ms();
-        local.decided_len = 0;
+        local.decided = None;
         drained += 1;
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
             shared.counters.dropped(DropReason::Malformed);
@@ -273,9 +273,9 @@ fn forward_tagged(
 /// path to a next hop is answered like any oversize frame (ICMP, or split).
 fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local) {
     let len = mtu::packet_len(frame);
-    if len > local.decided_len {
+    if local.decided.is_none_or(|d| len > d) {
         local.sends.clear();
-        local.decided_len = 0;
+        local.decided = None;
         {
             let mut fdb = shared.fdb.lock().unwrap_or_else(PoisonError::into_inner);
             let now = local.now_ms;
@@ -288,10 +288,10 @@ fn forward_local(shared: &Shared, table: &Table, frame: &[u8], local: &mut Local
             .iter()
             .all(|(to, _)| len <= nb.link_mtu(*to).unwrap_or(usize::MAX))
         {
-            local.decided_len = len;
+            local.decided = Some(len);
         }
     }
-    if local.decided_len > 0 {
+    if local.decided.is_some() {
         let mut nb = shared.neighbours();
         for (to, h) in &local.sends {
             if !nb.queue(*to, h, frame, &mut local.batcher, local.now_ms) {
@@ -387,25 +387,24 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
     let mut deliveries: Vec<Range<usize>> = Vec::with_capacity(64);
     let mut coalescer = Coalescer::default();
     let mut untagged = Vec::with_capacity(2048);
+    // A run held open for the next receive (see the end of the loop).
+    let mut holding = false;
     loop {
-        // A run that may grow waits for the next receive if it is already here: a 64 KiB TCP
-        // super-frame crosses the wire in two sends (one carries at most 64 KiB of datagrams),
-        // and joined across both it reaches the container's stack as one packet, not two
-        // (half the TAP writes, and half the wake-ups of the receiving program).
-        let received = if coalescer.can_grow() {
-            match sock.try_recv(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Some(run) = coalescer.finish() {
-                        write_tap(&shared, &tap, run, true).await;
-                    }
-                    continue;
+        let continued = std::mem::take(&mut holding);
+        let received = if continued {
+            let r = sock.try_recv(&mut buf);
+            if r.is_err() {
+                // Nothing waiting (or an error): the held run goes out now.
+                if let Some(run) = coalescer.finish() {
+                    write_tap(&shared, &tap, run, true).await;
                 }
-                r => r,
             }
+            r
         } else {
             sock.recv(&mut buf).await
         };
         let (n, from, seg) = match received {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "receiving on the data port");
@@ -524,9 +523,14 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 write_tap(&shared, &tap, frame, false).await;
             }
         }
-        if !coalescer.can_grow()
-            && let Some(run) = coalescer.finish()
-        {
+        // A run that may still grow after a receive of several datagrams waits for the next
+        // receive if it is already here (never for one that is not, and for one receive at
+        // most): a 64 KiB TCP super-frame crosses the wire in two sends (one carries at most
+        // 64 KiB of datagrams), and joined across both it reaches the container's stack as
+        // one packet, not two (half the TAP writes, half the receiving program's wake-ups).
+        if !continued && n > seg && coalescer.can_grow() {
+            holding = true;
+        } else if let Some(run) = coalescer.finish() {
             write_tap(&shared, &tap, run, true).await;
         }
         flush(&shared, &sock, &mut batcher).await;

@@ -114,7 +114,7 @@ impl Versus {
             self.reference,
             self.figures()
                 .first()
-                .map_or(0, |(_, p, _)| p.pair_ratios.samples.len())
+                .map_or(0, |(_, p, _)| p.a.samples.len())
         );
         for (name, p, (digits, unit)) in self.figures() {
             println!("  {name}: {}", p.describe(digits, unit));
