@@ -806,18 +806,23 @@ mod tests {
     }
 
     /// A 3000-byte TCP stream cut into three 1000-byte segments, as a peer sends them.
-    fn three_segments() -> Vec<Vec<u8>> {
+    /// The segments of one IPv4 TCP super-frame of `payload` bytes cut at 1000.
+    fn segments_of(payload: usize) -> Vec<Vec<u8>> {
         let hdr = VnetHdr {
             gso_type: GSO_TCPV4,
             gso_size: 1000,
             ..Default::default()
         };
         let mut segs = Vec::new();
-        wire_frames(&hdr, &mut tcp4(3000, false), &mut Vec::new(), |s| {
+        wire_frames(&hdr, &mut tcp4(payload, false), &mut Vec::new(), |s| {
             segs.push(s.to_vec())
         })
         .unwrap();
         segs
+    }
+
+    fn three_segments() -> Vec<Vec<u8>> {
+        segments_of(3000)
     }
 
     #[test]
@@ -849,16 +854,7 @@ mod tests {
 
     #[test]
     fn a_run_may_grow_until_a_short_segment_ends_it() {
-        let hdr = VnetHdr {
-            gso_type: GSO_TCPV4,
-            gso_size: 1000,
-            ..Default::default()
-        };
-        let mut segs = Vec::new();
-        wire_frames(&hdr, &mut tcp4(2500, false), &mut Vec::new(), |s| {
-            segs.push(s.to_vec())
-        })
-        .unwrap();
+        let segs = segments_of(2500);
         let mut c = Coalescer::default();
         assert!(!c.can_grow(), "no run yet");
         assert!(c.push(&segs[0]) && c.can_grow());
