@@ -162,13 +162,19 @@ mod tests {
         false
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn polls_from_traffic_until_a_quiet_window_and_again_on_the_next() {
-        let bp = Arc::new(BusyPoll::new(Duration::from_millis(200)));
+    /// A poller with `window`, running as a task of the test's runtime.
+    fn started(window: Duration) -> (Arc<BusyPoll>, tokio::task::JoinHandle<()>) {
+        let bp = Arc::new(BusyPoll::new(window));
         let poller = tokio::spawn({
             let bp = bp.clone();
             async move { bp.run().await }
         });
+        (bp, poller)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn polls_from_traffic_until_a_quiet_window_and_again_on_the_next() {
+        let (bp, poller) = started(Duration::from_millis(200));
         tokio::task::yield_now().await;
         assert!(!bp.polling(), "polling before any traffic");
         bp.traffic(1, 0);
@@ -191,11 +197,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn bulk_traffic_closes_the_window_and_lone_frames_open_none_for_a_while() {
-        let bp = Arc::new(BusyPoll::new(Duration::from_secs(3600)));
-        let poller = tokio::spawn({
-            let bp = bp.clone();
-            async move { bp.run().await }
-        });
+        let (bp, poller) = started(Duration::from_secs(3600));
         bp.traffic(1, 1000);
         assert!(
             until(|| bp.polling()).await,

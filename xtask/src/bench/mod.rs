@@ -423,28 +423,22 @@ fn ebpf_vs_vxlan(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
     let vxlan = RefLab::vxlan("mbp")?;
     let ebpf = mesh_lab::MeshLab::up(Mode::Kernel, &[])?;
     let (underlay, overlay) = ref_paths(&vxlan);
-    let (none, procs) = (OverlayProcs::default(), OverlayProcs(ebpf.pids()));
-    let path = mesh_path(&ebpf);
-    let mesh = versus::Side {
-        name: "mesh-ebpf",
-        path: &path,
-        procs: &procs,
-    };
-    let side = |name, path| versus::Side {
+    let mesh = versus::Side::mesh("mesh-ebpf", &ebpf);
+    let kernel = |name, path| versus::Side {
         name,
         path,
-        procs: &none,
+        procs: OverlayProcs::default(),
     };
     Ok(vec![
         versus::versus(
-            &side("kernel-vxlan", &overlay),
+            &kernel("kernel-vxlan", overlay),
             &mesh,
             versus::Figure::ALL,
             plan,
             pairs,
         )?,
         versus::versus(
-            &side("underlay", &underlay),
+            &kernel("underlay", underlay),
             &mesh,
             &[versus::Figure::Tcp1],
             plan,
@@ -457,20 +451,15 @@ fn ebpf_vs_vxlan(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
 fn sealed_vs_boringtun(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
     let boringtun = RefLab::boringtun("mbq", Some("1"))?;
     let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
-    let (_, bpath) = ref_paths(&boringtun);
-    let spath = mesh_path(&sealed);
-    let (bprocs, sprocs) = (OverlayProcs(boringtun.pids()), OverlayProcs(sealed.pids()));
+    let reference = versus::Side {
+        name: "boringtun-t1",
+        path: ref_paths(&boringtun).1,
+        procs: OverlayProcs(boringtun.pids()),
+    };
+    let mesh = versus::Side::mesh("mesh-tap-enc", &sealed);
     Ok(vec![versus::versus(
-        &versus::Side {
-            name: "boringtun-t1",
-            path: &bpath,
-            procs: &bprocs,
-        },
-        &versus::Side {
-            name: "mesh-tap-enc",
-            path: &spath,
-            procs: &sprocs,
-        },
+        &reference,
+        &mesh,
         versus::Figure::ALL,
         plan,
         pairs,
@@ -482,19 +471,9 @@ fn sealed_vs_boringtun(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
 fn plain_vs_sealed(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
     let plain = mesh_lab::MeshLab::up(Mode::TapPlain, &[])?;
     let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
-    let (p, s) = (mesh_path(&plain), mesh_path(&sealed));
-    let (po, so) = (OverlayProcs(plain.pids()), OverlayProcs(sealed.pids()));
     Ok(vec![versus::versus(
-        &versus::Side {
-            name: "mesh-tap",
-            path: &p,
-            procs: &po,
-        },
-        &versus::Side {
-            name: "mesh-tap-enc",
-            path: &s,
-            procs: &so,
-        },
+        &versus::Side::mesh("mesh-tap", &plain),
+        &versus::Side::mesh("mesh-tap-enc", &sealed),
         versus::Figure::SMALL_PACKETS,
         plan,
         pairs,

@@ -11,14 +11,26 @@ use serde::Serialize;
 use super::{
     Plan,
     measure::{self, OverlayProcs, Path as TrafficPath},
+    mesh_lab::MeshLab,
     paired::{self, Paired},
 };
 
 /// One side of a comparison: where its traffic goes and which processes are its overlay.
-pub struct Side<'a> {
-    pub name: &'a str,
-    pub path: &'a TrafficPath,
-    pub procs: &'a OverlayProcs,
+pub struct Side {
+    pub name: &'static str,
+    pub path: TrafficPath,
+    pub procs: OverlayProcs,
+}
+
+impl Side {
+    /// Between the two containers of a mesh lab, meshd its overlay.
+    pub fn mesh(name: &'static str, lab: &MeshLab) -> Side {
+        Side {
+            name,
+            path: super::mesh_path(lab),
+            procs: OverlayProcs(lab.pids()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +57,13 @@ impl Figure {
     fn measure(self, s: &Side, plan: &Plan) -> Result<f64> {
         Ok(match self {
             Figure::Tcp1 => {
-                measure::tcp_throughput(s.path, 1, plan.secs, 1, s.procs)?
+                measure::tcp_throughput(&s.path, 1, plan.secs, 1, &s.procs)?
                     .gbps
                     .median
             }
-            Figure::RttP50 => measure::ping_rtt(s.path, plan.pings)?.p50_ms,
-            Figure::TcpRr => measure::tcp_rr(s.path, plan.secs)?,
-            Figure::Udp64 => measure::udp_small_packets(s.path, plan.secs, s.procs)?.0,
+            Figure::RttP50 => measure::ping_rtt(&s.path, plan.pings)?.p50_ms,
+            Figure::TcpRr => measure::tcp_rr(&s.path, plan.secs)?,
+            Figure::Udp64 => measure::udp_small_packets(&s.path, plan.secs, &s.procs)?.0,
         })
     }
 }
