@@ -805,8 +805,8 @@ mod tests {
         }
     }
 
-    /// A 3000-byte TCP stream cut into three 1000-byte segments, as a peer sends them.
-    /// The segments of one IPv4 TCP super-frame of `payload` bytes cut at 1000.
+    /// The segments of one IPv4 TCP super-frame of `payload` bytes cut at 1000, as a peer
+    /// sends them.
     fn segments_of(payload: usize) -> Vec<Vec<u8>> {
         let hdr = VnetHdr {
             gso_type: GSO_TCPV4,
@@ -821,6 +821,7 @@ mod tests {
         segs
     }
 
+    /// A 3000-byte TCP stream cut into three 1000-byte segments.
     fn three_segments() -> Vec<Vec<u8>> {
         segments_of(3000)
     }
