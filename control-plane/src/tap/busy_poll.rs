@@ -10,107 +10,73 @@
 //! never polls. On a single CPU polling would only take time from the programs whose replies
 //! it waits for, so it is off there (see [`default_window`]).
 //!
-//! How: the runtime is single-threaded; one task yields in a loop while polling, and each yield
-//! makes the runtime poll its I/O driver without blocking, which wakes the pumps as their
-//! sockets get data. Each round also yields the CPU to the kernel's scheduler: with both ends
-//! of a request/response on one machine, a poller that held its CPU until preempted delayed
-//! the very programs it waited for (measured in the lab, TCP request/response through the
-//! sealed path: 7k/s without polling, 12k/s polling greedily, 19-20k/s polling politely).
+//! How: the data path thread, instead of waiting in `epoll_wait`, looks (a zero timeout) and
+//! yields the CPU to the scheduler between looks. With both ends of a request/response on one
+//! machine, a poller that held its CPU until preempted delayed the very programs it waited for
+//! (measured in the lab, TCP request/response through the sealed path: 7k/s without polling,
+//! 12k/s polling greedily, 19-20k/s polling politely). This is pure state: the thread asks
+//! [`BusyPoll::polling`] before each wait.
 
-use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
-/// Traffic seen by the pumps, and the poller's state.
+/// Traffic seen by the data path, and whether a window is open.
 pub struct BusyPoll {
     /// How long to poll after the last traffic; zero: never.
     window: Duration,
-    /// Frames or datagrams read so far (any change restarts the window).
-    seen: AtomicU64,
-    polling: AtomicBool,
-    /// Bulk traffic was seen since the window opened: it closes.
-    bulk: AtomicBool,
+    /// When the last lone frame was read, while its window is open.
+    last: Option<Instant>,
     /// Until when (`Shared::now_ms`) lone frames open no window, after bulk traffic.
-    bulk_until: AtomicU64,
-    start: Notify,
+    bulk_until: u64,
 }
 
 impl BusyPoll {
     pub fn new(window: Duration) -> BusyPoll {
         BusyPoll {
             window,
-            seen: AtomicU64::new(0),
-            polling: AtomicBool::new(false),
-            bulk: AtomicBool::new(false),
-            bulk_until: AtomicU64::new(0),
-            start: Notify::new(),
+            last: None,
+            bulk_until: 0,
         }
     }
 
-    /// Called by a pump for each read that brought data frames, with how many it brought and
-    /// the data path's clock (`Shared::now_ms`). One frame starts the window or keeps it open.
-    /// Several (a TCP super-frame, a receive of many datagrams) are traffic in bulk: it waits
-    /// on no reply, the next batch wakes the pump soon enough, and the CPUs are better left to
-    /// the programs that produce and consume it. So the window closes, and lone frames (the
-    /// ACKs of a bulk stream, say) open none for [`BULK_HOLD_MS`] after (sealed bulk TCP in the
-    /// lab: 6.12-6.74 Gbit/s polling, 6.57-6.85 not polling).
-    pub fn traffic(&self, frames: usize, now_ms: u64) {
-        if frames > 1 {
-            self.bulk_until
-                .store(now_ms + BULK_HOLD_MS, Ordering::Relaxed);
-            self.bulk.store(true, Ordering::Relaxed);
-            return;
-        }
-        if now_ms < self.bulk_until.load(Ordering::Relaxed) {
-            return;
-        }
-        self.seen.fetch_add(1, Ordering::Relaxed);
-        if !self.polling.load(Ordering::Relaxed) {
-            self.start.notify_one();
-        }
-    }
-
-    /// Whether a window is open.
-    #[cfg(test)]
-    fn polling(&self) -> bool {
-        self.polling.load(Ordering::Relaxed)
-    }
-
-    /// The poller's task: idle until traffic, then polls until the window has passed without
-    /// any. With no window it never polls (and never ends, like the pumps).
-    pub async fn run(&self) {
+    /// Called for each read that brought data frames, with how many it brought, the data
+    /// path's clock (`Shared::now_ms`) and the instant it stands for. One frame opens the
+    /// window or keeps it open. Several (a TCP super-frame, a receive of many datagrams) are
+    /// traffic in bulk: it waits on no reply, the next batch wakes the thread soon enough,
+    /// and the CPUs are better left to the programs that produce and consume it. So the
+    /// window closes, and lone frames (the ACKs of a bulk stream, say) open none for
+    /// [`BULK_HOLD_MS`] after (sealed bulk TCP in the lab: 6.12-6.74 Gbit/s polling,
+    /// 6.57-6.85 not polling).
+    pub fn traffic(&mut self, frames: usize, now_ms: u64, now: Instant) {
         if self.window.is_zero() {
-            std::future::pending::<()>().await;
+            return;
         }
-        loop {
-            self.start.notified().await;
-            self.polling.store(true, Ordering::Relaxed);
-            self.bulk.store(false, Ordering::Relaxed);
-            let mut seen = self.seen.load(Ordering::Relaxed);
-            let mut quiet_since = Instant::now();
-            loop {
-                // Polite polling: a program woken on this CPU (the one a reply is for,
-                // often) runs at once instead of waiting for the scheduler to preempt us.
-                let yielding = Instant::now();
-                std::thread::yield_now();
-                let yielded = yielding.elapsed();
-                tokio::task::yield_now().await;
-                let now = self.seen.load(Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    // Close enough to the traffic, and one clock read less per round.
-                    quiet_since = yielding;
-                }
-                if self.bulk.load(Ordering::Relaxed)
-                    || !keep_polling(quiet_since.elapsed(), yielded, self.window)
-                {
-                    break;
-                }
+        if frames > 1 {
+            self.bulk_until = now_ms + BULK_HOLD_MS;
+            self.last = None;
+            return;
+        }
+        if now_ms < self.bulk_until {
+            return;
+        }
+        self.last = Some(now);
+    }
+
+    /// Whether the next wait should only look (and yield the CPU first): traffic was seen
+    /// less than a window before `now`.
+    pub fn polling(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.window => true,
+            _ => {
+                self.last = None;
+                false
             }
-            self.polling.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A yield to the scheduler while polling took `yielded` (see [`keep_polling`]).
+    pub fn yielded(&mut self, yielded: Duration) {
+        if !keep_polling(Duration::ZERO, yielded, self.window) {
+            self.last = None;
         }
     }
 }
@@ -148,80 +114,70 @@ pub const DEFAULT_WINDOW_US: u64 = 200;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    /// Yields (letting the poller run) until `cond` holds; false after a generous deadline.
-    async fn until(cond: impl Fn() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        false
-    }
+    const MS: Duration = Duration::from_millis(1);
 
-    /// A poller with `window`, running as a task of the test's runtime.
-    fn started(window: Duration) -> (Arc<BusyPoll>, tokio::task::JoinHandle<()>) {
-        let bp = Arc::new(BusyPoll::new(window));
-        let poller = tokio::spawn({
-            let bp = bp.clone();
-            async move { bp.run().await }
-        });
-        (bp, poller)
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn polls_from_traffic_until_a_quiet_window_and_again_on_the_next() {
-        let (bp, poller) = started(Duration::from_millis(200));
-        tokio::task::yield_now().await;
-        assert!(!bp.polling(), "polling before any traffic");
-        bp.traffic(1, 0);
-        assert!(until(|| bp.polling()).await, "traffic opened no window");
+    #[test]
+    fn polls_from_traffic_until_a_quiet_window_and_again_on_the_next() {
+        let mut bp = BusyPoll::new(200 * MS);
+        let t0 = Instant::now();
+        assert!(!bp.polling(t0), "polling before any traffic");
+        bp.traffic(1, 0, t0);
+        assert!(bp.polling(t0 + 100 * MS));
         // Traffic inside the window keeps it open past its first end.
-        let opened = Instant::now();
-        while opened.elapsed() < Duration::from_millis(400) {
-            bp.traffic(1, 0);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        assert!(bp.polling(), "the window closed during traffic");
-        assert!(until(|| !bp.polling()).await, "the window never closed");
-        bp.traffic(1, 0);
+        bp.traffic(1, 150, t0 + 150 * MS);
         assert!(
-            until(|| bp.polling()).await,
+            bp.polling(t0 + 300 * MS),
+            "the window closed during traffic"
+        );
+        assert!(!bp.polling(t0 + 350 * MS), "the window never closed");
+        assert!(!bp.polling(t0 + 300 * MS), "a closed window stays closed");
+        bp.traffic(1, 400, t0 + 400 * MS);
+        assert!(
+            bp.polling(t0 + 401 * MS),
             "the next traffic opened no window"
         );
-        poller.abort();
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn bulk_traffic_closes_the_window_and_lone_frames_open_none_for_a_while() {
-        let (bp, poller) = started(Duration::from_secs(3600));
-        bp.traffic(1, 1000);
-        assert!(
-            until(|| bp.polling()).await,
-            "a lone frame opened no window"
-        );
+    #[test]
+    fn bulk_traffic_closes_the_window_and_lone_frames_open_none_for_a_while() {
+        let mut bp = BusyPoll::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        bp.traffic(1, 1000, t0);
+        assert!(bp.polling(t0), "a lone frame opened no window");
         // The window is an hour long: only the bulk read can close it.
-        bp.traffic(40, 1000);
-        assert!(
-            until(|| !bp.polling()).await,
-            "bulk did not close the window"
-        );
+        bp.traffic(40, 1000, t0);
+        assert!(!bp.polling(t0), "bulk did not close the window");
         // A bulk stream's ACKs, within the hold.
-        bp.traffic(1, 1000 + BULK_HOLD_MS - 1);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        bp.traffic(1, 1000 + BULK_HOLD_MS - 1, t0);
         assert!(
-            !bp.polling(),
+            !bp.polling(t0),
             "a lone frame right after bulk opened a window"
         );
-        bp.traffic(1, 1000 + BULK_HOLD_MS);
+        bp.traffic(1, 1000 + BULK_HOLD_MS, t0);
         assert!(
-            until(|| bp.polling()).await,
+            bp.polling(t0),
             "a lone frame after the hold opened no window"
         );
-        poller.abort();
+    }
+
+    #[test]
+    fn a_yield_that_lasted_a_window_closes_it() {
+        let mut bp = BusyPoll::new(200 * MS);
+        let t0 = Instant::now();
+        bp.traffic(1, 0, t0);
+        bp.yielded(30 * MS);
+        assert!(bp.polling(t0), "a short yield: CPUs to spare");
+        bp.yielded(200 * MS);
+        assert!(!bp.polling(t0), "a yield as long as the window");
+    }
+
+    #[test]
+    fn no_window_never_polls() {
+        let mut bp = BusyPoll::new(Duration::ZERO);
+        let t0 = Instant::now();
+        bp.traffic(1, 0, t0);
+        assert!(!bp.polling(t0));
     }
 
     #[test]

@@ -14,11 +14,14 @@ pub mod device;
 pub mod keeper;
 pub mod neighbours;
 pub mod ping;
+mod poller;
 mod pump;
 mod udp;
+mod upkeep;
 mod vnet;
 
 use std::{
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -172,7 +175,6 @@ pub struct Shared {
     networks: RwLock<std::collections::HashMap<u16, Arc<vnet::Tap>>>,
     network_requests: tokio::sync::mpsc::UnboundedSender<NetworkRequest>,
     network_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NetworkRequest>>>,
-    busy_poll: busy_poll::BusyPoll,
 }
 
 impl Shared {
@@ -454,10 +456,11 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
         networks: RwLock::new(Default::default()),
         network_requests,
         network_queue: Mutex::new(Some(network_queue)),
-        busy_poll: busy_poll::BusyPoll::new(cfg.busy_poll),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let thread_shared = shared.clone();
+    // Two threads: the data path's (frames, no runtime: see `pump`), and a small runtime's for
+    // setting up and for the chores (see `upkeep`).
     std::thread::Builder::new()
         .name("mesh-tap".into())
         .spawn(move || {
@@ -473,26 +476,47 @@ pub fn start(cfg: Config) -> Result<Arc<Shared>> {
             };
             rt.block_on(async move {
                 let setup = async {
-                    let tap = vnet::Tap::open(&cfg.tap)?;
+                    let tap = Arc::new(vnet::Tap::open(&cfg.tap)?);
                     device::attach(&cfg.bridge, &cfg.tap, TAP_MTU).await?;
-                    let sock = udp::DataSocket::bind(cfg.data_port).await?;
+                    let sock = Arc::new(udp::DataSocket::bind(cfg.data_port)?);
                     if !sock.gro {
                         tracing::info!("UDP receive coalescing (GRO) unavailable on this kernel");
                     }
-                    Ok::<_, anyhow::Error>((Arc::new(tap), Arc::new(sock)))
+                    let poller = Arc::new(
+                        poller::Poller::new().context("creating the data path's epoll set")?,
+                    );
+                    poller
+                        .add(sock.as_raw_fd(), pump::SOCKET)
+                        .context("waiting for the data socket")?;
+                    poller
+                        .add(tap.as_raw_fd(), pump::DEFAULT_TAP)
+                        .context("waiting for the TAP device")?;
+                    std::thread::Builder::new()
+                        .name("mesh-data".into())
+                        .spawn({
+                            let (shared, tap, sock, poller) = (
+                                thread_shared.clone(),
+                                tap.clone(),
+                                sock.clone(),
+                                poller.clone(),
+                            );
+                            move || pump::run(shared, tap, sock, poller, cfg.busy_poll)
+                        })
+                        .context("starting the data path thread")?;
+                    Ok::<_, anyhow::Error>((tap, sock, poller))
                 };
                 match setup.await {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
-                    Ok((tap, sock)) => {
+                    Ok((tap, sock, poller)) => {
                         let _ = ready_tx.send(Ok(()));
-                        pump::run(thread_shared, tap, sock).await;
+                        upkeep::run(thread_shared, tap, sock, poller).await;
                     }
                 }
             });
         })
-        .context("starting the data path thread")?;
+        .context("starting the data path's runtime thread")?;
     ready_rx
         .recv()
         .context("the data path thread died during setup")??;

@@ -1,23 +1,37 @@
-//! The data path's loops: frames from the TAP to peers, datagrams from peers to the TAP (and
-//! on to other peers), and heartbeats. The decisions are made by `crate::switch` and
-//! [`super::neighbours`]; this file moves bytes and batches them: one TAP read may carry a
-//! 64 KiB TCP super-frame, cut into segments that leave in one GSO send; one socket read may
-//! carry many coalesced datagrams.
+//! The data path thread: frames from the TAP devices to peers, datagrams from peers to the TAP
+//! (and on to other peers). The decisions are made by `crate::switch` and [`super::neighbours`];
+//! this file moves bytes and batches them: one TAP read may carry a 64 KiB TCP super-frame,
+//! cut into segments that leave in one GSO send; one socket read may carry many coalesced
+//! datagrams.
+//!
+//! One thread, one loop: it waits for the data socket and every TAP device at once
+//! ([`Poller`]), like boringtun's single-threaded mode, and handles what is readable. A sparse
+//! packet finds the thread asleep, and everything between the wake-up and the send runs with
+//! cold caches: the fewer the layers the shorter that is (see `poller.rs`). The chores that
+//! wait on timers and on the agent (heartbeats, echo requests, opening networks) run in
+//! `upkeep.rs`.
 
 use std::{
     ops::Range,
     sync::{Arc, PoisonError, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use mesh_common::DropReason;
 
 use super::{
-    HEARTBEAT_EVERY, Shared, TAP_MTU, batch::Batcher, bump, device, network_device, ping,
-    udp::DataSocket, vnet::Tap,
+    Shared,
+    batch::Batcher,
+    bump,
+    busy_poll::BusyPoll,
+    ping,
+    poller::{Events, Poller, Token},
+    udp::DataSocket,
+    upkeep::panic_message,
+    vnet::Tap,
 };
 use crate::switch::{
-    LinkId, ShortId,
+    ShortId,
     echo::{self, Echo},
     forward::{self, Table},
     heartbeat, mtu,
@@ -26,58 +40,183 @@ use crate::switch::{
     wire::Header,
 };
 
-pub async fn run(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
-    let why = supervise(vec![
-        (
-            "reading the TAP device",
-            tokio::spawn(tap_to_net(shared.clone(), tap.clone(), sock.clone(), None)),
-        ),
-        (
-            "opening networks' TAP devices",
-            tokio::spawn(open_networks(shared.clone(), sock.clone())),
-        ),
-        (
-            "receiving from peers",
-            tokio::spawn(net_to_tap(shared.clone(), tap.clone(), sock.clone())),
-        ),
-        (
-            "sending heartbeats",
-            tokio::spawn(heartbeats(shared.clone(), tap, sock.clone())),
-        ),
-        (
-            "sending echo requests",
-            tokio::spawn(echo_requests(shared.clone(), sock)),
-        ),
-        ("busy-polling", {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.busy_poll.run().await })
-        }),
-    ])
-    .await;
-    shared.fail(why);
+/// The data socket's token in the wait.
+pub const SOCKET: Token = 0;
+/// The default network's TAP device's.
+pub const DEFAULT_TAP: Token = 1;
+
+/// Named network `vlan`'s TAP device's token.
+pub fn network_token(vlan: u16) -> Token {
+    NETWORK_TOKENS + Token::from(vlan)
 }
 
-/// Waits for the first of `tasks` to end (none ends while the data path works: an error it
-/// recorded, or a panic), stops the others, and says which ended and how; the agent then
-/// ends meshd with that reason.
-async fn supervise(tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>) -> String {
-    let (names, handles): (Vec<_>, Vec<_>) = tasks.into_iter().unzip();
-    let (ended, i, rest) = futures_util::future::select_all(handles).await;
-    for t in rest {
-        t.abort();
+const NETWORK_TOKENS: Token = 1 << 16;
+
+/// The data path thread's body: moves frames until the data path fails (the failure is
+/// recorded in `shared`, a panic included, and the agent ends meshd with it).
+pub fn run(
+    shared: Arc<Shared>,
+    tap: Arc<Tap>,
+    sock: Arc<DataSocket>,
+    poller: Arc<Poller>,
+    busy_poll: Duration,
+) {
+    let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        forward_frames(&shared, &tap, &sock, &poller, busy_poll);
+    }));
+    match moved {
+        Err(p) => shared.fail(format!(
+            "the data path panicked (a bug; please report it): {}",
+            panic_message(p)
+        )),
+        // It returns only after recording why.
+        Ok(()) => shared.fail("the data path's thread ended".into()),
     }
-    let which = names[i];
-    match ended {
-        Err(e) if e.is_panic() => {
-            let p = e.into_panic();
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            format!("the data path's task {which} panicked (a bug; please report it): {msg}")
+}
+
+/// The loop: wait (or, within a busy-polling window, look) for readable devices and the
+/// socket, and drain each.
+fn forward_frames(
+    shared: &Shared,
+    tap: &Tap,
+    sock: &DataSocket,
+    poller: &Poller,
+    busy_poll: Duration,
+) {
+    let mut from_tap = FromTap::default();
+    let mut from_net = FromNet::default();
+    let mut bp = BusyPoll::new(busy_poll);
+    let mut events = Events::default();
+    loop {
+        let now = Instant::now();
+        let timeout = if bp.polling(now) {
+            // Polite polling: a program woken on this CPU (the one a reply is for, often) runs
+            // at once instead of waiting for the scheduler to preempt us.
+            std::thread::yield_now();
+            bp.yielded(now.elapsed());
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
+        if let Err(e) = poller.wait(&mut events, timeout) {
+            shared.fail(format!("waiting for the TAP device and data socket: {e}"));
+            return;
         }
-        _ => format!("the data path's task {which} ended"),
+        for token in events.tokens() {
+            let ok = match token {
+                SOCKET => {
+                    from_net.drain(shared, tap, sock, &mut bp);
+                    true
+                }
+                DEFAULT_TAP => from_tap.drain(shared, tap, sock, None, &mut bp),
+                t => {
+                    let vlan = t.checked_sub(NETWORK_TOKENS).map(|v| v as u16);
+                    match vlan.and_then(|v| Some((v, shared.network_tap(v)?))) {
+                        Some((v, net_tap)) => {
+                            from_tap.drain(shared, &net_tap, sock, Some(v), &mut bp)
+                        }
+                        None => true,
+                    }
+                }
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+}
+
+/// Frames from a local bridge to peers: buffers kept from one read to the next.
+struct FromTap {
+    buf: Vec<u8>,
+    segments: Vec<u8>,
+    local: Local,
+}
+
+impl Default for FromTap {
+    fn default() -> FromTap {
+        FromTap {
+            buf: vec![0u8; VNET_HDR_LEN + 65536],
+            segments: Vec::with_capacity(80 * 1024),
+            local: Local::default(),
+        }
+    }
+}
+
+impl FromTap {
+    /// Forwards the frames waiting on `tap`. The TAP device's MTU is far above the overlay's,
+    /// so an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being
+    /// dropped silently by the bridge. `vlan`: the named network whose TAP device this is (its
+    /// frames leave tagged), or none for `default`'s. False when the device failed (recorded).
+    ///
+    /// Small frames that queued up while we were busy go out together: up to DRAIN reads are
+    /// forwarded before the sends, so frames the TAP device hands over one per read share GSO
+    /// sends too. A frame that finds nothing queued behind it is sent at once. After a send
+    /// the socket gets its turn; frames still waiting are reported by the next wait.
+    fn drain(
+        &mut self,
+        shared: &Shared,
+        tap: &Tap,
+        sock: &DataSocket,
+        vlan: Option<u16>,
+        bp: &mut BusyPoll,
+    ) -> bool {
+        let local = &mut self.local;
+        let mut drained = 0;
+        loop {
+            let n = match tap.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    send_queued(shared, tap, sock, local);
+                    return true;
+                }
+                Err(e) => {
+                    let device = match vlan {
+                        None => shared.tap_name.clone(),
+                        Some(v) => super::network_device(&shared.tap_name, v).unwrap_or_default(),
+                    };
+                    shared.fail(format!("reading the TAP device {device} failed: {e}"));
+                    return false;
+                }
+            };
+            bump(&shared.counters.tap_reads);
+            let now = Instant::now();
+            local.now_ms = shared.ms_at(now);
+            local.decided = None;
+            drained += 1;
+            let Some(hdr) = VnetHdr::parse(&self.buf[..n]) else {
+                shared.counters.dropped(DropReason::Malformed);
+                continue;
+            };
+            let super_frame = hdr.gso_size > 0;
+            if super_frame {
+                bump(&shared.counters.gso_reads);
+            }
+            bp.traffic(if super_frame { 2 } else { 1 }, local.now_ms, now);
+            let table = shared
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let frame = &mut self.buf[VNET_HDR_LEN..n];
+            let made = offload::wire_frames(&hdr, frame, &mut self.segments, |f| {
+                if network::tagged(f) {
+                    shared.counters.dropped(DropReason::Network);
+                } else {
+                    local_frame(shared, &table, f, vlan, local);
+                }
+            });
+            if let Err(e) = made {
+                tracing::debug!(?e, "unusable frame from the TAP device");
+                shared.counters.dropped(DropReason::Malformed);
+            }
+            // A super-frame (TCP in bulk) is plenty for one send already: waiting for more
+            // would only delay its segments and the ACKs they clock.
+            if super_frame || drained >= DRAIN || local.batcher.bytes() >= DRAIN_BYTES {
+                send_queued(shared, tap, sock, local);
+                return true;
+            }
+        }
     }
 }
 
@@ -102,124 +241,6 @@ struct Local {
     decided: Option<usize>,
 }
 
-/// Opens named networks' TAP devices as the agent asks (`Shared::open_network`), each on its
-/// network's bridge, and reads each in a task of its own. Runs as long as the data path.
-async fn open_networks(shared: Arc<Shared>, sock: Arc<DataSocket>) {
-    let Some(mut queue) = shared
-        .network_queue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return std::future::pending().await;
-    };
-    while let Some((vlan, reply)) = queue.recv().await {
-        if shared.network_tap(vlan).is_some() {
-            let _ = reply.send(Ok(()));
-            continue;
-        }
-        let opened = async {
-            let tap_name = network_device(&shared.tap_name, vlan)?;
-            let bridge = network_device(&shared.bridge, vlan)?;
-            let tap = Tap::open(&tap_name).map_err(|e| format!("{e:#}"))?;
-            device::attach(&bridge, &tap_name, TAP_MTU)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            Ok::<_, String>(Arc::new(tap))
-        }
-        .await;
-        match opened {
-            Ok(tap) => {
-                shared
-                    .networks
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(vlan, tap.clone());
-                tracing::info!(vlan, "carrying a network's frames");
-                tokio::spawn(tap_to_net(shared.clone(), tap, sock.clone(), Some(vlan)));
-                let _ = reply.send(Ok(()));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(format!("opening network VLAN {vlan}: {e}")));
-            }
-        }
-    }
-}
-
-/// Frames from the local bridge to peers. The TAP device's MTU is far above the overlay's, so
-/// an oversize frame reaches us and gets an answer (ICMP) or is split, instead of being dropped
-/// silently by the bridge. `vlan`: the named network whose TAP device this is (its frames
-/// leave tagged), or none for `default`'s.
-async fn tap_to_net(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>, vlan: Option<u16>) {
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
-    let mut segments = Vec::with_capacity(80 * 1024);
-    let mut local = Local::default();
-    let mut drained = 0;
-    loop {
-        // Small frames that queued up while we were busy go out together: up to DRAIN reads
-        // are forwarded before the sends, so frames the TAP device hands over one per read
-        // share GSO sends too. A frame that finds nothing queued behind it is sent at once.
-        let read = if drained == 0 {
-            tap.recv(&mut buf).await
-        } else {
-            tap.try_recv(&mut buf)
-        };
-        let n = match read {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                drained = 0;
-                send_queued(&shared, &tap, &sock, &mut local).await;
-                continue;
-            }
-            Err(e) => {
-                shared.fail(format!(
-                    "reading the TAP device {} failed: {e}",
-                    shared.tap_name
-                ));
-                return;
-            }
-        };
-        bump(&shared.counters.tap_reads);
-        local.now_ms = shared.now_ms();
-        local.decided = None;
-        drained += 1;
-        let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
-            shared.counters.dropped(DropReason::Malformed);
-            continue;
-        };
-        let super_frame = hdr.gso_size > 0;
-        if super_frame {
-            bump(&shared.counters.gso_reads);
-        }
-        shared
-            .busy_poll
-            .traffic(if super_frame { 2 } else { 1 }, local.now_ms);
-        let table = shared
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let frame = &mut buf[VNET_HDR_LEN..n];
-        let made = offload::wire_frames(&hdr, frame, &mut segments, |f| {
-            if network::tagged(f) {
-                shared.counters.dropped(DropReason::Network);
-            } else {
-                local_frame(&shared, &table, f, vlan, &mut local);
-            }
-        });
-        if let Err(e) = made {
-            tracing::debug!(?e, "unusable frame from the TAP device");
-            shared.counters.dropped(DropReason::Malformed);
-        }
-        // A super-frame (TCP in bulk) is plenty for one send already: waiting for more would
-        // only delay its segments and the ACKs they clock.
-        if super_frame || drained >= DRAIN || local.batcher.bytes() >= DRAIN_BYTES {
-            drained = 0;
-            send_queued(&shared, &tap, &sock, &mut local).await;
-        }
-    }
-}
-
 /// Most TAP reads forwarded before their frames are sent.
 const DRAIN: usize = 64;
 /// Most bytes waiting to be sent before they are.
@@ -227,13 +248,13 @@ const DRAIN_BYTES: usize = 64 * 1024;
 
 /// Sends what the frames read so far produced: ICMP answers back into the bridge, datagrams
 /// to the peers.
-async fn send_queued(shared: &Shared, tap: &Tap, sock: &DataSocket, local: &mut Local) {
+fn send_queued(shared: &Shared, tap: &Tap, sock: &DataSocket, local: &mut Local) {
     for r in local.replies.drain(..) {
-        if let Err(e) = tap.send(&r).await {
+        if let Err(e) = tap.send(&r) {
             tracing::debug!(error = %e, "writing an ICMP error to the TAP device");
         }
     }
-    flush(shared, sock, &mut local.batcher).await;
+    flush(shared, sock, &mut local.batcher);
 }
 
 /// One wire-sized frame from the bridge: checked against the overlay MTU (less the tag on a
@@ -358,10 +379,10 @@ fn queue(shared: &Shared, batcher: &mut Batcher, inner: &[u8], to: ShortId, h: H
 }
 
 /// Sends what was queued: each run of same-size datagrams to one address in one call.
-async fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
+fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
     for (addr, seg, buf, count) in batcher.pending() {
         bump(&shared.counters.udp_sends);
-        match sock.send_segments(buf, seg, addr).await {
+        match sock.send_segments(buf, seg, addr) {
             Ok(()) => {
                 shared
                     .counters
@@ -379,38 +400,81 @@ async fn flush(shared: &Shared, sock: &DataSocket, batcher: &mut Batcher) {
     batcher.clear();
 }
 
-/// Datagrams from peers: deliver, relay, or both. One receive may hold many (GRO).
-async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
-    let mut buf = vec![0u8; 65536 + 4096];
-    let mut batcher = Batcher::default();
-    let mut sends: Vec<(ShortId, Header)> = Vec::with_capacity(16);
-    let mut deliveries: Vec<Range<usize>> = Vec::with_capacity(64);
-    let mut coalescer = Coalescer::default();
-    let mut untagged = Vec::with_capacity(2048);
-    // A run held open for the next receive (see the end of the loop).
-    let mut holding = false;
-    loop {
-        let continued = std::mem::take(&mut holding);
-        let received = if continued {
-            let r = sock.try_recv(&mut buf);
-            if r.is_err() {
-                // Nothing waiting (or an error): the held run goes out now.
-                if let Some(run) = coalescer.finish() {
-                    write_tap(&shared, &tap, run, true).await;
+/// Datagrams from peers: deliver, relay, or both. One receive may hold many (GRO). Buffers
+/// are kept from one receive to the next.
+struct FromNet {
+    buf: Vec<u8>,
+    batcher: Batcher,
+    sends: Vec<(ShortId, Header)>,
+    deliveries: Vec<Range<usize>>,
+    coalescer: Coalescer,
+    untagged: Vec<u8>,
+}
+
+impl Default for FromNet {
+    fn default() -> FromNet {
+        FromNet {
+            buf: vec![0u8; 65536 + 4096],
+            batcher: Batcher::default(),
+            sends: Vec::with_capacity(16),
+            deliveries: Vec::with_capacity(64),
+            coalescer: Coalescer::default(),
+            untagged: Vec::with_capacity(2048),
+        }
+    }
+}
+
+/// Most receives handled before the TAP devices get their turn (what remains is reported by
+/// the next wait).
+const RECEIVES_PER_TURN: usize = 64;
+
+impl FromNet {
+    /// Handles the datagrams waiting on the data socket.
+    fn drain(&mut self, shared: &Shared, tap: &Tap, sock: &DataSocket, bp: &mut BusyPoll) {
+        // A run held open for the next receive (see the end of `received`).
+        let mut holding = false;
+        for _ in 0..RECEIVES_PER_TURN {
+            let continued = std::mem::take(&mut holding);
+            match sock.recv(&mut self.buf) {
+                Ok((n, from, seg)) => {
+                    holding = self.received(shared, tap, sock, bp, (n, from, seg), continued);
+                }
+                Err(e) => {
+                    // Nothing waiting (or an error): a held run goes out now.
+                    if let Some(run) = self.coalescer.finish() {
+                        write_tap(shared, tap, run, true);
+                    }
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        return;
+                    }
+                    tracing::debug!(error = %e, "receiving on the data port");
                 }
             }
-            r
-        } else {
-            sock.recv(&mut buf).await
-        };
-        let (n, from, seg) = match received {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "receiving on the data port");
-                continue;
-            }
-        };
+        }
+        if let Some(run) = self.coalescer.finish() {
+            write_tap(shared, tap, run, true);
+        }
+    }
+
+    /// One receive's datagrams; `continued`: it follows one whose run was held open for it.
+    /// Returns whether this one's run is held open for the next receive.
+    fn received(
+        &mut self,
+        shared: &Shared,
+        tap: &Tap,
+        sock: &DataSocket,
+        bp: &mut BusyPoll,
+        (n, from, seg): (usize, std::net::SocketAddr, usize),
+        continued: bool,
+    ) -> bool {
+        let FromNet {
+            buf,
+            batcher,
+            sends,
+            deliveries,
+            coalescer,
+            untagged,
+        } = self;
         bump(&shared.counters.udp_receives);
         // One clock read for everything one receive brought (they arrived together).
         let now = Instant::now();
@@ -438,7 +502,7 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
             if header.heartbeat {
                 if !header.is_link_heartbeat() {
                     let inner = chunk + inner.start..chunk + inner.end;
-                    on_echo(&shared, &sock, &table, header, &buf[inner]).await;
+                    on_echo(shared, sock, &table, header, &buf[inner]);
                 }
                 continue;
             }
@@ -484,11 +548,11 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     shared.counters.dropped(DropReason::TooBig);
                     continue;
                 }
-                queue(&shared, &mut batcher, frame, to, h, now_ms);
+                queue(shared, batcher, frame, to, h, now_ms);
             }
         }
         if frames > 0 {
-            shared.busy_poll.traffic(frames, now_ms);
+            bp.traffic(frames, now_ms, now);
         }
         // Consecutive segments of one TCP flow go to the bridge as one super-frame.
         for r in deliveries.drain(..) {
@@ -499,8 +563,8 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                     match shared.network_tap(vlan) {
                         Some(net_tap) => {
                             bump(&shared.counters.delivered);
-                            network::untag(frame, &mut untagged);
-                            write_tap(&shared, &net_tap, &untagged, false).await;
+                            network::untag(frame, untagged);
+                            write_tap(shared, &net_tap, untagged, false);
                         }
                         // Nothing here is on that network.
                         None => shared.counters.dropped(DropReason::Network),
@@ -517,10 +581,10 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
                 continue;
             }
             if let Some(run) = coalescer.finish() {
-                write_tap(&shared, &tap, run, true).await;
+                write_tap(shared, tap, run, true);
             }
             if !coalescer.push(frame) {
-                write_tap(&shared, &tap, frame, false).await;
+                write_tap(shared, tap, frame, false);
             }
         }
         // A run that may still grow after a receive of several datagrams waits for the next
@@ -528,24 +592,24 @@ async fn net_to_tap(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
         // most): a 64 KiB TCP super-frame crosses the wire in two sends (one carries at most
         // 64 KiB of datagrams), and joined across both it reaches the container's stack as
         // one packet, not two (half the TAP writes, half the receiving program's wake-ups).
-        if !continued && n > seg && coalescer.can_grow() {
-            holding = true;
-        } else if let Some(run) = coalescer.finish() {
-            write_tap(&shared, &tap, run, true).await;
+        let holding = !continued && n > seg && coalescer.can_grow();
+        if !holding && let Some(run) = coalescer.finish() {
+            write_tap(shared, tap, run, true);
         }
-        flush(&shared, &sock, &mut batcher).await;
+        flush(shared, sock, batcher);
+        holding
     }
 }
 
-async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) {
+fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) {
     bump(&shared.counters.tap_writes);
     if with_header && VnetHdr::parse(bytes).is_some_and(|h| h.gso_size > 0) {
         bump(&shared.counters.coalesced_writes);
     }
     let written = if with_header {
-        tap.send_with_header(bytes).await
+        tap.send_with_header(bytes)
     } else {
-        tap.send(bytes).await
+        tap.send(bytes)
     };
     if let Err(e) = written {
         bump(&shared.counters.tap_write_errors);
@@ -562,7 +626,7 @@ async fn write_tap(shared: &Shared, tap: &Tap, bytes: &[u8], with_header: bool) 
 
 /// A data-path echo (`meshctl ping`) from a neighbour: answered, relayed, or handed to the
 /// ping waiting for it.
-async fn on_echo(shared: &Shared, sock: &DataSocket, table: &Table, header: Header, inner: &[u8]) {
+fn on_echo(shared: &Shared, sock: &DataSocket, table: &Table, header: Header, inner: &[u8]) {
     let Some(e) = Echo::parse(inner) else {
         shared.counters.dropped(DropReason::Malformed);
         return;
@@ -575,7 +639,7 @@ async fn on_echo(shared: &Shared, sock: &DataSocket, table: &Table, header: Head
             } else {
                 bump(&shared.counters.echoes_relayed);
             }
-            send_echo(shared, sock, to, &h, &e).await;
+            send_echo(shared, sock, to, &h, &e);
         }
         echo::Action::Arrived(e) => {
             let rtt_us = heartbeat::stamp_of(Instant::now()).saturating_sub(e.sent_us);
@@ -588,7 +652,7 @@ async fn on_echo(shared: &Shared, sock: &DataSocket, table: &Table, header: Head
     }
 }
 
-async fn send_echo(shared: &Shared, sock: &DataSocket, to: ShortId, h: &Header, e: &Echo) {
+pub(super) fn send_echo(shared: &Shared, sock: &DataSocket, to: ShortId, h: &Header, e: &Echo) {
     let mut inner = Vec::with_capacity(64);
     e.write(&mut inner);
     let mut out = Vec::with_capacity(128);
@@ -597,155 +661,10 @@ async fn send_echo(shared: &Shared, sock: &DataSocket, to: ShortId, h: &Header, 
         .prepare(to, h, &inner, &mut out, shared.now_ms());
     match addr {
         Some(addr) => {
-            if sock.send_to(&out, addr).await.is_err() {
+            if sock.send_to(&out, addr).is_err() {
                 bump(&shared.counters.send_errors);
             }
         }
         None => shared.counters.dropped(DropReason::NoRoute),
-    }
-}
-
-/// Echo requests of `meshctl ping`s, queued by the agent: sent from here, where the socket is.
-async fn echo_requests(shared: Arc<Shared>, sock: Arc<DataSocket>) {
-    // Taken once; ending early would read as the data path failing (see `supervise`).
-    let Some(mut queue) = shared.echoes.take_queue() else {
-        return std::future::pending().await;
-    };
-    while let Some(req) = queue.recv().await {
-        let table = shared.table();
-        let (Some(me), Some(hop)) = (table.me, table.next_hop.get(&req.target)) else {
-            shared.counters.dropped(DropReason::NoRoute);
-            continue;
-        };
-        let e = Echo::request(req.session, req.seq, heartbeat::stamp_of(Instant::now()));
-        send_echo(&shared, &sock, *hop, &echo::header(me, req.target), &e).await;
-    }
-    // The sender lives in `shared`, which outlives this task: the queue never closes.
-    std::future::pending::<()>().await;
-}
-
-/// Heartbeats to every neighbour: they tell it our data address (through any NAT), that our
-/// data path works, and the largest datagram it got through to us lately; some are padded into
-/// path-MTU probes.
-async fn heartbeats(shared: Arc<Shared>, tap: Arc<Tap>, sock: Arc<DataSocket>) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    // Late heartbeats are not made up for in a burst (see the agent's tick).
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut out = Vec::with_capacity(65536);
-    let mut inner = Vec::with_capacity(65536);
-    let mut challenge = Vec::with_capacity(65536);
-    let mut probe_out = Vec::with_capacity(65536);
-    loop {
-        tick.tick().await;
-        // Heartbeats say "my data path works": they stop when it does not, so that peers
-        // route around this host while its control connections still look fine.
-        if let Err(e) = tap.attached() {
-            shared.fail(format!("the TAP device {} is gone: {e}", shared.tap_name));
-        }
-        if shared.failure().is_some() {
-            return;
-        }
-        let Some(me) = shared
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .me
-        else {
-            continue;
-        };
-        // Every link, also one whose short id is still being settled: it stays alive.
-        let links: Vec<LinkId> = shared.neighbours().link_ids().collect();
-        for link in links {
-            out.clear();
-            let (addr, candidate) = {
-                let mut nb = shared.neighbours();
-                let Some(peer) = nb.get(link).map(|n| n.peer) else {
-                    continue;
-                };
-                let h = Header {
-                    origin: me,
-                    destination: peer,
-                    hops: 1,
-                    heartbeat: true,
-                };
-                let Some(probe) = nb.heartbeat_payload(link, &mut inner, Instant::now()) else {
-                    continue;
-                };
-                let addr = nb.prepare_on(link, &h, &inner, &mut out, shared.now_ms());
-                // The path-MTU probe: the same heartbeat padded, sealed on its own (every
-                // datagram has its own counter). Taken in twice, it changes nothing.
-                probe_out.clear();
-                if let Some(len) = probe {
-                    let plain = inner.len();
-                    inner.resize(len, 0);
-                    nb.prepare_on(link, &h, &inner, &mut probe_out, shared.now_ms());
-                    inner.truncate(plain);
-                }
-                // A new address the neighbour's heartbeats came from gets the challenge too
-                // (sealed separately: every datagram has its own counter).
-                let candidate = nb.candidate(link).and_then(|c| {
-                    challenge.clear();
-                    nb.prepare_on(link, &h, &inner, &mut challenge, shared.now_ms())
-                        .map(|_| c)
-                });
-                (addr, candidate)
-            };
-            if let Some(addr) = addr {
-                for datagram in [&out, &probe_out].into_iter().filter(|d| !d.is_empty()) {
-                    if sock.send_to(datagram, addr).await.is_err() {
-                        bump(&shared.counters.send_errors);
-                    }
-                }
-            }
-            if let Some(candidate) = candidate
-                && sock.send_to(&challenge, candidate).await.is_err()
-            {
-                bump(&shared.counters.send_errors);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn a_panicking_task_ends_the_data_path_with_its_message_and_stops_the_others() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let forever = tokio::spawn(async {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-            });
-            let watch = forever.abort_handle();
-            let lock = Arc::new(std::sync::Mutex::new(0u32));
-            let held = lock.clone();
-            let why = supervise(vec![
-                ("looping", forever),
-                (
-                    "crashing",
-                    tokio::spawn(async move {
-                        // Poisons the lock, as a bug on the data path thread would.
-                        let _guard = held.lock().unwrap();
-                        panic!("index out of bounds");
-                    }),
-                ),
-            ])
-            .await;
-            assert!(why.contains("crashing panicked"), "{why}");
-            assert!(why.contains("index out of bounds"), "{why}");
-            tokio::task::yield_now().await;
-            assert!(watch.is_finished(), "the other task was stopped");
-            // The poisoned lock is still readable the way Shared reads its locks.
-            assert!(lock.is_poisoned());
-            assert_eq!(*lock.lock().unwrap_or_else(PoisonError::into_inner), 0);
-        });
     }
 }

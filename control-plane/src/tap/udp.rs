@@ -3,11 +3,13 @@
 //! per-datagram system-call cost; kernels without them (before 4.18 / 5.0) fall back to one
 //! datagram per call.
 //!
-//! The socket is registered with the runtime for reading only. Registered for writing too (as
-//! tokio's own socket is), every datagram the kernel frees after sending makes the socket
-//! "writable" again and wakes the data path's thread for nothing: one wake-up (on a VM, an
-//! interrupt to a halted CPU) per send, seen with strace in request/response traffic. Sends go
-//! straight to the kernel; only one that finds the buffer full waits for room.
+//! Non-blocking, and waited on for reading by the data path thread alone (its
+//! [`super::poller::Poller`]). Nothing waits for it to be writable: registered for writing,
+//! every datagram the kernel frees after sending makes the socket "writable" again and wakes
+//! the waiting thread for nothing (one wake-up per send, seen with strace in request/response
+//! traffic; on a VM an interrupt to a halted CPU). Sends go straight to the kernel, from the
+//! data path thread and from the runtime sending heartbeats alike; only one that finds the
+//! buffer full waits for room.
 
 use std::{
     io,
@@ -18,7 +20,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{poller::wait_writable, vnet::WRITE_WAIT};
 
 /// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS on older kernels).
 pub const MAX_SEGMENTS: usize = 64;
@@ -26,7 +29,7 @@ pub const MAX_SEGMENTS: usize = 64;
 pub const MAX_GSO_BYTES: usize = 65_000;
 
 pub struct DataSocket {
-    sock: AsyncFd<std::net::UdpSocket>,
+    sock: std::net::UdpSocket,
     gso: AtomicBool,
     pub gro: bool,
 }
@@ -89,7 +92,7 @@ impl DataSocket {
     /// Binds the data port. Every datagram carries DF and the kernel neither fragments nor
     /// refuses by its own path-MTU cache: meshd probes each path itself (a fragmented probe
     /// would lie).
-    pub async fn bind(port: u16) -> Result<DataSocket> {
+    pub fn bind(port: u16) -> Result<DataSocket> {
         let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
             .with_context(|| format!("binding the data port {port}"))?;
         sock.set_nonblocking(true)
@@ -103,11 +106,6 @@ impl DataSocket {
         .context("setting IP_MTU_DISCOVER on the data socket")?;
         let gro = setsockopt_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         receive_buffer(&sock);
-        // SAFETY: the socket owns its descriptor, which stays open as long as the AsyncFd
-        // holding it lives.
-        let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
-            .map_err(io::Error::from)
-            .context("registering the data socket")?;
         Ok(DataSocket {
             sock,
             gso: AtomicBool::new(true),
@@ -115,40 +113,30 @@ impl DataSocket {
         })
     }
 
-    pub async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        self.sending(|| self.sock.get_ref().send_to(buf, addr))
-            .await
+    pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.sending(|| self.sock.send_to(buf, addr))
     }
 
-    /// Runs the non-blocking send `f`; when the socket buffer is full, waits for room and
-    /// tries again.
-    async fn sending<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    /// Runs the non-blocking send `f`; when the socket buffer is full, waits for room (a
+    /// while, see [`WRITE_WAIT`]) and tries again.
+    fn sending<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         loop {
             match f() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_writable(self.sock.as_raw_fd(), WRITE_WAIT)?;
+                }
                 r => return r,
             }
         }
     }
 
-    /// Waits until the socket takes datagrams again, through a registration made for this
-    /// wait only (see the module's note); a socket already writable reports so at once.
-    async fn room(&self) -> io::Result<()> {
-        let dup = self.sock.get_ref().try_clone()?;
-        // SAFETY: as in `bind`, for the duplicate descriptor this AsyncFd owns.
-        let w = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
-            .map_err(io::Error::from)?;
-        w.writable().await?.retain_ready();
-        Ok(())
-    }
-
     /// Sends `buf` to `addr` as datagrams of `seg` bytes each (the last may be shorter).
-    pub async fn send_segments(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
+    pub fn send_segments(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
         if buf.len() <= seg {
-            return self.send_to(buf, addr).await.map(|_| ());
+            return self.send_to(buf, addr).map(|_| ());
         }
         if self.gso.load(Ordering::Relaxed) {
-            match self.send_gso(buf, seg, addr).await {
+            match self.send_gso(buf, seg, addr) {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if matches!(
@@ -163,12 +151,12 @@ impl DataSocket {
             }
         }
         for d in buf.chunks(seg) {
-            self.send_to(d, addr).await?;
+            self.send_to(d, addr)?;
         }
         Ok(())
     }
 
-    async fn send_gso(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
+    fn send_gso(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
         let mut name = sockaddr_v4(addr)?;
         self.sending(|| {
             let mut iov = libc::iovec {
@@ -193,26 +181,25 @@ impl DataSocket {
                 (*c).cmsg_type = libc::UDP_SEGMENT;
                 (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
-                if libc::sendmsg(self.sock.get_ref().as_raw_fd(), &msg, 0) < 0 {
+                if libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
             Ok(())
         })
-        .await
     }
 
-    /// Receives into `buf`: (length, sender, segment size). With GRO, `buf` may hold several
-    /// datagrams of `segment size` bytes back to back (the last may be shorter).
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-        self.sock
-            .async_io(Interest::READABLE, |sock| receive(sock.as_raw_fd(), buf))
-            .await
+    /// Receives into `buf` if a datagram is waiting (`WouldBlock` if none): (length, sender,
+    /// segment size). With GRO, `buf` may hold several datagrams of `segment size` bytes back
+    /// to back (the last may be shorter).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+        receive(self.sock.as_raw_fd(), buf)
     }
+}
 
-    /// [`DataSocket::recv`] if a datagram is waiting; `WouldBlock` if none is.
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-        receive(self.sock.get_ref().as_raw_fd(), buf)
+impl AsRawFd for DataSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
     }
 }
 

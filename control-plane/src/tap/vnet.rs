@@ -5,15 +5,16 @@
 use std::{
     io::{self, IoSlice},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{Interest, unix::AsyncFd};
 
+use super::poller::wait_writable;
 use crate::switch::offload::VNET_HDR_LEN;
 
 pub struct Tap {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
 }
 
 /// A zero virtio-net header: a frame that needs nothing from the kernel.
@@ -78,11 +79,6 @@ impl Tap {
                 return Err(io::Error::last_os_error()).context("enabling TAP offloads");
             }
         }
-        // SAFETY: `fd` is an open descriptor owned by the OwnedFd handed over, and its
-        // as_raw_fd() is that descriptor for as long as the AsyncFd lives.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(io::Error::from)
-            .context("registering the TAP device")?;
         Ok(Tap { fd })
     }
 
@@ -98,50 +94,55 @@ impl Tap {
         Ok(())
     }
 
-    /// Reads one frame, its virtio-net header first.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fd
-            .async_io(Interest::READABLE, |fd| read(fd, buf))
-            .await
-    }
-
-    /// Reads one frame if one is waiting (`WouldBlock` if none): how a reader drains what
-    /// queued up while it was busy, without going back to the event loop.
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fd.try_io(Interest::READABLE, |fd| read(fd, buf))
+    /// Reads one frame, its virtio-net header first, if one is waiting (`WouldBlock` if none:
+    /// the data path thread waits for the device with [`super::poller::Poller`]).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read(&self.fd, buf)
     }
 
     /// Writes one whole Ethernet frame (checksums already right).
-    pub async fn send(&self, frame: &[u8]) -> io::Result<()> {
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         self.write_parts(&[IoSlice::new(&PLAIN_HDR), IoSlice::new(frame)])
-            .await
     }
 
     /// Writes a frame that starts with its own virtio-net header (a coalesced super-frame).
-    pub async fn send_with_header(&self, bytes: &[u8]) -> io::Result<()> {
-        self.write_parts(&[IoSlice::new(bytes)]).await
+    pub fn send_with_header(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_parts(&[IoSlice::new(bytes)])
     }
 
-    async fn write_parts(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        self.fd
-            .async_io(Interest::WRITABLE, |fd| {
-                // SAFETY: writev(2) of two slices that outlive the call.
-                let n = unsafe {
-                    libc::writev(
-                        fd.as_raw_fd(),
-                        iov.as_ptr().cast(),
-                        iov.len() as libc::c_int,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            })
-            .await
+    /// One writev; a device that refuses for now (its queue full) is waited for, a while.
+    fn write_parts(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        loop {
+            // SAFETY: writev(2) of slices that outlive the call.
+            let n = unsafe {
+                libc::writev(
+                    self.fd.as_raw_fd(),
+                    iov.as_ptr().cast(),
+                    iov.len() as libc::c_int,
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            wait_writable(self.fd.as_raw_fd(), WRITE_WAIT)?;
+        }
     }
 }
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// How long a write waits for a device or socket that has no room, before the frame is given
+/// up (counted): long against any queue draining, short enough that a stuck one never stalls
+/// the data path for good.
+pub const WRITE_WAIT: Duration = Duration::from_secs(1);
 
 fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: read(2) into a buffer we own, within its length.
