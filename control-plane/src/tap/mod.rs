@@ -1,6 +1,7 @@
 //! The TAP datapath: meshd moves Ethernet frames between its TAP device (on the local bridge)
 //! and UDP to its peers, using the switch logic in [`crate::switch`]. It runs on its own thread
-//! with its own runtime, so a busy data path never delays the control plane's keep-alives.
+//! (a plain epoll loop, see [`pump`]), with its timed chores on a small runtime of their own
+//! ([`upkeep`]), so a busy data path never delays the control plane's keep-alives.
 //!
 //! The agent publishes a forwarding [`Table`] and the neighbours' addresses whenever the
 //! topology changes; the data path learns MACs, forwards, relays, and sends heartbeats to every

@@ -1,6 +1,7 @@
 //! `meshctl ping` on the data path: the pings waiting for echo replies, and the queue of
-//! requests for the data path thread to send (its socket belongs to that thread's runtime, so
-//! the agent asks rather than sends). The echo format and routing are `crate::switch::echo`.
+//! requests for the data path's chores to send (they seal with the data path's keys and send
+//! on its socket, so the agent asks rather than sends; see `upkeep.rs`). The echo format and
+//! routing are `crate::switch::echo`.
 
 use std::{
     collections::HashMap,
@@ -15,7 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::Shared;
 use crate::switch::{ShortId, echo::Echo};
 
-/// A request for the data path thread to send.
+/// A request for the data path to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing {
     pub target: ShortId,
@@ -51,7 +52,7 @@ impl Default for Echoes {
 }
 
 impl Echoes {
-    /// The queue of requests to send: taken once, by the data path thread.
+    /// The queue of requests to send: taken once, by the data path's chores.
     pub fn take_queue(&self) -> Option<UnboundedReceiver<Outgoing>> {
         self.queue
             .lock()
