@@ -211,15 +211,16 @@ pub fn run(args: Args) -> Result<()> {
          decapsulation, relaying, floods along the broadcast trees, a bounded kernel FDB; \
          pinned, so it survives a meshd restart) for plaintext links (--insecure, or \
          --trusted-subnets both ways); the TAP datapath for everything else (sealed links, \
-         hosts without BPF), which seals every frame (ChaCha20-Poly1305, per-link keys), \
-         answers oversize packets with ICMP, probes each link's MTU, and batches TCP; meshctl \
-         with health checks and ping; containers on the mesh (meshctl attach by namespace, pid \
-         or Docker container, expose, create-bridge for dockerd, the mesh-cni CNI plugin); a \
+         hosts without BPF), which seals every frame (AES-256-GCM where both ends have AES \
+         hardware, ChaCha20-Poly1305 elsewhere; per-link keys), answers oversize packets with \
+         ICMP, probes each link's MTU, and batches TCP; meshctl with health checks and ping; \
+         containers on the mesh (meshctl attach by namespace, pid or Docker container, expose, \
+         create-bridge for dockerd, the mesh-cni CNI plugin); named networks kept apart from \
+         each other, with addresses from mesh's own allocator, and a Docker network plugin; a \
          systemd unit, a config file, Prometheus metrics, a Debian package (cargo xtask \
          package) and static ARM builds for Raspberry Pis (cargo xtask cross); this lab.\n   \
          Not built yet: sealed frames in the kernel (no AEAD in this kernel's BPF; encrypted \
-         links go through meshd); mesh's own address allocation in meshd (the allocator is \
-         built and simulated: docs/ipam.md), isolated networks, the Docker network plugin."
+         links go through meshd)."
     );
 
     if args.hold {
