@@ -109,9 +109,25 @@ impl Poller {
     }
 }
 
+/// How long a write waits for a device or socket that has no room before the frame is given
+/// up (counted): long against any queue draining, short enough that a stuck one never stalls
+/// the data path for good.
+const WRITE_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs the non-blocking write `f` on `fd`; when `fd` has no room (`WouldBlock`), waits for
+/// room (at most [`WRITE_WAIT`]) and tries again.
+pub fn write_waiting<T>(fd: RawFd, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable(fd, WRITE_WAIT)?,
+            r => return r,
+        }
+    }
+}
+
 /// Waits until `fd` takes more data (a socket whose send buffer was full), at most `timeout`;
 /// `TimedOut` if it still does not.
-pub fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
+fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLOUT,

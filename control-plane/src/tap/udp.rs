@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{poller::wait_writable, vnet::WRITE_WAIT};
+use super::poller::write_waiting;
 
 /// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS on older kernels).
 pub const MAX_SEGMENTS: usize = 64;
@@ -113,21 +113,10 @@ impl DataSocket {
         })
     }
 
+    /// Sends one datagram; a full socket buffer is waited for, a while (see
+    /// [`write_waiting`]).
     pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        self.sending(|| self.sock.send_to(buf, addr))
-    }
-
-    /// Runs the non-blocking send `f`; when the socket buffer is full, waits for room (a
-    /// while, see [`WRITE_WAIT`]) and tries again.
-    fn sending<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-        loop {
-            match f() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_writable(self.sock.as_raw_fd(), WRITE_WAIT)?;
-                }
-                r => return r,
-            }
-        }
+        write_waiting(self.sock.as_raw_fd(), || self.sock.send_to(buf, addr))
     }
 
     /// Sends `buf` to `addr` as datagrams of `seg` bytes each (the last may be shorter).
@@ -158,7 +147,7 @@ impl DataSocket {
 
     fn send_gso(&self, buf: &[u8], seg: usize, addr: SocketAddr) -> io::Result<()> {
         let mut name = sockaddr_v4(addr)?;
-        self.sending(|| {
+        write_waiting(self.sock.as_raw_fd(), || {
             let mut iov = libc::iovec {
                 iov_base: buf.as_ptr() as *mut libc::c_void,
                 iov_len: buf.len(),

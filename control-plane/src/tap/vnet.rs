@@ -5,12 +5,11 @@
 use std::{
     io::{self, IoSlice},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
-use super::poller::wait_writable;
+use super::poller::write_waiting;
 use crate::switch::offload::VNET_HDR_LEN;
 
 pub struct Tap {
@@ -112,7 +111,7 @@ impl Tap {
 
     /// One writev; a device that refuses for now (its queue full) is waited for, a while.
     fn write_parts(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        loop {
+        write_waiting(self.fd.as_raw_fd(), || {
             // SAFETY: writev(2) of slices that outlive the call.
             let n = unsafe {
                 libc::writev(
@@ -121,15 +120,12 @@ impl Tap {
                     iov.len() as libc::c_int,
                 )
             };
-            if n >= 0 {
-                return Ok(());
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
             }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            wait_writable(self.fd.as_raw_fd(), WRITE_WAIT)?;
-        }
+        })
     }
 }
 
@@ -138,11 +134,6 @@ impl AsRawFd for Tap {
         self.fd.as_raw_fd()
     }
 }
-
-/// How long a write waits for a device or socket that has no room, before the frame is given
-/// up (counted): long against any queue draining, short enough that a stuck one never stalls
-/// the data path for good.
-pub const WRITE_WAIT: Duration = Duration::from_secs(1);
 
 fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: read(2) into a buffer we own, within its length.
