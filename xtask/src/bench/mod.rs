@@ -473,9 +473,9 @@ fn sealed_vs_boringtun(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
 /// run, is what a difference between plaintext and sealed has to exceed to mean anything.
 fn plain_vs_sealed(plan: &Plan, pairs: u32) -> Result<Vec<versus::Versus>> {
     let plain = mesh_lab::MeshLab::up(Mode::TapPlain, &[])?;
-    let sealed = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
+    let sealed_lab = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
     let sealed_again = mesh_lab::MeshLab::up(Mode::TapSealed, &[])?;
-    let sealed = versus::Side::mesh("mesh-tap-enc", &sealed);
+    let sealed = versus::Side::mesh("mesh-tap-enc", &sealed_lab);
     Ok(vec![
         versus::versus(
             &versus::Side::mesh("mesh-tap", &plain),
