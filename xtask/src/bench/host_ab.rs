@@ -54,7 +54,7 @@ pub fn measure(
     };
     paired::alternate(
         "host TCP Gbit/s without / with meshd",
-        pairs,
+        0..pairs,
         run_once,
         with_meshd,
     )

@@ -272,6 +272,27 @@ pub struct Rtt {
 
 /// `count` pings, 10 ms apart.
 pub fn ping_rtt(path: &Path, count: u32) -> Result<Rtt> {
+    Ok(Rtt::of(ping_times(path, count)?, count))
+}
+
+impl Rtt {
+    /// The percentiles of `times` (milliseconds, not empty), replies to `sent` pings.
+    pub fn of(mut times: Vec<f64>, sent: u32) -> Rtt {
+        times.sort_by(f64::total_cmp);
+        let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+        Rtt {
+            p50_ms: pct(0.5),
+            p90_ms: pct(0.9),
+            p99_ms: pct(0.99),
+            mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+            replies: times.len(),
+            sent,
+        }
+    }
+}
+
+/// The round-trip times (ms) of `count` pings 10 ms apart; an error if none came back.
+pub fn ping_times(path: &Path, count: u32) -> Result<Vec<f64>> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -289,7 +310,7 @@ pub fn ping_rtt(path: &Path, count: u32) -> Result<Rtt> {
         .arg(path.server_addr.to_string())
         .output()
         .context("running ping")?;
-    let mut times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             l.split("time=")
@@ -307,50 +328,86 @@ pub fn ping_rtt(path: &Path, count: u32) -> Result<Rtt> {
             path.server_addr
         );
     }
-    times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    Ok(Rtt {
-        p50_ms: pct(0.5),
-        p90_ms: pct(0.9),
-        p99_ms: pct(0.99),
-        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
-        replies: times.len(),
-        sent: count,
-    })
+    Ok(times)
 }
 
 /// TCP request/response: one byte each way, one transaction at a time, on one connection
 /// (netperf's TCP_RR shape). Returns transactions per second.
 pub fn tcp_rr(path: &Path, secs: u32) -> Result<f64> {
-    let addr = path.server_addr;
-    let listener = netns::run_in(&path.server_ns, move || TcpListener::bind((addr, PORT)))??;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 {
-            s.write_all(&b)?;
-        }
-        Ok(())
-    });
-    let mut client = netns::run_in(&path.client_ns, move || TcpStream::connect((addr, PORT)))??;
-    client.set_nodelay(true)?;
-    client.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let deadline = Instant::now() + Duration::from_secs(secs.into());
-    let t0 = Instant::now();
-    let mut n = 0u64;
-    let mut b = [0u8; 1];
-    while Instant::now() < deadline {
-        client.write_all(&[n as u8])?;
-        client
-            .read_exact(&mut b)
-            .context("request/response reply")?;
-        n += 1;
+    let mut rr = RequestResponse::open(path)?;
+    rr.run(Duration::from_secs(secs.into()))?;
+    Ok(rr.rate())
+}
+
+/// A request/response connection and its server, measured in one or more runs (the bench's
+/// alternated comparisons take turns of a fraction of a second between two systems).
+pub struct RequestResponse {
+    /// None once closed.
+    client: Option<TcpStream>,
+    server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    transactions: u64,
+    elapsed: Duration,
+}
+
+impl RequestResponse {
+    /// Starts the server in the server namespace and connects to it from the client's.
+    pub fn open(path: &Path) -> Result<RequestResponse> {
+        let addr = path.server_addr;
+        let listener = netns::run_in(&path.server_ns, move || TcpListener::bind((addr, PORT)))??;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut b = [0u8; 1];
+            while s.read(&mut b)? == 1 {
+                s.write_all(&b)?;
+            }
+            Ok(())
+        });
+        // Without a connection the server waits in accept: it is left behind, not joined.
+        let client = netns::run_in(&path.client_ns, move || TcpStream::connect((addr, PORT)))??;
+        client.set_nodelay(true)?;
+        client.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(RequestResponse {
+            client: Some(client),
+            server: Some(server),
+            transactions: 0,
+            elapsed: Duration::ZERO,
+        })
     }
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    drop(client);
-    let _ = server.join();
-    Ok(rate)
+
+    /// Transactions, one after the other, for `how_long`.
+    pub fn run(&mut self, how_long: Duration) -> Result<()> {
+        let client = self.client.as_mut().context("the connection is closed")?;
+        let t0 = Instant::now();
+        let deadline = t0 + how_long;
+        let mut b = [0u8; 1];
+        while Instant::now() < deadline {
+            client.write_all(&[self.transactions as u8])?;
+            client
+                .read_exact(&mut b)
+                .context("request/response reply")?;
+            self.transactions += 1;
+        }
+        self.elapsed += t0.elapsed();
+        Ok(())
+    }
+
+    /// Transactions per second over the runs since the last call (which it forgets).
+    pub fn rate(&mut self) -> f64 {
+        let rate = self.transactions as f64 / self.elapsed.as_secs_f64();
+        (self.transactions, self.elapsed) = (0, Duration::ZERO);
+        rate
+    }
+}
+
+impl Drop for RequestResponse {
+    /// Closing the connection ends the server.
+    fn drop(&mut self) {
+        drop(self.client.take());
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+    }
 }
 
 /// Small-packet rate: 64-byte UDP payloads sent as fast as iperf3 can for `secs`; returns the

@@ -3,7 +3,10 @@
 //! ratios that are close to 1 (mesh-ebpf's RTT p50 against kernel VXLAN: a p50 of 200 pings
 //! on this VM ranged 0.009-0.081 ms between runs of the same lab) or whose reference drifts
 //! (boringtun `--threads 1` bulk TCP: 1.44-1.67 Gbit/s between full runs) are decided here,
-//! not between table rows taken minutes apart.
+//! not between table rows taken minutes apart. The latency figures (TCP_RR, RTT p50) take
+//! turns of a fraction of a second within each pair (`paired::interleave`).
+
+use std::{ops::Range, time::Duration};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -54,17 +57,150 @@ impl Figure {
         }
     }
 
-    fn measure(self, s: &Side, plan: &Plan) -> Result<f64> {
-        Ok(match self {
-            Figure::Tcp1 => {
-                measure::tcp_throughput(&s.path, 1, plan.secs, 1, &s.procs)?
-                    .gbps
-                    .median
+    /// `system` against `reference` on this figure: the small-packet figures in short turns
+    /// within each pair (see `paired::interleave`), bulk TCP a whole measurement at a time.
+    fn compare(
+        self,
+        reference: &Side,
+        system: &Side,
+        plan: &Plan,
+        pairs: Range<u32>,
+    ) -> Result<Paired> {
+        let label = format!("{} {} / {}", self.label(), reference.name, system.name);
+        match self {
+            Figure::TcpRr => {
+                let turns = (plan.secs * 1000).div_ceil(RR_TURN_MS);
+                paired::interleave(
+                    &label,
+                    pairs,
+                    turns,
+                    &mut RrTurns::open(reference)?,
+                    &mut RrTurns::open(system)?,
+                )
             }
-            Figure::RttP50 => measure::ping_rtt(&s.path, plan.pings)?.p50_ms,
-            Figure::TcpRr => measure::tcp_rr(&s.path, plan.secs)?,
-            Figure::Udp64 => measure::udp_small_packets(&s.path, plan.secs, &s.procs)?.0,
+            Figure::RttP50 => {
+                let turns = plan.pings.div_ceil(PINGS_PER_TURN);
+                paired::interleave(
+                    &label,
+                    pairs,
+                    turns,
+                    &mut PingTurns::new(reference),
+                    &mut PingTurns::new(system),
+                )
+            }
+            Figure::Tcp1 => paired::alternate(
+                &label,
+                pairs,
+                || tcp1(reference, plan),
+                || tcp1(system, plan),
+            ),
+            Figure::Udp64 => paired::interleave(
+                &label,
+                pairs,
+                plan.secs,
+                &mut UdpTurns::new(reference),
+                &mut UdpTurns::new(system),
+            ),
+        }
+    }
+}
+
+fn tcp1(s: &Side, plan: &Plan) -> Result<f64> {
+    Ok(measure::tcp_throughput(&s.path, 1, plan.secs, 1, &s.procs)?
+        .gbps
+        .median)
+}
+
+/// A request/response turn lasts this long: thousands of transactions, and a pair's turns
+/// still span the same seconds of the machine for both sides.
+const RR_TURN_MS: u32 = 250;
+/// Pings per turn (10 ms apart).
+const PINGS_PER_TURN: u32 = 20;
+/// A 64-byte UDP turn lasts this long (each its own iperf3 run).
+const UDP_TURN_SECS: u32 = 1;
+
+/// TCP_RR in turns, on one connection kept open.
+struct RrTurns {
+    rr: measure::RequestResponse,
+}
+
+impl RrTurns {
+    fn open(s: &Side) -> Result<RrTurns> {
+        Ok(RrTurns {
+            rr: measure::RequestResponse::open(&s.path)?,
         })
+    }
+}
+
+impl paired::Turns for RrTurns {
+    fn turn(&mut self) -> Result<()> {
+        self.rr.run(Duration::from_millis(RR_TURN_MS.into()))
+    }
+    fn figure(&mut self) -> Result<f64> {
+        Ok(self.rr.rate())
+    }
+}
+
+/// RTT p50 in turns: the median of every ping of the pair's turns.
+struct PingTurns<'a> {
+    path: &'a TrafficPath,
+    times: Vec<f64>,
+}
+
+impl<'a> PingTurns<'a> {
+    fn new(s: &'a Side) -> PingTurns<'a> {
+        PingTurns {
+            path: &s.path,
+            times: Vec::new(),
+        }
+    }
+}
+
+impl paired::Turns for PingTurns<'_> {
+    fn turn(&mut self) -> Result<()> {
+        self.times
+            .extend(measure::ping_times(self.path, PINGS_PER_TURN)?);
+        Ok(())
+    }
+    fn figure(&mut self) -> Result<f64> {
+        let times = std::mem::take(&mut self.times);
+        let replies = times.len() as u32;
+        Ok(measure::Rtt::of(times, replies).p50_ms)
+    }
+}
+
+/// 64-byte UDP in turns of a second: packets per second over the pair's turns. On two CPUs
+/// shared by both hosts the rate of one run depends on where the scheduler puts the four busy
+/// threads (2.7x between runs of one lab, see docs/architecture.md); a pair's several runs
+/// meet several placements.
+struct UdpTurns<'a> {
+    side: &'a Side,
+    packets: f64,
+    secs: f64,
+}
+
+impl<'a> UdpTurns<'a> {
+    fn new(side: &'a Side) -> UdpTurns<'a> {
+        UdpTurns {
+            side,
+            packets: 0.0,
+            secs: 0.0,
+        }
+    }
+}
+
+impl paired::Turns for UdpTurns<'_> {
+    fn turn(&mut self) -> Result<()> {
+        let s = self.side;
+        let (pps, _) = measure::udp_small_packets(&s.path, UDP_TURN_SECS, &s.procs)?;
+        self.packets += pps * f64::from(UDP_TURN_SECS);
+        self.secs += f64::from(UDP_TURN_SECS);
+        Ok(())
+    }
+    fn figure(&mut self) -> Result<f64> {
+        let pps = self.packets / self.secs;
+        (self.packets, self.secs) = (0.0, 0.0);
+        Ok(pps)
     }
 }
 
@@ -83,13 +219,13 @@ pub struct Versus {
     pub udp_64b_pps: Option<Paired>,
 }
 
-/// Measures `figures` alternately, `pairs` times each.
+/// Measures `figures` alternately, in each of `pairs` (their indices: see `paired`).
 pub fn versus(
     reference: &Side,
     system: &Side,
     figures: &[Figure],
     plan: &Plan,
-    pairs: u32,
+    pairs: Range<u32>,
 ) -> Result<Versus> {
     let mut v = Versus {
         reference: reference.name.to_owned(),
@@ -100,24 +236,46 @@ pub fn versus(
         udp_64b_pps: None,
     };
     for &f in figures {
-        let label = format!("{} {} / {}", f.label(), reference.name, system.name);
-        let p = paired::alternate(
-            &label,
-            pairs,
-            || f.measure(reference, plan),
-            || f.measure(system, plan),
-        )?;
-        *match f {
-            Figure::Tcp1 => &mut v.tcp_1_stream_gbps,
-            Figure::RttP50 => &mut v.rtt_p50_ms,
-            Figure::TcpRr => &mut v.tcp_rr_per_s,
-            Figure::Udp64 => &mut v.udp_64b_pps,
-        } = Some(p);
+        let p = f.compare(reference, system, plan, pairs.clone())?;
+        *v.figure(f) = Some(p);
     }
     Ok(v)
 }
 
 impl Versus {
+    /// The comparisons in `parts` (the same two systems and figures, measured in separate
+    /// runs, e.g. in fresh labs each) as one.
+    pub fn merge(parts: Vec<Versus>) -> Option<Versus> {
+        let first = parts.first()?;
+        let mut v = Versus {
+            reference: first.reference.clone(),
+            system: first.system.clone(),
+            tcp_1_stream_gbps: None,
+            tcp_rr_per_s: None,
+            rtt_p50_ms: None,
+            udp_64b_pps: None,
+        };
+        let mut parts = parts;
+        for f in Figure::ALL {
+            let each: Vec<Paired> = parts
+                .iter_mut()
+                .filter_map(|p| p.figure(*f).take())
+                .collect();
+            *v.figure(*f) = (!each.is_empty()).then(|| Paired::merge(each));
+        }
+        Some(v)
+    }
+
+    /// Where figure `f`'s comparison is kept.
+    fn figure(&mut self, f: Figure) -> &mut Option<Paired> {
+        match f {
+            Figure::Tcp1 => &mut self.tcp_1_stream_gbps,
+            Figure::RttP50 => &mut self.rtt_p50_ms,
+            Figure::TcpRr => &mut self.tcp_rr_per_s,
+            Figure::Udp64 => &mut self.udp_64b_pps,
+        }
+    }
+
     /// Printed under the table: one line per figure measured.
     pub fn print(&self) {
         println!(
