@@ -3,8 +3,8 @@
 //! ratios that are close to 1 (mesh-ebpf's RTT p50 against kernel VXLAN: a p50 of 200 pings
 //! on this VM ranged 0.009-0.081 ms between runs of the same lab) or whose reference drifts
 //! (boringtun `--threads 1` bulk TCP: 1.44-1.67 Gbit/s between full runs) are decided here,
-//! not between table rows taken minutes apart. The latency figures (TCP_RR, RTT p50) take
-//! turns of a fraction of a second within each pair (`paired::interleave`).
+//! not between table rows taken minutes apart. The small-packet figures (TCP_RR, RTT p50,
+//! 64-byte UDP) take short turns within each pair (`paired::interleave`).
 
 use std::{ops::Range, time::Duration};
 
@@ -227,14 +227,7 @@ pub fn versus(
     plan: &Plan,
     pairs: Range<u32>,
 ) -> Result<Versus> {
-    let mut v = Versus {
-        reference: reference.name.to_owned(),
-        system: system.name.to_owned(),
-        tcp_1_stream_gbps: None,
-        tcp_rr_per_s: None,
-        rtt_p50_ms: None,
-        udp_64b_pps: None,
-    };
+    let mut v = Versus::none(reference.name, system.name);
     for &f in figures {
         let p = f.compare(reference, system, plan, pairs.clone())?;
         *v.figure(f) = Some(p);
@@ -245,17 +238,9 @@ pub fn versus(
 impl Versus {
     /// The comparisons in `parts` (the same two systems and figures, measured in separate
     /// runs, e.g. in fresh labs each) as one.
-    pub fn merge(parts: Vec<Versus>) -> Option<Versus> {
+    pub fn merge(mut parts: Vec<Versus>) -> Option<Versus> {
         let first = parts.first()?;
-        let mut v = Versus {
-            reference: first.reference.clone(),
-            system: first.system.clone(),
-            tcp_1_stream_gbps: None,
-            tcp_rr_per_s: None,
-            rtt_p50_ms: None,
-            udp_64b_pps: None,
-        };
-        let mut parts = parts;
+        let mut v = Versus::none(&first.reference, &first.system);
         for f in Figure::ALL {
             let each: Vec<Paired> = parts
                 .iter_mut()
@@ -264,6 +249,18 @@ impl Versus {
             *v.figure(*f) = (!each.is_empty()).then(|| Paired::merge(each));
         }
         Some(v)
+    }
+
+    /// `system` against `reference`, no figure measured yet.
+    fn none(reference: &str, system: &str) -> Versus {
+        Versus {
+            reference: reference.to_owned(),
+            system: system.to_owned(),
+            tcp_1_stream_gbps: None,
+            tcp_rr_per_s: None,
+            rtt_p50_ms: None,
+            udp_64b_pps: None,
+        }
     }
 
     /// Where figure `f`'s comparison is kept.
