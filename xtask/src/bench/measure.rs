@@ -342,8 +342,7 @@ pub fn tcp_rr(path: &Path, secs: u32) -> Result<f64> {
 /// A request/response connection and its server, measured in one or more runs (the bench's
 /// alternated comparisons take turns of a fraction of a second between two systems).
 pub struct RequestResponse {
-    /// None once closed.
-    client: Option<TcpStream>,
+    client: TcpStream,
     server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     transactions: u64,
     elapsed: Duration,
@@ -368,7 +367,7 @@ impl RequestResponse {
         client.set_nodelay(true)?;
         client.set_read_timeout(Some(Duration::from_secs(2)))?;
         Ok(RequestResponse {
-            client: Some(client),
+            client,
             server: Some(server),
             transactions: 0,
             elapsed: Duration::ZERO,
@@ -377,7 +376,7 @@ impl RequestResponse {
 
     /// Transactions, one after the other, for `how_long`.
     pub fn run(&mut self, how_long: Duration) -> Result<()> {
-        let client = self.client.as_mut().context("the connection is closed")?;
+        let client = &mut self.client;
         let t0 = Instant::now();
         let deadline = t0 + how_long;
         let mut b = [0u8; 1];
@@ -401,9 +400,9 @@ impl RequestResponse {
 }
 
 impl Drop for RequestResponse {
-    /// Closing the connection ends the server.
+    /// Ending the client's side of the connection ends the server.
     fn drop(&mut self) {
-        drop(self.client.take());
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
         if let Some(s) = self.server.take() {
             let _ = s.join();
         }
