@@ -6,7 +6,7 @@
 //! not between table rows taken minutes apart. The small-packet figures (TCP_RR, RTT p50,
 //! 64-byte UDP) take short turns within each pair (`paired::interleave`).
 
-use std::{ops::Range, time::Duration};
+use std::ops::Range;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -16,9 +16,11 @@ use super::{
     measure::{self, OverlayProcs, Path as TrafficPath},
     mesh_lab::MeshLab,
     paired::{self, Paired},
+    turns::{PINGS_PER_TURN, PingTurns, RR_TURN_MS, RrTurns, UdpTurns},
 };
 
 /// One side of a comparison: where its traffic goes and which processes are its overlay.
+#[derive(Clone)]
 pub struct Side {
     pub name: &'static str,
     pub path: TrafficPath,
@@ -74,8 +76,8 @@ impl Figure {
                     &label,
                     pairs,
                     turns,
-                    &mut RrTurns::open(reference)?,
-                    &mut RrTurns::open(system)?,
+                    &mut RrTurns::open(&reference.path)?,
+                    &mut RrTurns::open(&system.path)?,
                 )
             }
             Figure::RttP50 => {
@@ -84,8 +86,8 @@ impl Figure {
                     &label,
                     pairs,
                     turns,
-                    &mut PingTurns::new(reference),
-                    &mut PingTurns::new(system),
+                    &mut PingTurns::new(&reference.path),
+                    &mut PingTurns::new(&system.path),
                 )
             }
             Figure::Tcp1 => paired::alternate(
@@ -98,8 +100,8 @@ impl Figure {
                 &label,
                 pairs,
                 plan.secs,
-                &mut UdpTurns::new(reference),
-                &mut UdpTurns::new(system),
+                &mut UdpTurns::new(&reference.path, &reference.procs),
+                &mut UdpTurns::new(&system.path, &system.procs),
             ),
         }
     }
@@ -109,99 +111,6 @@ fn tcp1(s: &Side, plan: &Plan) -> Result<f64> {
     Ok(measure::tcp_throughput(&s.path, 1, plan.secs, 1, &s.procs)?
         .gbps
         .median)
-}
-
-/// A request/response turn lasts this long: thousands of transactions, and a pair's turns
-/// still span the same seconds of the machine for both sides.
-const RR_TURN_MS: u32 = 250;
-/// Pings per turn (10 ms apart).
-const PINGS_PER_TURN: u32 = 20;
-/// A 64-byte UDP turn lasts this long (each its own iperf3 run).
-const UDP_TURN_SECS: u32 = 1;
-
-/// TCP_RR in turns, on one connection kept open.
-struct RrTurns {
-    rr: measure::RequestResponse,
-}
-
-impl RrTurns {
-    fn open(s: &Side) -> Result<RrTurns> {
-        Ok(RrTurns {
-            rr: measure::RequestResponse::open(&s.path)?,
-        })
-    }
-}
-
-impl paired::Turns for RrTurns {
-    fn turn(&mut self) -> Result<()> {
-        self.rr.run(Duration::from_millis(RR_TURN_MS.into()))
-    }
-    fn figure(&mut self) -> Result<f64> {
-        Ok(self.rr.rate())
-    }
-}
-
-/// RTT p50 in turns: the median of every ping of the pair's turns.
-struct PingTurns<'a> {
-    path: &'a TrafficPath,
-    times: Vec<f64>,
-}
-
-impl<'a> PingTurns<'a> {
-    fn new(s: &'a Side) -> PingTurns<'a> {
-        PingTurns {
-            path: &s.path,
-            times: Vec::new(),
-        }
-    }
-}
-
-impl paired::Turns for PingTurns<'_> {
-    fn turn(&mut self) -> Result<()> {
-        self.times
-            .extend(measure::ping_times(self.path, PINGS_PER_TURN)?);
-        Ok(())
-    }
-    fn figure(&mut self) -> Result<f64> {
-        let times = std::mem::take(&mut self.times);
-        let replies = times.len() as u32;
-        Ok(measure::Rtt::of(times, replies).p50_ms)
-    }
-}
-
-/// 64-byte UDP in turns of a second: packets per second over the pair's turns. On two CPUs
-/// shared by both hosts the rate of one run depends on where the scheduler puts the four busy
-/// threads (2.7x between runs of one lab, see docs/architecture.md); a pair's several runs
-/// meet several placements.
-struct UdpTurns<'a> {
-    side: &'a Side,
-    packets: f64,
-    secs: f64,
-}
-
-impl<'a> UdpTurns<'a> {
-    fn new(side: &'a Side) -> UdpTurns<'a> {
-        UdpTurns {
-            side,
-            packets: 0.0,
-            secs: 0.0,
-        }
-    }
-}
-
-impl paired::Turns for UdpTurns<'_> {
-    fn turn(&mut self) -> Result<()> {
-        let s = self.side;
-        let (pps, _) = measure::udp_small_packets(&s.path, UDP_TURN_SECS, &s.procs)?;
-        self.packets += pps * f64::from(UDP_TURN_SECS);
-        self.secs += f64::from(UDP_TURN_SECS);
-        Ok(())
-    }
-    fn figure(&mut self) -> Result<f64> {
-        let pps = self.packets / self.secs;
-        (self.packets, self.secs) = (0.0, 0.0);
-        Ok(pps)
-    }
 }
 
 /// The figures of `system` (B) against `reference` (A); a figure not measured is absent.
