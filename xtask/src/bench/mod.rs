@@ -4,7 +4,8 @@
 //! Every system gets the same measurements between the same two namespaces: TCP throughput with
 //! 1 and 4 streams (iperf3; median and spread of several runs, plus the overlay's own process
 //! CPU per Gbit/s), ping RTT percentiles, a one-byte TCP request/response rate, and the rate of
-//! 64-byte UDP packets delivered. Results go to the terminal, to JSON and to a PNG chart.
+//! 64-byte UDP packets delivered. The userspace systems take the small-packet figures in rounds,
+//! all their labs up (`rounds`). Results go to the terminal, to JSON and to a PNG chart.
 
 mod chart;
 mod control_lab;
