@@ -2,7 +2,7 @@
 //! writes peers.json off the thread that drives every connection's keep-alives. The slow disk
 //! is real as far as meshd can tell: it runs under strace, which delays each fsync by 4 s.
 //! Before, `meshctl connect` blocked that thread for the whole fsync, and every peer's
-//! connection timed out (1.2 s idle timeout).
+//! connection timed out (the idle timeout, then 1.2 s).
 
 use std::time::{Duration, Instant};
 
