@@ -36,36 +36,38 @@ pub fn measure(sides: &[Side], plan: &Plan) -> Vec<Result<Small>> {
         plan.row_pings
     );
     let mut pings: Vec<_> = sides.iter().map(|s| PingTurns::new(&s.path)).collect();
-    take_turns(
-        plan.row_pings.div_ceil(PINGS_PER_TURN),
-        &mut pings,
-        &mut failed,
-    );
+    take_turns(plan.row_pings.div_ceil(PINGS_PER_TURN), &mut failed, |i| {
+        pings[i].turn()
+    });
     let rtts: Vec<_> = pings.iter_mut().map(PingTurns::rtt).collect();
 
     println!(
         "bench:   TCP_RR, {} s each in turns of {RR_TURN_MS} ms",
         plan.secs
     );
-    let mut rrs: Vec<_> = sides
+    // A system that failed takes no more turns (its connection is not opened).
+    let mut rrs: Vec<Option<RrTurns>> = sides
         .iter()
         .zip(&mut failed)
         .map(|(s, f)| {
-            RrTurns::open(&s.path)
-                .inspect_err(|e| {
-                    f.get_or_insert_with(|| anyhow::anyhow!("opening TCP_RR: {e:#}"));
-                })
-                .ok()
+            if f.is_some() {
+                return None;
+            }
+            match RrTurns::open(&s.path) {
+                Ok(rr) => Some(rr),
+                Err(e) => {
+                    *f = Some(e.context("opening TCP_RR"));
+                    None
+                }
+            }
         })
         .collect();
-    take_turns(
-        (plan.secs * 1000).div_ceil(RR_TURN_MS),
-        &mut rrs,
-        &mut failed,
-    );
+    take_turns((plan.secs * 1000).div_ceil(RR_TURN_MS), &mut failed, |i| {
+        rrs[i].as_mut().map_or(Ok(()), RrTurns::turn)
+    });
     let rr_rates: Vec<_> = rrs
         .iter_mut()
-        .map(|r| r.as_mut().map_or(Ok(0.0), |r| r.figure()))
+        .map(|r| r.as_mut().map_or(Ok(0.0), RrTurns::figure))
         .collect();
     drop(rrs);
 
@@ -79,7 +81,7 @@ pub fn measure(sides: &[Side], plan: &Plan) -> Vec<Result<Small>> {
         .iter()
         .map(|s| UdpTurns::new(&s.path, &s.procs))
         .collect();
-    take_turns(udp_rounds, &mut udps, &mut failed);
+    take_turns(udp_rounds, &mut failed, |i| udps[i].turn());
 
     rtts.into_iter()
         .zip(rr_rates)
@@ -97,20 +99,17 @@ pub fn measure(sides: &[Side], plan: &Plan) -> Vec<Result<Small>> {
         .collect()
 }
 
-/// `rounds` rounds in which every system not yet failed takes a turn.
-fn take_turns<T: Turns>(
+/// `rounds` rounds in which every system not yet failed takes its turn (`turn` with its index);
+/// one whose turn fails is marked failed.
+fn take_turns(
     rounds: u32,
-    turns: &mut [impl AsTurns<T>],
     failed: &mut [Option<anyhow::Error>],
+    mut turn: impl FnMut(usize) -> Result<()>,
 ) {
-    let n = turns.len();
     for round in 0..rounds as usize {
-        for i in order(round, n) {
-            if failed[i].is_some() {
-                continue;
-            }
-            if let Some(t) = turns[i].as_turns()
-                && let Err(e) = t.turn()
+        for i in order(round, failed.len()) {
+            if failed[i].is_none()
+                && let Err(e) = turn(i)
             {
                 failed[i] = Some(e);
             }
@@ -136,23 +135,6 @@ fn order(round: usize, n: usize) -> Vec<usize> {
             }
         })
         .collect()
-}
-
-/// A system's turns, or none (its setup failed).
-trait AsTurns<T> {
-    fn as_turns(&mut self) -> Option<&mut T>;
-}
-
-impl<T: Turns> AsTurns<T> for T {
-    fn as_turns(&mut self) -> Option<&mut T> {
-        Some(self)
-    }
-}
-
-impl<T: Turns> AsTurns<T> for Option<T> {
-    fn as_turns(&mut self) -> Option<&mut T> {
-        self.as_mut()
-    }
 }
 
 #[cfg(test)]
