@@ -410,8 +410,8 @@ impl Drop for RequestResponse {
 }
 
 /// Small-packet rate: 64-byte UDP payloads sent as fast as iperf3 can for `secs`; returns the
-/// packets per second that arrived, and the CPU the overlay's own processes used per 100k of
-/// them (cores busy, averaged over the run) when it has processes: the budget of a small board.
+/// packets per second that arrived, and the CPU cores the overlay's own processes kept busy
+/// meanwhile (on average) when it has processes.
 pub fn udp_small_packets(
     path: &Path,
     secs: u32,
@@ -429,9 +429,12 @@ pub fn udp_small_packets(
         .context("iperf3 UDP report without packets")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let seconds = sum["seconds"].as_f64().unwrap_or(secs as f64);
-    let pps = (packets - lost) / seconds;
-    let cpu = cores.filter(|_| pps > 0.0).map(|c| c / (pps / 1e5));
-    Ok((pps, cpu))
+    Ok(((packets - lost) / seconds, cores))
+}
+
+/// Cores per 100k packets/s (the budget of a small board), when something was delivered.
+pub fn cores_per_100kpps(cores: Option<f64>, pps: f64) -> Option<f64> {
+    cores.filter(|_| pps > 0.0).map(|c| c / (pps / 1e5))
 }
 
 #[cfg(test)]

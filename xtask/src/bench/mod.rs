@@ -178,9 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     // The userspace systems (the references and mesh's TAP modes) keep their labs up until
     // all are measured alone on bulk TCP, then take their small-packet figures in rounds
     // (`rounds`): those figures move between minutes by more than these systems differ.
-    let mut in_rounds: Vec<(usize, versus::Side, Option<mesh_lab::MeshLab>)> = Vec::new();
-    // Kept up until the rounds are over.
-    let mut ref_labs_up = Vec::new();
+    let mut in_rounds = InRounds::default();
     type Build = fn() -> Result<RefLab>;
     let userspace: [(System, Build); 4] = [
         (System::Boringtun, || RefLab::boringtun("mbb", None)),
@@ -203,8 +201,8 @@ pub fn run(args: Args) -> Result<()> {
                 };
                 let r = measure_bulk(system, &side.path, &side.procs, &plan);
                 if matches!(r.status, Status::Measured) {
-                    in_rounds.push((results.len(), side, None));
-                    ref_labs_up.push(lab);
+                    in_rounds.add(results.len(), side);
+                    in_rounds.ref_labs.push(lab);
                 }
                 results.push(r);
             }
@@ -248,37 +246,32 @@ pub fn run(args: Args) -> Result<()> {
                 let side = versus::Side::mesh(system.name(), &m);
                 let r = measure_bulk(system, &side.path, &side.procs, &plan);
                 if matches!(r.status, Status::Measured) {
-                    in_rounds.push((results.len(), side, Some(m)));
+                    in_rounds.add(results.len(), side);
+                    in_rounds.mesh_labs.push((system.name(), m));
                 }
                 results.push(r);
             }
         }
     }
-    if !in_rounds.is_empty() {
-        let names: Vec<_> = in_rounds.iter().map(|(_, s, _)| s.name).collect();
+    if !in_rounds.sides.is_empty() {
+        let names: Vec<_> = in_rounds.sides.iter().map(|s| s.name).collect();
         println!(
             "bench: small-packet figures in rounds: {}",
             names.join(", ")
         );
-        let sides: Vec<_> = in_rounds.iter().map(|(_, s, _)| s.clone()).collect();
-        for ((i, _, mesh), small) in in_rounds.iter().zip(rounds::measure(&sides, &plan)) {
-            let r = &mut results[*i];
+        let measured = rounds::measure(&in_rounds.sides, &plan);
+        for (&i, small) in in_rounds.rows.iter().zip(measured) {
             match small {
-                Ok(s) => {
-                    r.rtt = Some(s.rtt);
-                    r.tcp_rr_per_s = Some(s.tcp_rr_per_s);
-                    r.udp_64b_pps = Some(s.udp_64b_pps);
-                    r.udp_64b_cpu_cores_per_100kpps = s.udp_64b_cpu_cores_per_100kpps;
-                }
-                Err(e) => r.status = Status::Failed(format!("{e:#}")),
-            }
-            if let Some(m) = mesh {
-                println!("bench:   {} batching:", r.name);
-                m.print_batching();
+                Ok(s) => s.record(&mut results[i]),
+                Err(e) => results[i].status = Status::Failed(format!("{e:#}")),
             }
         }
+        for (name, m) in &in_rounds.mesh_labs {
+            println!("bench:   {name} batching:");
+            m.print_batching();
+        }
     }
-    drop((in_rounds, ref_labs_up));
+    drop(in_rounds);
 
     // Ratios the issues ask for that are close to 1, or whose reference drifts between runs,
     // measured again alternately with both labs up (see `versus`).
@@ -573,18 +566,39 @@ fn measure(
     if !matches!(r.status, Status::Measured) {
         return r;
     }
-    let mut small = || -> Result<()> {
-        r.rtt = Some(measure::ping_rtt(path, plan.row_pings)?);
-        r.tcp_rr_per_s = Some(measure::tcp_rr(path, plan.secs)?);
-        let (pps, cpu) = measure::udp_small_packets(path, plan.secs, overlay)?;
-        r.udp_64b_pps = Some(pps);
-        r.udp_64b_cpu_cores_per_100kpps = cpu;
-        Ok(())
+    let small = || -> Result<rounds::Small> {
+        let rtt = measure::ping_rtt(path, plan.row_pings)?;
+        let tcp_rr_per_s = measure::tcp_rr(path, plan.secs)?;
+        let (pps, cores) = measure::udp_small_packets(path, plan.secs, overlay)?;
+        Ok(rounds::Small {
+            rtt,
+            tcp_rr_per_s,
+            udp_64b_pps: pps,
+            udp_64b_cpu_cores_per_100kpps: measure::cores_per_100kpps(cores, pps),
+        })
     };
-    if let Err(e) = small() {
-        r.status = Status::Failed(format!("{e:#}"));
+    match small() {
+        Ok(s) => s.record(&mut r),
+        Err(e) => r.status = Status::Failed(format!("{e:#}")),
     }
     r
+}
+
+/// The userspace systems measured in rounds: their rows (indices into the results), their
+/// sides, and their labs, kept up until the rounds are over.
+#[derive(Default)]
+struct InRounds {
+    rows: Vec<usize>,
+    sides: Vec<versus::Side>,
+    ref_labs: Vec<RefLab>,
+    mesh_labs: Vec<(&'static str, mesh_lab::MeshLab)>,
+}
+
+impl InRounds {
+    fn add(&mut self, row: usize, side: versus::Side) {
+        self.rows.push(row);
+        self.sides.push(side);
+    }
 }
 
 /// Bulk TCP with 1 and 4 streams, the system measured alone.

@@ -13,6 +13,7 @@ use super::{
     Plan,
     measure::Rtt,
     paired::Turns,
+    report::SystemResult,
     turns::{PINGS_PER_TURN, PingTurns, RR_TURN_MS, RrTurns, UDP_TURN_SECS, UdpTurns},
     versus::Side,
 };
@@ -23,6 +24,16 @@ pub struct Small {
     pub tcp_rr_per_s: f64,
     pub udp_64b_pps: f64,
     pub udp_64b_cpu_cores_per_100kpps: Option<f64>,
+}
+
+impl Small {
+    /// Into the row `r`.
+    pub fn record(self, r: &mut SystemResult) {
+        r.rtt = Some(self.rtt);
+        r.tcp_rr_per_s = Some(self.tcp_rr_per_s);
+        r.udp_64b_pps = Some(self.udp_64b_pps);
+        r.udp_64b_cpu_cores_per_100kpps = self.udp_64b_cpu_cores_per_100kpps;
+    }
 }
 
 /// The figures of each of `sides`, in its order; a system whose turn failed gets the error

@@ -111,23 +111,20 @@ impl<'a> UdpTurns<'a> {
         } else {
             0.0
         };
-        let cpu = self
-            .core_secs
-            .filter(|_| pps > 0.0)
-            .map(|cs| cs / self.secs / (pps / 1e5));
+        let cores = self.core_secs.map(|cs| cs / self.secs);
         (self.packets, self.secs, self.core_secs) = (0.0, 0.0, None);
-        (pps, cpu)
+        (pps, measure::cores_per_100kpps(cores, pps))
     }
 }
 
 impl paired::Turns for UdpTurns<'_> {
     fn turn(&mut self) -> Result<()> {
         let secs = f64::from(UDP_TURN_SECS);
-        let (pps, cpu) = measure::udp_small_packets(self.path, UDP_TURN_SECS, self.procs)?;
+        let (pps, cores) = measure::udp_small_packets(self.path, UDP_TURN_SECS, self.procs)?;
         self.packets += pps * secs;
         self.secs += secs;
-        if let Some(per_100k) = cpu {
-            *self.core_secs.get_or_insert(0.0) += per_100k * (pps / 1e5) * secs;
+        if let Some(cores) = cores {
+            *self.core_secs.get_or_insert(0.0) += cores * secs;
         }
         Ok(())
     }

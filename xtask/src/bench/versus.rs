@@ -20,7 +20,6 @@ use super::{
 };
 
 /// One side of a comparison: where its traffic goes and which processes are its overlay.
-#[derive(Clone)]
 pub struct Side {
     pub name: &'static str,
     pub path: TrafficPath,
