@@ -14,12 +14,20 @@ use crate::{Host, Lab, ProcId, wait_until};
 pub struct Capture {
     pub proc: ProcId,
     pub file: PathBuf,
+    ns: String,
+    underlay_if: String,
 }
 
+/// The EtherType of the frame [`Capture::finish`] sends to know the capture is complete: IEEE
+/// 802's Local Experimental EtherType 1, which nothing on the underlay speaks.
+const END_ETHER_TYPE: u16 = 0x88b5;
+
 /// Starts capturing on `host`'s underlay into `<lab>/<name>.pcap`; returns once tcpdump listens.
+/// Besides `filter`, it captures the end frame [`Capture::finish`] sends.
 pub fn start(lab: &mut Lab, host: &Host, name: &str, filter: &str) -> Result<Capture> {
     let file = lab.dir().join(format!("{name}.pcap"));
     let path = file.to_str().expect("UTF-8 lab dir").to_owned();
+    let filter = format!("({filter}) or ether proto {END_ETHER_TYPE:#06x}");
     let proc = lab.spawn(
         &host.ns,
         Path::new("/usr/bin/tcpdump"),
@@ -31,7 +39,7 @@ pub fn start(lab: &mut Lab, host: &Host, name: &str, filter: &str) -> Result<Cap
             "-n",
             "-w",
             &path,
-            filter,
+            &filter,
         ],
     )?;
     if !wait_until(Duration::from_secs(5), || {
@@ -39,26 +47,66 @@ pub fn start(lab: &mut Lab, host: &Host, name: &str, filter: &str) -> Result<Cap
     }) {
         bail!("tcpdump did not start: {}", lab.log(proc));
     }
-    Ok(Capture { proc, file })
+    Ok(Capture {
+        proc,
+        file,
+        ns: host.ns.clone(),
+        underlay_if: host.underlay_if.clone(),
+    })
 }
 
 impl Capture {
-    /// Stops tcpdump and returns the UDP datagrams it captured (see [`udp_payloads`]).
+    /// Stops tcpdump and returns the UDP datagrams it captured (see [`udp_payloads`]): all
+    /// that the underlay saw before this call. tcpdump loses what it has not yet read when it
+    /// is stopped, and the kernel may hold packets back from it for a while (CI once found 1
+    /// of 5 packets in a file closed straight after they were sent), so this first sends an
+    /// end frame out of the underlay and waits until it is in the file: packets are captured
+    /// in order, so everything seen before it is in the file too.
     pub fn finish(self, lab: &mut Lab) -> Result<Vec<(Ipv4Addr, u16, Vec<u8>)>> {
+        let end = end_frame(self.proc);
+        crate::netns::send_frames(&self.ns, &self.underlay_if, vec![end.clone()])?;
+        let complete = wait_until(Duration::from_secs(15), || {
+            std::fs::read(&self.file).is_ok_and(|pcap| frames(&pcap).any(|f| f == end))
+        });
         lab.terminate(self.proc, Duration::from_secs(3))?;
+        if !complete {
+            bail!(
+                "the capture's end frame never reached {}: {}",
+                self.file.display(),
+                lab.log(self.proc)
+            );
+        }
         Ok(udp_payloads(&std::fs::read(&self.file)?))
     }
+}
+
+/// A frame no host takes (a locally administered unicast MAC nobody has, an EtherType nobody
+/// speaks) that names the capture it ends.
+fn end_frame(proc: ProcId) -> Vec<u8> {
+    let mut f = vec![0x02, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0xee, 0, 0, 0, 0];
+    f.extend_from_slice(&END_ETHER_TYPE.to_be_bytes());
+    f.extend_from_slice(format!("mesh capture end {proc:?}").as_bytes());
+    f.resize(60, 0);
+    f
+}
+
+/// The frames of a pcap file, as captured (a frame cut off at the end of the file is left out).
+fn frames(pcap: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 24;
+    std::iter::from_fn(move || {
+        let header = pcap.get(at..at + 16)?;
+        let caplen = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+        let frame = pcap.get(at + 16..at + 16 + caplen)?;
+        at += 16 + caplen;
+        Some(frame)
+    })
 }
 
 /// The UDP datagrams in a pcap file of Ethernet frames (IPv4 without options is all the
 /// underlay carries here), as (source, destination port, payload).
 pub fn udp_payloads(pcap: &[u8]) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
-        at += 16 + caplen;
+    for frame in frames(pcap) {
         if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
             continue;
         }

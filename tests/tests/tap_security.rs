@@ -106,7 +106,6 @@ fn capture_markers(s: &mut Setup) -> Vec<(Ipv4Addr, u16, Vec<u8>)> {
         let before = datagrams_until(&s.listener, &marker, Duration::from_secs(15));
         assert!(before.is_empty(), "c2 got something else first: {before:?}");
     }
-    std::thread::sleep(Duration::from_millis(200));
     capture.finish(&mut s.lab).unwrap()
 }
 

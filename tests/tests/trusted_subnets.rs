@@ -130,7 +130,20 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
     assert_eq!(
         markers,
         5,
-        "only the trusted link's markers are readable (t1's kernel counters: {})",
+        "only the trusted link's markers are readable (captured (source, port, length, marker): \
+         {:?}; t1's kernel counters: {})",
+        captured
+            .iter()
+            .map(|(src, port, p)| {
+                let at = p.windows(MARKER.len()).position(|w| w == MARKER.as_bytes());
+                (
+                    src,
+                    port,
+                    p.len(),
+                    at.map(|at| String::from_utf8_lossy(&p[at..])),
+                )
+            })
+            .collect::<Vec<_>>(),
         mesh_tests::mesh::status(n1)
             .map(|s| s["datapath"]["kernel_counters"].to_string())
             .unwrap_or_default()
