@@ -58,10 +58,9 @@ pub fn start(lab: &mut Lab, host: &Host, name: &str, filter: &str) -> Result<Cap
 impl Capture {
     /// Stops tcpdump and returns the UDP datagrams it captured (see [`udp_payloads`]): all
     /// that the underlay saw before this call. tcpdump loses what it has not yet read when it
-    /// is stopped, and the kernel may hold packets back from it for a while (CI once found 1
-    /// of 5 packets in a file closed straight after they were sent), so this first sends an
-    /// end frame out of the underlay and waits until it is in the file: packets are captured
-    /// in order, so everything seen before it is in the file too.
+    /// is stopped (CI twice found 1 of 5 packets in a file closed straight after they were
+    /// sent), so this first sends an end frame out of the underlay and waits until it is in
+    /// the file: packets are captured in order, so everything seen before it is in too.
     pub fn finish(self, lab: &mut Lab) -> Result<Vec<(Ipv4Addr, u16, Vec<u8>)>> {
         let end = end_frame(self.proc);
         crate::netns::send_frames(&self.ns, &self.underlay_if, vec![end.clone()])?;
