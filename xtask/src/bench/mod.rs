@@ -332,6 +332,7 @@ pub fn run(args: Args) -> Result<()> {
                 .trim()
                 .to_owned(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpuidle: cpuidle(),
         },
         systems: results,
         footprint,
@@ -411,6 +412,21 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The machine's cpuidle driver, with `haltpoll`'s polling time (see `report::Machine`).
+fn cpuidle() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    match read("/sys/devices/system/cpu/cpuidle/current_driver") {
+        None => "none".into(),
+        Some(d) if d == "haltpoll" => {
+            match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+                Some(ns) => format!("haltpoll, polls {ns} ns"),
+                None => d,
+            }
+        }
+        Some(d) => d,
+    }
 }
 
 /// The gossip simulation at a few sizes (1000 peers is the design's figure).

@@ -52,6 +52,13 @@ pub struct Simulation {
 pub struct Machine {
     pub kernel: String,
     pub cpus: usize,
+    /// How an idle CPU waits: the kernel's cpuidle driver (`intel_idle`, `haltpoll`, ...;
+    /// "none" without one), and for `haltpoll` how long it polls before it halts. Small
+    /// packets' latency is mostly waking up, and this decides what a wake-up costs: a VM
+    /// guest that halts at once (`haltpoll` polling 0 ns, as where the committed runs were
+    /// made) pays a trip through the host for each, one that polls first pays little soon
+    /// after going idle.
+    pub cpuidle: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,13 +127,14 @@ impl Report<'_> {
             _ => "-".into(),
         };
         println!(
-            "\n{} ({} mode: {} x {} s per throughput figure; kernel {}, {} CPUs)",
+            "\n{} ({} mode: {} x {} s per throughput figure; kernel {}, {} CPUs, cpuidle {})",
             self.date,
             self.mode,
             self.repeats,
             self.seconds_per_run,
             self.machine.kernel,
-            self.machine.cpus
+            self.machine.cpus,
+            self.machine.cpuidle
         );
         println!(
             "{:<18} {:>20} {:>7} {:>7} {:>20} {:>7} {:>7} {:>15} {:>9} {:>9} {:>9} {:>11}",
