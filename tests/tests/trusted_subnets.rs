@@ -13,6 +13,13 @@ use mesh_tests::{
 const MARKER: &str = "MESH-TRUSTED-7d31";
 const PORT: u16 = 7300;
 
+/// Where a readable marker starts in a captured datagram's payload, if one is there.
+fn marker_at(payload: &[u8]) -> Option<usize> {
+    payload
+        .windows(MARKER.len())
+        .position(|w| w == MARKER.as_bytes())
+}
+
 /// (encrypted, datapath) of `node`'s link to `other`.
 fn link(node: &Meshd, other: &str) -> (bool, String) {
     let p = peer(node, other).unwrap_or_default();
@@ -125,7 +132,7 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
     // Exactly the five markers sent to tc2 are readable; the five to tc3 were sealed.
     let markers = captured
         .iter()
-        .filter(|(_, _, p)| p.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()))
+        .filter(|(_, _, p)| marker_at(p).is_some())
         .count();
     assert_eq!(
         markers,
@@ -135,7 +142,7 @@ fn only_links_both_ends_trust_go_unsealed_and_through_the_kernel() {
         captured
             .iter()
             .map(|(src, port, p)| {
-                let at = p.windows(MARKER.len()).position(|w| w == MARKER.as_bytes());
+                let at = marker_at(p);
                 (
                     src,
                     port,
