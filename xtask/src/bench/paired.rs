@@ -19,6 +19,8 @@ pub struct Paired {
     pub ratio_of_medians: f64,
     /// B / A within each pair.
     pub pair_ratios: Summary,
+    /// Whether every pair puts B on the same side of A.
+    pub pairs_agree: Agreement,
     /// (A, B) of each pair, in the pairs' order (the summaries' samples are sorted).
     #[serde(skip)]
     pairs: Vec<(f64, f64)>,
@@ -108,11 +110,13 @@ impl Paired {
             .collect();
         let pairs = xs.iter().copied().zip(ys.iter().copied()).collect();
         let (a, b) = (Summary::of(xs), Summary::of(ys));
+        let pair_ratios = Summary::of(ratios);
         Paired {
             ratio_of_medians: b.median / a.median,
             a,
             b,
-            pair_ratios: Summary::of(ratios),
+            pairs_agree: Agreement::of(&pair_ratios.samples),
+            pair_ratios,
             pairs,
         }
     }
@@ -123,23 +127,79 @@ impl Paired {
         Paired::of(xs, ys)
     }
 
-    /// "B vs A = ratio; per pair median (min-max)", with `unit` after the medians.
+    /// "B vs A = ratio; per pair median (min-max), agreement", with `unit` after the medians.
     pub fn describe(&self, digits: usize, unit: &str) -> String {
         format!(
-            "{:.digits$} vs {:.digits$}{unit} (medians) = {:.2}x; per pair {:.2}x ({:.2}-{:.2})",
+            "{:.digits$} vs {:.digits$}{unit} (medians) = {:.2}x; per pair {:.2}x ({:.2}-{:.2}), {}",
             self.b.median,
             self.a.median,
             self.ratio_of_medians,
             self.pair_ratios.median,
             self.pair_ratios.min,
             self.pair_ratios.max,
+            self.pairs_agree.describe(),
         )
+    }
+}
+
+/// On which side of A's figure B's falls, pair by pair. A ratio of medians near 1 says little
+/// on this kind of machine (two labs of one system differ by several percent between pairs);
+/// pairs that all agree are the evidence that one side is ahead, pairs on both sides a tie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Agreement {
+    /// B above A in every pair.
+    Higher,
+    /// B below A in every pair.
+    Lower,
+    /// Pairs on both sides (or level), or none.
+    Tie,
+}
+
+impl Agreement {
+    fn of(ratios: &[f64]) -> Agreement {
+        if !ratios.is_empty() && ratios.iter().all(|&r| r > 1.0) {
+            Agreement::Higher
+        } else if !ratios.is_empty() && ratios.iter().all(|&r| r < 1.0) {
+            Agreement::Lower
+        } else {
+            Agreement::Tie
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Agreement::Higher => "higher in every pair",
+            Agreement::Lower => "lower in every pair",
+            Agreement::Tie => "pairs on both sides: a tie",
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::alternate;
+    use super::{Agreement, Paired, alternate};
+
+    #[test]
+    fn pairs_that_disagree_make_a_tie_whatever_the_medians_say() {
+        let p = Paired::of(vec![1.0, 1.0, 1.0], vec![1.2, 1.1, 0.9]);
+        assert!(p.ratio_of_medians > 1.0);
+        assert_eq!(p.pairs_agree, Agreement::Tie);
+        assert!(p.describe(2, "").ends_with("pairs on both sides: a tie"));
+        assert_eq!(
+            Paired::of(vec![1.0, 2.0], vec![1.1, 2.1]).pairs_agree,
+            Agreement::Higher
+        );
+        assert_eq!(
+            Paired::of(vec![1.0, 2.0], vec![0.9, 1.9]).pairs_agree,
+            Agreement::Lower
+        );
+        assert_eq!(
+            Paired::of(vec![1.0, 2.0], vec![1.0, 2.1]).pairs_agree,
+            Agreement::Tie
+        );
+        assert_eq!(Paired::of(vec![], vec![]).pairs_agree, Agreement::Tie);
+    }
 
     #[test]
     fn pairs_flip_their_order_and_ratios_are_b_over_a() {
