@@ -152,15 +152,19 @@ pub enum Agreement {
     Higher,
     /// B below A in every pair.
     Lower,
-    /// Pairs on both sides (or level), or none.
+    /// Pairs on both sides (or level).
     Tie,
+    /// Fewer than two pairs (`--quick`): nothing to agree.
+    TooFew,
 }
 
 impl Agreement {
     fn of(ratios: &[f64]) -> Agreement {
-        if !ratios.is_empty() && ratios.iter().all(|&r| r > 1.0) {
+        if ratios.len() < 2 {
+            Agreement::TooFew
+        } else if ratios.iter().all(|&r| r > 1.0) {
             Agreement::Higher
-        } else if !ratios.is_empty() && ratios.iter().all(|&r| r < 1.0) {
+        } else if ratios.iter().all(|&r| r < 1.0) {
             Agreement::Lower
         } else {
             Agreement::Tie
@@ -172,6 +176,7 @@ impl Agreement {
             Agreement::Higher => "higher in every pair",
             Agreement::Lower => "lower in every pair",
             Agreement::Tie => "pairs on both sides: a tie",
+            Agreement::TooFew => "too few pairs to tell",
         }
     }
 }
@@ -198,7 +203,11 @@ mod tests {
             Paired::of(vec![1.0, 2.0], vec![1.0, 2.1]).pairs_agree,
             Agreement::Tie
         );
-        assert_eq!(Paired::of(vec![], vec![]).pairs_agree, Agreement::Tie);
+        assert_eq!(
+            Paired::of(vec![1.0], vec![2.0]).pairs_agree,
+            Agreement::TooFew
+        );
+        assert_eq!(Paired::of(vec![], vec![]).pairs_agree, Agreement::TooFew);
     }
 
     #[test]
