@@ -291,23 +291,23 @@ fn forwarding_goes_on_while_meshd_is_killed_and_restarted() {
             &["-s", "-1"],
         )
         .unwrap();
-    let mut client = None;
-    assert!(wait_until(Duration::from_secs(15), || {
-        let c = lab
-            .spawn(
-                &c1.ns,
-                std::path::Path::new("/usr/bin/iperf3"),
-                &["-c", &target, "-t", "12", "-b", "200M"],
-            )
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let up = lab.is_running(c) || lab.log(c).contains("iperf Done");
-        if up {
-            client = Some(c);
-        }
-        up
-    }));
-    let client = client.unwrap();
+    // The client starts once the server listens. One started before gets "Connection
+    // refused", and on a loaded machine it may not have exited yet when a fixed wait ends, so
+    // "still running after a while" proved nothing (a CI run failed that way).
+    assert!(
+        wait_until(Duration::from_secs(15), || lab
+            .exec(&c2.ns, "ss", &["-Htln", "sport = :5201"])
+            .is_ok_and(|o| !o.stdout.is_empty())),
+        "the iperf3 server never listened: {}",
+        lab.log(server)
+    );
+    let client = lab
+        .spawn(
+            &c1.ns,
+            std::path::Path::new("/usr/bin/iperf3"),
+            &["-c", &target, "-t", "12", "-b", "200M"],
+        )
+        .unwrap();
     let pinger = lab
         .spawn(
             &c1.ns,
