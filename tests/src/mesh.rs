@@ -161,23 +161,53 @@ pub fn peer(node: &Meshd, name: &str) -> Option<Value> {
     peers(node).ok()?.into_iter().find(|p| p["name"] == name)
 }
 
-/// Whether `node` shows every one of `names` as established.
-pub fn sees_established(node: &Meshd, names: &[&str]) -> bool {
+/// Which of `names` `node` does not show as established, each with the state it shows
+/// instead; all of them when `node` does not answer. One `meshctl peers` call: a 24-node
+/// check asks 24 times, not 24 x 23.
+pub fn not_established(node: &Meshd, names: &[&str]) -> Vec<String> {
+    let rows = match peers(node) {
+        Ok(rows) => rows,
+        Err(e) => return vec![format!("(meshctl peers failed: {e:#})")],
+    };
     names
         .iter()
-        .all(|n| peer(node, n).is_some_and(|p| p["state"] == "established"))
+        .filter_map(|&n| match rows.iter().find(|p| p["name"] == n) {
+            Some(p) if p["state"] == "established" => None,
+            Some(p) => Some(format!("{n} {}", p["state"])),
+            None => Some(format!("{n} unknown")),
+        })
+        .collect()
+}
+
+/// Whether `node` shows every one of `names` as established.
+pub fn sees_established(node: &Meshd, names: &[&str]) -> bool {
+    not_established(node, names).is_empty()
+}
+
+/// What keeps `nodes` from a full mesh: for each node that lacks peers, which and in what
+/// state (empty when every node sees every other established). For failure messages.
+pub fn mesh_gaps(nodes: &[Meshd]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let missing = not_established(n, &others(nodes, n));
+            (!missing.is_empty()).then(|| format!("{}: {}", n.host.name, missing.join(", ")))
+        })
+        .collect()
+}
+
+/// The names of the nodes of `nodes` other than `node`.
+fn others<'a>(nodes: &'a [Meshd], node: &Meshd) -> Vec<&'a str> {
+    nodes
+        .iter()
+        .filter(|o| o.host.name != node.host.name)
+        .map(|o| o.host.name.as_str())
+        .collect()
 }
 
 /// Whether every node in `nodes` sees every other one established.
 pub fn full_mesh(nodes: &[Meshd]) -> bool {
-    nodes.iter().all(|n| {
-        let others: Vec<&str> = nodes
-            .iter()
-            .filter(|o| o.host.name != n.host.name)
-            .map(|o| o.host.name.as_str())
-            .collect();
-        sees_established(n, &others)
-    })
+    nodes.iter().all(|n| sees_established(n, &others(nodes, n)))
 }
 
 /// Starts meshd with password `password` and `extra` arguments on every host in `hosts`, each

@@ -15,7 +15,7 @@ use std::{
 
 use mesh_tests::{
     Container, Host, Lab, datagrams_until,
-    mesh::{Meshd, Mode, full_mesh, pings, start_mesh_in, status_counter, udp_listener},
+    mesh::{Meshd, Mode, full_mesh, mesh_gaps, pings, start_mesh_in, status_counter, udp_listener},
     netns,
     procstat::{cpu_ticks, rss_kib, ticks_per_second},
     wait_until,
@@ -349,7 +349,15 @@ fn twenty_four_idle_meshd_settle() {
         .collect();
     let nodes = start_mesh_in(&mut lab, &hosts, Mode::TapSealed).unwrap();
     let t0 = Instant::now();
-    assert!(wait_until(Duration::from_secs(60), || full_mesh(&nodes)));
+    // Generous: on two CPUs the 24 forming meshd keep both busy (load above 14, each meshd at
+    // 10-30% CPU while links come up), and the mesh was whole 15-51 s after the last start in
+    // runs alone, past 60 s once in CI after the rest of the suite.
+    let formed = wait_until(Duration::from_secs(180), || full_mesh(&nodes));
+    assert!(
+        formed,
+        "no full mesh 180 s after the last start; missing: {:#?}",
+        mesh_gaps(&nodes)
+    );
     println!(
         "24 meshd: full mesh {:.1} s after the last start",
         t0.elapsed().as_secs_f64()
