@@ -145,6 +145,15 @@ impl Agent {
         rows
     }
 
+    /// When peer `id` entered `state`: as the last survey recorded it, else when its link came
+    /// up; `None` when neither says.
+    fn entered(&self, id: PeerId, state: &str) -> Option<SystemTime> {
+        match self.state_since.get(&id) {
+            Some((s, t)) if s == state => Some(*t),
+            _ => self.links.get(&id).map(|l| l.since),
+        }
+    }
+
     /// Records when each peer entered its current state (for `since`).
     pub(super) fn refresh_states(&mut self) {
         let rows = self.rows();
@@ -154,10 +163,7 @@ impl Agent {
             let Ok(id) = r.id.parse::<PeerId>() else {
                 continue;
             };
-            let since = match self.state_since.get(&id) {
-                Some((s, t)) if *s == r.state => *t,
-                _ => self.links.get(&id).map_or(now, |l| l.since),
-            };
+            let since = self.entered(id, &r.state).unwrap_or(now);
             next.insert(id, (r.state, since));
         }
         self.state_since = next;
@@ -166,11 +172,12 @@ impl Agent {
     pub(super) fn peers(&mut self) -> Peers {
         let mut rows = self.rows();
         for r in &mut rows {
+            // A link that came up since the last survey has no record yet: its own time, not
+            // now (which would move on the next survey).
             if let Ok(id) = r.id.parse::<PeerId>()
-                && let Some((s, t)) = self.state_since.get(&id)
-                && *s == r.state
+                && let Some(t) = self.entered(id, &r.state)
             {
-                r.since = unix(*t);
+                r.since = unix(t);
             }
             if r.since == 0 {
                 r.since = unix(SystemTime::now());
